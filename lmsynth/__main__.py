@@ -1,0 +1,4 @@
+from lmsynth.cli import main
+
+
+main()

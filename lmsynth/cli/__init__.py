@@ -1,0 +1,11 @@
+"""The `lmsynth` command line: a thin shell over the library verbs.
+
+Each `lmsynth.cli.<area>` module registers its commands on the shared `app`; importing them here keeps
+`lmsynth --help` complete while heavy libraries are imported only inside the commands that use them.
+"""
+
+from lmsynth.cli import demo, pipeline, release, source, user  # noqa: F401  (registers commands)
+from lmsynth.cli.app import app, main
+
+
+__all__ = ["app", "main"]

@@ -1,0 +1,5 @@
+"""CLI commands: source."""
+
+from __future__ import annotations
+
+from lmsynth.cli.app import app  # noqa: F401

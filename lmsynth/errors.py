@@ -1,0 +1,160 @@
+"""Every exception lmsynth raises; `str(err)` is always one line a user can act on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class LmsynthError(Exception):
+    """Root of every lmsynth error."""
+
+
+# ---------------------------------------------------------------------------
+# INPUT ERRORS
+# ---------------------------------------------------------------------------
+
+
+class InputRecordError(LmsynthError, ValueError):
+    """A record in an input file is malformed; names the file, line and field."""
+
+    def __init__(self, path: Path | str, line: int | None, field: str | None, message: str) -> None:
+        self.path = str(path)
+        self.line = line
+        self.field = field
+        self.message = " ".join(message.split())
+        where = self.path if line is None else f"{self.path}: line {line}"
+        if field:
+            where += f": field `{field}`"
+        super().__init__(f"{where}: {self.message}")
+
+
+class SourceError(LmsynthError, OSError):
+    """A source cannot be opened or read (missing file, unreadable, unknown format, no access)."""
+
+    def __init__(self, source: str, message: str) -> None:
+        self.source = source
+        super().__init__(f"{source}: {message}")
+
+
+class ConfigError(LmsynthError, ValueError):
+    """A YAML config (pipeline, rules, manifest) fails validation; names the file and key path."""
+
+    def __init__(self, path: Path | str, key: str | None, message: str) -> None:
+        self.path = str(path)
+        self.key = key
+        where = f"{self.path}: `{key}`" if key else self.path
+        super().__init__(f"{where}: {' '.join(message.split())}")
+
+
+class ManifestError(ConfigError):
+    """A release manifest is invalid; names the subset and the field."""
+
+    def __init__(self, path: Path | str, subset: str | None, field: str | None, message: str) -> None:
+        self.subset = subset
+        self.field = field
+        key = ".".join(p for p in (f"subsets[{subset}]" if subset else None, field) if p) or None
+        super().__init__(path, key, message)
+
+
+# ---------------------------------------------------------------------------
+# SECRET / CRYPTO ERRORS
+# ---------------------------------------------------------------------------
+
+
+class PassphraseError(LmsynthError, ValueError):
+    """No passphrase was given, or the given one does not decrypt a file."""
+
+
+class EncryptionError(LmsynthError, RuntimeError):
+    """GnuPG failed to encrypt or decrypt for a reason other than a wrong passphrase."""
+
+
+# ---------------------------------------------------------------------------
+# RELEASE ERRORS
+# ---------------------------------------------------------------------------
+
+
+class LeakError(LmsynthError, RuntimeError):
+    """A public file of a release contains gated instruction text."""
+
+    def __init__(self, path: str, message: str) -> None:
+        self.path = path
+        super().__init__(f"{path}: {message}")
+
+
+class ChecksumError(LmsynthError, RuntimeError):
+    """A file of a release does not match MANIFEST.json."""
+
+    def __init__(self, path: str, message: str) -> None:
+        self.path = path
+        super().__init__(f"{path}: {message}")
+
+
+class VerifyError(LmsynthError, RuntimeError):
+    """A published release fails verification (counts, loading, decryption)."""
+
+
+# ---------------------------------------------------------------------------
+# TARGET / HUB ERRORS
+# ---------------------------------------------------------------------------
+
+
+class TargetError(LmsynthError, RuntimeError):
+    """A target URI is malformed or a target cannot be reached or written."""
+
+    def __init__(self, target: str, message: str) -> None:
+        self.target = target
+        super().__init__(f"{target}: {message}")
+
+
+class TagConflictError(TargetError):
+    """The version tag already exists on a target with different content."""
+
+    def __init__(self, target: str, tag: str, message: str | None = None) -> None:
+        self.tag = tag
+        super().__init__(
+            target, message or f"tag `{tag}` already exists with different content; pass --force to move it"
+        )
+
+
+class HubAuthError(TargetError):
+    """The hub refused the credentials (missing, expired or without write access)."""
+
+
+class HubRateLimitError(TargetError):
+    """The hub kept answering 429/5xx after all retries."""
+
+
+# ---------------------------------------------------------------------------
+# PIPELINE ERRORS
+# ---------------------------------------------------------------------------
+
+
+class PipelineError(LmsynthError, RuntimeError):
+    """A pipeline run failed (engine, step or shard failure)."""
+
+
+class ShardError(PipelineError):
+    """Shard outputs are missing, duplicated or from a different pipeline fingerprint."""
+
+
+# ---------------------------------------------------------------------------
+# ENVIRONMENT ERRORS
+# ---------------------------------------------------------------------------
+
+
+class MissingDependencyError(LmsynthError, ImportError):
+    """An optional dependency is not installed; names the extra that provides it."""
+
+    def __init__(self, package: str, extra: str) -> None:
+        self.package = package
+        self.extra = extra
+        super().__init__(f"`{package}` is not installed; install it with: pip install 'lmsynth[{extra}]'")
+
+
+def require(module: str, *, extra: str) -> None:
+    """Raise `MissingDependencyError` naming the extra when `module` cannot be imported."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise MissingDependencyError(module, extra)

@@ -1,0 +1,146 @@
+"""The record models that flow between stages: source rows, prepared instructions, synthesized records.
+
+Data flows one way: `SourceConversation` (LMSYS-Chat-1M schema) → `InstructionRecord` (prepare) →
+`SynthRecord` (pipelines, SPEC §3) → public Parquet + `GatedInstruction` (release) → recovered records.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from lmsynth.config import StrictModel
+from lmsynth.io import read_jsonl
+
+
+class Message(StrictModel):
+    """One chat turn."""
+
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+Conversation = list[Message]
+
+
+# ---------------------------------------------------------------------------
+# Source: LMSYS-Chat-1M (SPEC §2). Lenient on extra keys: the hub adds none today, but may.
+# ---------------------------------------------------------------------------
+
+
+class SourceMessage(BaseModel):
+    """A message as LMSYS-Chat-1M stores it."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    content: str
+    role: str
+
+
+class Moderation(BaseModel):
+    """OpenAI moderation result for one message."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    categories: dict[str, bool] = Field(default_factory=dict)
+    category_scores: dict[str, float] = Field(default_factory=dict)
+    flagged: bool
+
+
+class SourceConversation(BaseModel):
+    """One row of LMSYS-Chat-1M."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    conversation_id: str = Field(min_length=1)
+    model: str
+    conversation: list[SourceMessage] = Field(min_length=1)
+    turn: int = Field(ge=1)
+    language: str
+    openai_moderation: list[Moderation]
+    redacted: bool
+
+    @property
+    def first_user_content(self) -> str:
+        """The first user message (the instruction lmsynth works on)."""
+        for msg in self.conversation:
+            if msg.role == "user":
+                return msg.content
+        return ""
+
+    @property
+    def flagged(self) -> bool:
+        """Any message flagged by moderation routes the conversation to the `unsafe` set."""
+        return any(m.flagged for m in self.openai_moderation)
+
+
+# ---------------------------------------------------------------------------
+# Prepared instructions (output of `lmsynth prepare`, input of the pipelines). Gated: contains LMSYS text.
+# ---------------------------------------------------------------------------
+
+
+class InstructionRecord(StrictModel):
+    """A first-turn user instruction ready for translation and generation."""
+
+    conversation_id: str = Field(min_length=1)
+    language: str = Field(description="LMSYS `language` value, e.g. 'English', 'Japanese'.")
+    instruction: str = Field(description="The first user turn, as in the source.")
+    is_template_instruction: str | None = Field(None, description="Template type from the rules file.")
+    redacted: bool = Field(description="The source marked names as redacted: PII was present.")
+    flagged: bool = Field(False, description="Moderation flagged the conversation (the `unsafe` set).")
+
+
+# ---------------------------------------------------------------------------
+# Synthesized records (SPEC §3): what the pipelines write and the release consumes.
+# ---------------------------------------------------------------------------
+
+
+class ScoringAnnotation(StrictModel):
+    """Judge result for one response, parallel to `synthesized_assistant_responses`."""
+
+    response_token_length: int = Field(ge=0)
+    judgement: str = Field(description="The judge's raw rationale text.")
+    repetition_flag: bool
+    preference_score: float | None = Field(
+        description="Judge rating; None when the rating could not be parsed (a recorded failure, never a guess)."
+    )
+
+
+class SynthRecord(StrictModel):
+    """One conversation of the synthesized portion (SPEC §3).
+
+    `translated_conversation` is gated (LMSYS-derived): the release puts it only in encrypted files.
+    """
+
+    conversation_id: str = Field(min_length=1)
+    duplicate_user_instruction_ja: str | None = None
+    empty_user_instruction_ja: bool = False
+    translated_conversation: list[Message] = Field(default_factory=list)
+    is_template_instruction: str | None = None
+    synthesized_assistant_responses: list[Message] = Field(default_factory=list)
+    synthesized_response_scoring_annotations: list[ScoringAnnotation] = Field(default_factory=list)
+    synthesized_assistant_responses_en: list[Message] | None = None
+    synthesized_multiturn_conversation: list[list[Message]] | None = None
+
+
+class GatedInstruction(StrictModel):
+    """One line of the encrypted `...-ja.jsonl.gz.gpg` files."""
+
+    conversation_id: str = Field(min_length=1)
+    translated_conversation: list[Message]
+
+
+# The public fields of a SynthRecord: everything except the gated translation.
+GATED_FIELDS: frozenset[str] = frozenset({"translated_conversation"})
+PUBLIC_FIELDS: tuple[str, ...] = tuple(f for f in SynthRecord.model_fields if f not in GATED_FIELDS)
+
+
+def iter_synth_records(path: Path | str) -> Iterator[SynthRecord]:
+    """Stream SynthRecords from a JSONL file or from every `*.jsonl[.gz]` file of a folder, in name order."""
+    path = Path(path)
+    files = sorted(p for p in path.glob("*.jsonl*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        yield from read_jsonl(f, SynthRecord)

@@ -1,0 +1,1 @@
+"""The release builder: manifests, Parquet shards, cards, figures, encryption, MANIFEST.json, verification."""

@@ -1,0 +1,63 @@
+"""The target protocol and the URI parser that picks an implementation.
+
+A target stores release trees under version tags. Every implementation is all-or-nothing: either the
+tag points at a state holding every file of the tree, or there is no tag.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from lmsynth.config import StrictModel
+from lmsynth.errors import TargetError
+
+
+class PublishResult(StrictModel):
+    """What a publish did."""
+
+    target: str
+    tag: str
+    commit: str | None
+    created_commit: bool
+    moved_tag: bool = False
+
+
+@runtime_checkable
+class Target(Protocol):
+    """A place that holds tagged release trees."""
+
+    uri: str
+
+    def publish(self, tree: Path, *, tag: str, message: str, force: bool = False) -> PublishResult:
+        """Store the release tree `tree` and point `tag` at it (no-op when identical)."""
+        ...
+
+    def download(self, tag: str, dest: Path) -> Path:
+        """Materialise the tree tagged `tag` into `dest` and return it."""
+        ...
+
+    def load_dataset_args(self, tag: str) -> tuple[str, dict]:
+        """`(path, kwargs)` so that `datasets.load_dataset(path, config, **kwargs)` loads `tag`."""
+        ...
+
+
+def open_target(uri: str) -> Target:
+    """Return the target for `uri`: `hf://ORG/NAME`, `ms://ORG/NAME`, or a local folder (`file://` optional).
+
+    Raises:
+        TargetError: the URI is malformed or its extra is not installed.
+    """
+    if uri.startswith("hf://"):
+        from lmsynth.targets.hf import HfTarget
+
+        return HfTarget.from_uri(uri)
+    if uri.startswith("ms://"):
+        from lmsynth.targets.modelscope import ModelScopeTarget
+
+        return ModelScopeTarget.from_uri(uri)
+    if "://" in uri and not uri.startswith("file://"):
+        raise TargetError(uri, "unknown target scheme; use a folder, file://PATH, hf://ORG/NAME or ms://ORG/NAME")
+    from lmsynth.targets.local import LocalTarget
+
+    return LocalTarget(Path(uri.removeprefix("file://")))

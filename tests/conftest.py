@@ -1,0 +1,19 @@
+"""Every test runs with its caches, HF home and GnuPG home under its own temporary folder."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("LMSYNTH_CACHE", str(home / "cache"))
+    monkeypatch.setenv("HF_HOME", str(home / "hf"))
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(home / "hf" / "datasets"))
+    monkeypatch.setenv("GNUPGHOME", str(home / "gnupg"))
+    monkeypatch.delenv("LMSYNTH_PASSPHRASE", raising=False)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    import lmsynth.constants as constants
+
+    monkeypatch.setattr(constants, "CACHE_DIR", home / "cache")
