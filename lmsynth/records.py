@@ -138,9 +138,25 @@ GATED_FIELDS: frozenset[str] = frozenset({"translated_conversation"})
 PUBLIC_FIELDS: tuple[str, ...] = tuple(f for f in SynthRecord.model_fields if f not in GATED_FIELDS)
 
 
+# ---------------------------------------------------------------------------
+# Folder contracts between stages.
+# ---------------------------------------------------------------------------
+
+# `lmsynth prepare --out DIR` writes these (InstructionRecord lines) plus stats.json.
+PREPARED_INSTRUCTIONS = "instructions.jsonl"  # Japanese/English, not flagged
+PREPARED_UNSAFE = "unsafe.jsonl"  # moderation-flagged: translated for the `+unsafe` set, never answered
+
+# `lmsynth run ... --out DIR` writes these: SynthRecord shards in name order.
+RUN_RECORDS_DIR = "records"  # one SynthRecord per prepared (safe) instruction
+RUN_UNSAFE_DIR = "unsafe"  # SynthRecords of flagged instructions: translation fields only
+RUN_INFO_FILE = "run.json"  # pipeline name, fingerprint, models, counts
+
+
 def iter_synth_records(path: Path | str) -> Iterator[SynthRecord]:
-    """Stream SynthRecords from a JSONL file or from every `*.jsonl[.gz]` file of a folder, in name order."""
+    """Stream SynthRecords from a JSONL file, a folder of `*.jsonl[.gz]` shards (name order), or a run folder."""
     path = Path(path)
+    if (path / RUN_RECORDS_DIR).is_dir():
+        path = path / RUN_RECORDS_DIR
     files = sorted(p for p in path.glob("*.jsonl*") if p.is_file()) if path.is_dir() else [path]
     for f in files:
         yield from read_jsonl(f, SynthRecord)
