@@ -33,6 +33,14 @@ class Target(Protocol):
         """Store the release tree `tree` and point `tag` at it (no-op when identical)."""
         ...
 
+    def fetch_file(self, path: str, *, revision: str) -> bytes | None:
+        """One file of the tree at `revision` (tag or branch), or None when the revision or file is absent.
+
+        The release builder reads the previous MANIFEST.json and gated ciphertexts through this, so that a
+        re-release with unchanged plaintext reuses them and makes no commit.
+        """
+        ...
+
     def download(self, tag: str, dest: Path) -> Path:
         """Materialise the tree tagged `tag` into `dest` and return it."""
         ...
