@@ -1,0 +1,128 @@
+"""OpenPGP symmetric encryption of the gated files, with GnuPG through python-gnupg.
+
+Every call runs in a throwaway, short GNUPGHOME (long paths break the agent socket) with
+`--no-symkey-cache`, so no passphrase outlives the call in an agent cache, and the agent is stopped
+afterwards. The passphrase goes to gpg on stdin (loopback pinentry), never on a command line.
+
+The output is classic RFC 4880 SKESK v4 + SEIPD (AES256), which plain `gpg --batch --passphrase-fd 0 -d`
+decrypts. It is not byte-deterministic: gpg draws a fresh salt and session key each time. Releases
+therefore record the digest of the plaintext and reuse the previous ciphertext when it is unchanged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from pydantic import SecretStr
+
+from lmsynth.errors import EncryptionError, PassphraseError
+from lmsynth.io import atomic_path
+
+
+CIPHER = "AES256"
+# Hint shown with a wrong passphrase: the key is derived from the gated original dataset.
+KEY_HINT = "derive it from the original dataset with `lmsynth key --source SRC`"
+
+
+def encrypt_file(src: Path | str, dst: Path | str, *, passphrase: SecretStr) -> Path:
+    """Encrypt `src` symmetrically (AES256, binary OpenPGP) to `dst`, atomically.
+
+    Args:
+        src: The plaintext file.
+        dst: The `.gpg` file to write.
+        passphrase: The symmetric passphrase.
+
+    Returns:
+        `dst`.
+
+    Raises:
+        PassphraseError: the passphrase is empty or holds a newline/NUL (gpg reads it as one line).
+        EncryptionError: gpg failed.
+    """
+    src, dst = Path(src), Path(dst)
+    secret = _check_passphrase(passphrase)
+    with _gpg() as gpg, atomic_path(dst) as tmp, open(src, "rb") as f:
+        res = gpg.encrypt_file(
+            f,
+            recipients=None,
+            symmetric=CIPHER,
+            passphrase=secret,
+            armor=False,
+            output=str(tmp),
+            extra_args=["--no-symkey-cache", "--compress-algo", "none"],
+        )
+        if not res.ok:
+            raise EncryptionError(f"{src}: gpg could not encrypt ({_status(res)})")
+    return dst
+
+
+def decrypt_file(src: Path | str, dst: Path | str, *, passphrase: SecretStr) -> Path:
+    """Decrypt the OpenPGP file `src` into `dst`, atomically (nothing is left at `dst` on failure).
+
+    Args:
+        src: The `.gpg` file.
+        dst: The plaintext file to write.
+        passphrase: The symmetric passphrase.
+
+    Returns:
+        `dst`.
+
+    Raises:
+        PassphraseError: the passphrase does not decrypt `src`.
+        EncryptionError: `src` is missing or not an OpenPGP file, or gpg failed otherwise.
+    """
+    src, dst = Path(src), Path(dst)
+    secret = _check_passphrase(passphrase)
+    if not src.is_file():
+        raise EncryptionError(f"{src}: no such file")
+    with _gpg() as gpg, atomic_path(dst) as tmp, open(src, "rb") as f:
+        res = gpg.decrypt_file(f, passphrase=secret, output=str(tmp), extra_args=["--no-symkey-cache"])
+        if not res.ok:
+            status = _status(res)
+            if "bad passphrase" in status or "decryption failed" in status or "bad session key" in res.stderr:
+                raise PassphraseError(f"the passphrase does not decrypt {src}; {KEY_HINT}")
+            raise EncryptionError(f"{src}: gpg could not decrypt ({status})")
+    return dst
+
+
+# Private helpers
+
+
+def _check_passphrase(passphrase: SecretStr) -> str:
+    if not isinstance(passphrase, SecretStr):
+        raise PassphraseError("`passphrase` must be a SecretStr")
+    secret = passphrase.get_secret_value()
+    if not secret:
+        raise PassphraseError("the passphrase is empty")
+    if any(c in secret for c in "\n\r\0"):
+        raise PassphraseError("the passphrase must be one line (no newline or NUL characters)")
+    return secret
+
+
+@contextlib.contextmanager
+def _gpg() -> Iterator[object]:
+    """A python-gnupg handle on a fresh short GNUPGHOME, torn down (agent included) afterwards."""
+    import gnupg
+
+    home = tempfile.mkdtemp(prefix="lg")  # short: the agent socket path has a length limit
+    try:
+        yield gnupg.GPG(gnupghome=home, encoding="utf-8")
+    finally:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            subprocess.run(
+                ["gpgconf", "--homedir", home, "--kill", "gpg-agent"],
+                capture_output=True,
+                timeout=10,
+                check=False,
+            )
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def _status(res: object) -> str:
+    status = getattr(res, "status", None) or "unknown status"
+    return " ".join(str(status).split())
