@@ -139,6 +139,39 @@ class ShardError(PipelineError):
 
 
 # ---------------------------------------------------------------------------
+# SCALE ERRORS (sharded runs, gather, Ray)
+# ---------------------------------------------------------------------------
+
+
+class ShardSpecError(LmsynthError, ValueError):
+    """A shard spec such as `--shard 2/3` is malformed or out of range; names the option."""
+
+    def __init__(self, option: str, value: str, message: str) -> None:
+        self.option = option
+        self.value = value
+        super().__init__(f"`{option}` {value!r}: {message}")
+
+
+class ShardSetError(ShardError):
+    """The shard run folders given to gather do not form one complete set; names the shards at fault."""
+
+    def __init__(self, reason: str, shards: list[str], message: str) -> None:
+        self.reason = reason  # "missing" | "duplicated" | "unfinished" | "mismatch" | "invalid"
+        self.shards = shards
+        super().__init__(message)
+
+
+class RayResourceError(PipelineError):
+    """A Ray run asks for more CPUs or GPUs than the cluster has (Ray would wait forever)."""
+
+    def __init__(self, resource: str, needed: float, available: float, message: str) -> None:
+        self.resource = resource
+        self.needed = needed
+        self.available = available
+        super().__init__(message)
+
+
+# ---------------------------------------------------------------------------
 # ENVIRONMENT ERRORS
 # ---------------------------------------------------------------------------
 
