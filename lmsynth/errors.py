@@ -172,6 +172,22 @@ class RayResourceError(PipelineError):
 
 
 # ---------------------------------------------------------------------------
+# SOURCE ERRORS (rows of columnar and streamed sources)
+# ---------------------------------------------------------------------------
+
+
+class InputRowError(InputRecordError):
+    """A row of a Parquet file or hub dataset is malformed; names the file (or dataset), row number and field."""
+
+    def __init__(self, path: Path | str, row: int, field: str | None, message: str) -> None:
+        super().__init__(path, row, field, message)
+        where = f"{self.path}: row {row}"
+        if field:
+            where += f": field `{field}`"
+        self.args = (f"{where}: {self.message}",)
+
+
+# ---------------------------------------------------------------------------
 # ENVIRONMENT ERRORS
 # ---------------------------------------------------------------------------
 
