@@ -4,7 +4,7 @@ Each `lmsynth.cli.<area>` module registers its commands on the shared `app`; imp
 `lmsynth --help` complete while heavy libraries are imported only inside the commands that use them.
 """
 
-from lmsynth.cli import demo, pipeline, release, source, user  # noqa: F401  (registers commands)
+from lmsynth.cli import demo, pipeline, release, scale, source, user  # noqa: F401  (registers commands)
 from lmsynth.cli.app import app, main
 
 

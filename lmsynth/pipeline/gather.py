@@ -1,0 +1,323 @@
+"""Merge the run folders of a sharded run (`lmsynth run --shard I/N`) into one run folder.
+
+A shard run folder follows the run contract of `lmsynth.records` (`records/`, `unsafe/`, `run.json`) and
+its `run.json` says which shard it is (`"shard": "2/3"`) and which pipeline/config `fingerprint` made it.
+`run.json` is written last, so a folder without it is a shard that did not finish.
+
+`gather` refuses, naming the shards at fault, unless the folders are exactly shards 1..N of one run with one
+fingerprint, each finished, and each record sits in the shard its `conversation_id` hashes to. It then
+writes the records in a deterministic order — the prepared input's order when the input folder is given or
+recorded in `run.json` (`"input"`), else by `conversation_id` — so that the gathered folder equals what one
+unsharded run writes. Records are indexed first and copied byte for byte afterwards, so memory holds the
+index, not the records.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+
+from lmsynth.config import StrictModel, dotted
+from lmsynth.errors import InputRecordError, ShardSetError, ShardSpecError
+from lmsynth.io import atomic_dir, open_text, parse_line, write_json
+from lmsynth.pipeline.shard import ShardSpec, in_shard
+from lmsynth.pipeline.telemetry import RUN_REPORT_FILE, merge_reports, read_report, write_report
+from lmsynth.progress import track
+from lmsynth.records import (
+    PREPARED_INSTRUCTIONS,
+    PREPARED_UNSAFE,
+    RUN_INFO_FILE,
+    RUN_RECORDS_DIR,
+    RUN_UNSAFE_DIR,
+    InstructionRecord,
+    SynthRecord,
+)
+
+
+logger = logging.getLogger(__name__)
+
+RECORDS_PER_FILE = 10_000  # records per `records/records-NNNNN.jsonl` of the gathered folder
+
+
+class ShardRunInfo(BaseModel):
+    """The part of a shard's `run.json` that gather checks; other keys are carried over untouched."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    fingerprint: str
+    pipeline: str | None = None
+    shard: ShardSpec | None = None
+    input: str | None = None
+
+    @field_validator("shard", mode="before")
+    @classmethod
+    def _parse_shard(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                return ShardSpec.parse(value, option="shard")
+            except ShardSpecError as e:
+                raise ValueError(str(e)) from e
+        return value
+
+
+class GatherResult(StrictModel):
+    """What `gather` wrote."""
+
+    out_dir: str
+    shards: int
+    records: int
+    unsafe: int
+    fingerprint: str
+    order: str  # "input" or "conversation_id"
+
+
+def gather(shard_dirs: list[Path | str], *, out_dir: Path | str, input_dir: Path | str | None = None) -> GatherResult:
+    """Merge shard run folders into one run folder.
+
+    Args:
+        shard_dirs: The run folders of shards 1..N (any order).
+        out_dir: The run folder to write; replaced atomically, never half-written.
+        input_dir: The prepared input folder, whose order the records take; defaults to the `input` that
+            the shards' `run.json` records, when it still exists. Without either, records are sorted by
+            `conversation_id`.
+
+    Returns:
+        Counts, the common fingerprint and the order used.
+
+    Raises:
+        ShardSetError: a shard is missing, duplicated, unfinished, from another pipeline/config
+            fingerprint, or holds a record that belongs to another shard (or twice).
+        InputRecordError: a record line or a `run.json` does not validate (names the file, line and field).
+    """
+    if not shard_dirs:
+        raise ShardSetError("missing", [], "`shard_dirs` can't be empty: give the run folders of every shard")
+    dirs = [Path(d) for d in shard_dirs]
+    out = Path(out_dir)
+    if any(out.resolve() == d.resolve() for d in dirs):
+        raise ShardSetError("invalid", [str(out)], f"`out_dir` {out} is one of the shard folders")
+
+    # 1. Every folder is a finished shard of the same run, and shards 1..N each appear once.
+    infos = _check_shard_set(dirs)
+    count = next(iter(infos.values())).shard.count  # type: ignore[union-attr]
+    ordered = sorted(dirs, key=lambda d: infos[d].shard.index)  # type: ignore[union-attr]
+
+    # 2. The order to write: the prepared input's, else conversation_id.
+    source = Path(input_dir) if input_dir is not None else _recorded_input(infos.values())
+    positions = {sub: _input_positions(source, name) for sub, name in _SUBSETS.items()} if source else None
+
+    # 3. Index every record (validated, in its right shard, seen once), then copy in order.
+    with atomic_dir(out) as tmp:
+        totals = {}
+        for sub in _SUBSETS:
+            index = _index_records(ordered, infos, sub, positions[sub] if positions else None)
+            totals[sub] = _copy_in_order(index, tmp / sub)
+        first = infos[ordered[0]]
+        write_json(tmp / RUN_INFO_FILE, _gathered_info(ordered, [infos[d] for d in ordered]))
+        reports = [d / RUN_REPORT_FILE for d in ordered]
+        if all(r.is_file() for r in reports):
+            write_report(tmp, merge_reports([read_report(d) for d in ordered]))
+        elif any(r.is_file() for r in reports):
+            logger.warning("Some shards have no %s; the gathered run gets none", RUN_REPORT_FILE)
+    logger.info("Gathered %d shards into %s", count, out)
+    return GatherResult(
+        out_dir=str(out),
+        shards=count,
+        records=totals[RUN_RECORDS_DIR],
+        unsafe=totals[RUN_UNSAFE_DIR],
+        fingerprint=first.fingerprint,
+        order="input" if positions else "conversation_id",
+    )
+
+
+def read_shard_info(run_dir: Path | str) -> ShardRunInfo | None:
+    """A run folder's `run.json` as gather sees it; None when the run has not finished (no `run.json`).
+
+    Raises:
+        InputRecordError: `run.json` is not JSON or lacks a valid `fingerprint` / `shard`.
+    """
+    path = Path(run_dir) / RUN_INFO_FILE
+    if not path.is_file():
+        return None
+    try:
+        return ShardRunInfo.model_validate_json(path.read_text(encoding="utf-8"))
+    except ValidationError as e:
+        first = e.errors()[0]
+        raise InputRecordError(path, None, dotted(first["loc"]) or None, first["msg"]) from e
+
+
+# Private helpers
+
+# Run sub-folder → the prepared file that gives its input order.
+_SUBSETS = {RUN_RECORDS_DIR: PREPARED_INSTRUCTIONS, RUN_UNSAFE_DIR: PREPARED_UNSAFE}
+
+
+def _check_shard_set(dirs: list[Path]) -> dict[Path, ShardRunInfo]:
+    missing_dirs = [str(d) for d in dirs if not d.is_dir()]
+    if missing_dirs:
+        raise ShardSetError("missing", missing_dirs, f"not a folder: {', '.join(missing_dirs)}")
+    infos = {d: read_shard_info(d) for d in dirs}
+    unfinished = [str(d) for d, info in infos.items() if info is None]
+    if unfinished:
+        raise ShardSetError(
+            "unfinished",
+            unfinished,
+            f"unfinished shard run (no {RUN_INFO_FILE}; rerun the same `lmsynth run --shard` command to resume): "
+            + ", ".join(unfinished),
+        )
+    done: dict[Path, ShardRunInfo] = {d: i for d, i in infos.items() if i is not None}
+    unsharded = [str(d) for d, i in done.items() if i.shard is None]
+    if unsharded and len(dirs) > 1:
+        raise ShardSetError("invalid", unsharded, f"not a shard run (no `shard` in {RUN_INFO_FILE}): {unsharded}")
+    for d, i in done.items():
+        if i.shard is None:
+            done[d] = i.model_copy(update={"shard": ShardSpec(index=1, count=1)})
+
+    fingerprints = {i.fingerprint for i in done.values()}
+    if len(fingerprints) > 1:
+        listing = "; ".join(f"{d} ({i.shard}) has {i.fingerprint[:12]}" for d, i in done.items())
+        raise ShardSetError(
+            "mismatch",
+            [str(d) for d in done],
+            f"shards come from different pipeline/config fingerprints: {listing}",
+        )
+    counts = {i.shard.count for i in done.values()}  # type: ignore[union-attr]
+    if len(counts) > 1:
+        listing = ", ".join(f"{d} is {i.shard}" for d, i in done.items())
+        raise ShardSetError("mismatch", [str(d) for d in done], f"shards of different splits: {listing}")
+
+    count = counts.pop()
+    by_index: dict[int, list[Path]] = {}
+    for d, i in done.items():
+        by_index.setdefault(i.shard.index, []).append(d)  # type: ignore[union-attr]
+    dups = {k: v for k, v in by_index.items() if len(v) > 1}
+    if dups:
+        listing = "; ".join(f"{k}/{count} in {', '.join(map(str, v))}" for k, v in sorted(dups.items()))
+        raise ShardSetError("duplicated", [str(d) for v in dups.values() for d in v], f"duplicated shard: {listing}")
+    absent = [f"{k}/{count}" for k in range(1, count + 1) if k not in by_index]
+    if absent:
+        raise ShardSetError("missing", absent, f"missing shard {', '.join(absent)} (got {len(dirs)} of {count})")
+    return done
+
+
+def _recorded_input(infos: Any) -> Path | None:
+    recorded = {i.input for i in infos if i.input}
+    if len(recorded) == 1:
+        path = Path(recorded.pop())
+        if (path / PREPARED_INSTRUCTIONS).is_file():
+            return path
+        logger.warning("The recorded input %s is gone; ordering records by conversation_id", path)
+    return None
+
+
+def _input_positions(source: Path, name: str) -> dict[str, int]:
+    path = source / name
+    if not path.is_file():
+        return {}
+    return {rec.conversation_id: i for i, rec in enumerate(_iter_models(path, InstructionRecord))}
+
+
+def _iter_models(path: Path, model: type[BaseModel]) -> Iterator[Any]:
+    with open_text(path) as f:
+        for lineno, line in enumerate(f, start=1):
+            if line.strip():
+                yield parse_line(line, model, path=path, lineno=lineno)
+
+
+# One index entry: (sort key, file, byte offset or line text for gzip, length).
+_Entry = tuple[tuple, Path, int, int]
+
+
+def _index_records(
+    dirs: list[Path], infos: dict[Path, ShardRunInfo], sub: str, positions: dict[str, int] | None
+) -> list[_Entry]:
+    entries: list[_Entry] = []
+    seen: dict[str, Path] = {}
+    files = [(d, f) for d in dirs for f in sorted((d / sub).glob("*.jsonl*")) if f.is_file()]
+    for d, f in track(files, f"Checking {sub}", total=len(files), unit="files"):
+        spec = infos[d].shard
+        for lineno, offset, line in _lines_with_offsets(f):
+            rec = parse_line(line, SynthRecord, path=f, lineno=lineno)
+            cid = rec.conversation_id
+            if cid in seen:
+                raise ShardSetError(
+                    "duplicated", [str(seen[cid]), str(d)], f"{f}: line {lineno}: record {cid} also in {seen[cid]}"
+                )
+            seen[cid] = d
+            if not in_shard(cid, spec):
+                raise ShardSetError(
+                    "invalid", [str(d)], f"{f}: line {lineno}: record {cid} does not belong to shard {spec}"
+                )
+            if positions is None:
+                key: tuple = (cid,)
+            elif cid in positions:
+                key = (0, positions[cid], cid)
+            else:  # not in the given input: after the known ones, by id
+                key = (1, 0, cid)
+            entries.append((key, f, offset, len(line.encode("utf-8"))))
+    entries.sort(key=lambda e: e[0])
+    return entries
+
+
+def _lines_with_offsets(path: Path) -> Iterator[tuple[int, int, str]]:
+    with open(path, "rb") as raw:
+        if path.suffix == ".gz":
+            import gzip
+
+            raw = gzip.open(raw, "rb")  # type: ignore[assignment]
+        offset = 0
+        for lineno, line in enumerate(raw, start=1):
+            if line.strip():
+                yield lineno, offset, line.decode("utf-8").rstrip("\n")
+            offset += len(line)
+
+
+def _copy_in_order(entries: list[_Entry], dest: Path) -> int:
+    dest.mkdir(parents=True, exist_ok=True)
+    handles: dict[Path, Any] = {}
+    out = None
+    try:
+        for n, (_key, f, offset, length) in enumerate(entries):
+            if n % RECORDS_PER_FILE == 0:
+                if out is not None:
+                    out.close()
+                out = open(dest / f"records-{n // RECORDS_PER_FILE:05d}.jsonl", "wb")
+            if f not in handles:
+                handles[f] = _open_for_seek(f)
+            src = handles[f]
+            src.seek(offset)
+            out.write(src.read(length).rstrip(b"\n") + b"\n")
+        if out is None:  # an empty subset still gets its (empty) first file, as a run writes it
+            open(dest / "records-00000.jsonl", "wb").close()
+    finally:
+        if out is not None:
+            out.close()
+        for h in handles.values():
+            h.close()
+    return len(entries)
+
+
+def _open_for_seek(path: Path) -> Any:
+    if path.suffix == ".gz":
+        import gzip
+
+        return gzip.open(path, "rb")  # seekable (by decompressing up to the offset)
+    return open(path, "rb")
+
+
+def _gathered_info(dirs: list[Path], infos: list[ShardRunInfo]) -> dict[str, Any]:
+    # The first shard's run.json, keys kept as the runner wrote them, minus the shard; counts summed.
+    data = json.loads((dirs[0] / RUN_INFO_FILE).read_text(encoding="utf-8"))
+    data.pop("shard", None)
+    counts = [json.loads((d / RUN_INFO_FILE).read_text(encoding="utf-8")).get("counts") for d in dirs]
+    if all(isinstance(c, dict) for c in counts):
+        keys = sorted(set().union(*counts))
+        data["counts"] = {
+            k: sum(c.get(k, 0) for c in counts) for k in keys if all(isinstance(c.get(k, 0), int) for c in counts)
+        }
+    data["gathered_from"] = [{"shard": str(i.shard), "path": str(d)} for i, d in zip(infos, dirs, strict=True)]
+    return data

@@ -1,0 +1,332 @@
+"""Run telemetry: what a run cost, per step, written as `run_report.json` beside the records.
+
+The report exists so that a user can price the full run from a small sample (`lmsynth estimate`): per step
+it keeps the request, token, failure and retry counts and the time spent in batches; for the run it keeps
+the wall time, the time before the first batch finished (engine start, which does not grow with the input),
+the number of instructions covered and the GPU-hours (visible GPUs × wall time; 0 on the CPU).
+
+The runner feeds a `Telemetry` collector once per LLM batch. distilabel runs steps in other processes (or
+Ray actors), so steps can instead append `BatchEvent` lines to an events folder (`append_event`) that the
+collector in the main process follows; both paths end in the same counters.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from pydantic import Field
+
+from lmsynth import progress
+from lmsynth.config import StrictModel
+from lmsynth.errors import InputRecordError
+from lmsynth.io import parse_line, write_json
+
+
+RUN_REPORT_FILE = "run_report.json"
+REPORT_VERSION = 1
+EVENTS_DIR = "telemetry"  # inside a run's work folder: one `events-<pid>.jsonl` per process
+
+
+class StepReport(StrictModel):
+    """The cost of one pipeline step, summed over its batches."""
+
+    step: str
+    batches: int = Field(0, ge=0)
+    requests: int = Field(0, ge=0, description="Prompts sent to the LLM (one per instruction and step).")
+    generations: int = Field(0, ge=0, description="Outputs received (requests × n for n-sample steps).")
+    input_tokens: int = Field(0, ge=0, description="Prompt tokens, counted once per request.")
+    output_tokens: int = Field(0, ge=0, description="Generated tokens over all outputs.")
+    failures: int = Field(0, ge=0, description="Outputs that were None or could not be parsed.")
+    retries: int = Field(0, ge=0, description="Requests sent again after an error (server backend).")
+    busy_s: float = Field(0.0, ge=0, description="Seconds spent inside this step's batches.")
+
+
+class RunReport(StrictModel):
+    """`run_report.json`: the cost of one run (or of a gathered set of shard runs)."""
+
+    version: int = REPORT_VERSION
+    pipeline: str | None = None
+    fingerprint: str | None = None
+    shard: str | None = Field(None, description="`I/N` for a shard run; None for a whole or gathered run.")
+    instructions: int = Field(ge=0, description="Input instructions this run covered: what `estimate` scales.")
+    records: int = Field(0, ge=0, description="Records written.")
+    wall_time_s: float = Field(ge=0)
+    startup_s: float = Field(0.0, ge=0, description="Seconds until the first batch finished (engine start).")
+    gpus: int = Field(0, ge=0, description="GPUs visible to the run (0 on the CPU).")
+    gpu_hours: float = Field(0.0, ge=0)
+    runs: int = Field(1, ge=1, description="How many runs this report sums (shards gathered).")
+    steps: list[StepReport] = Field(default_factory=list)
+
+    @property
+    def input_tokens(self) -> int:
+        """Prompt tokens over all steps."""
+        return sum(s.input_tokens for s in self.steps)
+
+    @property
+    def output_tokens(self) -> int:
+        """Generated tokens over all steps."""
+        return sum(s.output_tokens for s in self.steps)
+
+    def step(self, name: str) -> StepReport:
+        """The report of step `name` (an empty one when the step made no requests)."""
+        return next((s for s in self.steps if s.step == name), StepReport(step=name))
+
+
+class BatchEvent(StrictModel):
+    """One LLM batch, as a step process reports it (one line of an events file)."""
+
+    step: str
+    requests: int = Field(ge=0)
+    generations: int = Field(0, ge=0)
+    input_tokens: int = Field(0, ge=0)
+    output_tokens: int = Field(0, ge=0)
+    failures: int = Field(0, ge=0)
+    retries: int = Field(0, ge=0)
+    seconds: float = Field(0.0, ge=0)
+
+
+def visible_gpu_count() -> int:
+    """GPUs this process can use: 0 without an NVIDIA driver, else what CUDA reports.
+
+    The driver check comes first so that a CPU-only run never imports torch just to learn it has no GPU.
+    """
+    if not Path("/proc/driver/nvidia/gpus").is_dir():
+        return 0
+    try:
+        import torch
+    except ImportError:
+        return 0
+    return int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
+
+
+def append_event(events_dir: Path | str, event: BatchEvent) -> None:
+    """Append `event` to this process's events file (one `write` of one line, so lines never interleave)."""
+    events_dir = Path(events_dir)
+    events_dir.mkdir(parents=True, exist_ok=True)
+    line = (event.model_dump_json() + "\n").encode("utf-8")
+    fd = os.open(events_dir / f"events-{os.getpid()}.jsonl", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)
+
+
+class Telemetry:
+    """Collects per-batch counters during a run and turns them into a `RunReport`.
+
+    Thread-safe: the runner, a server backend's worker threads and the events follower may all record.
+    """
+
+    def __init__(self, *, total_requests: int | None = None, gpus: int = 0, clock=time.monotonic) -> None:
+        """Start the clock.
+
+        Args:
+            total_requests: Requests the run expects in all (drives the progress bar's ETA); None if unknown.
+            gpus: GPUs the run uses; GPU-hours are `gpus × wall time`.
+            clock: Seconds source, replaceable in tests.
+        """
+        self.total_requests = total_requests
+        self.gpus = gpus
+        self._clock = clock
+        self._t0 = clock()
+        self._first_batch_at: float | None = None
+        self._steps: dict[str, StepReport] = {}
+        self._lock = threading.Lock()
+        self._advance = None
+        self._offsets: dict[Path, tuple[int, int]] = {}  # events file → (bytes read, lines read)
+
+    def record_batch(
+        self,
+        step: str,
+        *,
+        requests: int,
+        generations: int | None = None,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+        failures: int = 0,
+        retries: int = 0,
+        seconds: float = 0.0,
+    ) -> None:
+        """Add one batch of `step` to the counters and advance the progress bar by its requests."""
+        self.record(
+            BatchEvent(
+                step=step,
+                requests=requests,
+                generations=requests if generations is None else generations,
+                input_tokens=input_tokens,
+                output_tokens=output_tokens,
+                failures=failures,
+                retries=retries,
+                seconds=seconds,
+            )
+        )
+
+    def record(self, event: BatchEvent) -> None:
+        """Add one `BatchEvent` (from this process or read from an events file)."""
+        with self._lock:
+            if self._first_batch_at is None:
+                # When the first batch began: everything before it (engine start) does not grow with the input.
+                self._first_batch_at = max(self._clock() - event.seconds, self._t0)
+            old = self._steps.get(event.step, StepReport(step=event.step))
+            self._steps[event.step] = old.model_copy(
+                update={
+                    "batches": old.batches + 1,
+                    "requests": old.requests + event.requests,
+                    "generations": old.generations + event.generations,
+                    "input_tokens": old.input_tokens + event.input_tokens,
+                    "output_tokens": old.output_tokens + event.output_tokens,
+                    "failures": old.failures + event.failures,
+                    "retries": old.retries + event.retries,
+                    "busy_s": old.busy_s + event.seconds,
+                }
+            )
+            advance = self._advance
+        if advance is not None:
+            advance(event.requests, rate=self.rate_text())
+
+    def ingest(self, events_dir: Path | str) -> int:
+        """Record the events appended to `events_dir` since the last call; return how many were new.
+
+        Raises:
+            InputRecordError: an events line does not validate (names the file and line).
+        """
+        events_dir = Path(events_dir)
+        n = 0
+        for path in sorted(events_dir.glob("events-*.jsonl")) if events_dir.is_dir() else []:
+            start, lines = self._offsets.get(path, (0, 0))
+            with open(path, "rb") as f:
+                f.seek(start)
+                data = f.read()
+            complete = data[: data.rfind(b"\n") + 1]  # a line still being written waits for the next call
+            chunk = complete.decode("utf-8").splitlines()
+            self._offsets[path] = (start + len(complete), lines + len(chunk))
+            for i, raw in enumerate(chunk, start=lines + 1):
+                if raw.strip():
+                    self.record(parse_line(raw, BatchEvent, path=path, lineno=i))
+                    n += 1
+        return n
+
+    @contextlib.contextmanager
+    def follow(self, events_dir: Path | str, *, interval: float = 0.5) -> Iterator[None]:
+        """Ingest `events_dir` in a background thread while the block runs, and once more at its end."""
+        stop = threading.Event()
+        errors: list[InputRecordError] = []
+
+        def _loop() -> None:
+            while not stop.wait(interval):
+                try:
+                    self.ingest(events_dir)
+                except InputRecordError as e:  # surfaced after the block; the run itself goes on
+                    errors.append(e)
+                    return
+
+        thread = threading.Thread(target=_loop, name="lmsynth-telemetry", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+            if not errors:
+                self.ingest(events_dir)
+        if errors:
+            raise errors[0]
+
+    @contextlib.contextmanager
+    def display(self, description: str = "Generating") -> Iterator[None]:
+        """Show a progress bar (requests done of `total_requests`, req/s, generated tok/s, ETA) under the CLI."""
+        with progress.task(description, total=self.total_requests) as advance:
+            self._advance = advance
+            try:
+                yield
+            finally:
+                self._advance = None
+
+    def rate_text(self) -> str:
+        """`"3.2 req/s · 410 tok/s"` over the run so far."""
+        elapsed = max(self._clock() - self._t0, 1e-9)
+        with self._lock:
+            requests = sum(s.requests for s in self._steps.values())
+            tokens = sum(s.output_tokens for s in self._steps.values())
+        return f"{requests / elapsed:,.1f} req/s · {tokens / elapsed:,.0f} tok/s"
+
+    def report(
+        self,
+        *,
+        instructions: int,
+        records: int = 0,
+        pipeline: str | None = None,
+        fingerprint: str | None = None,
+        shard: str | None = None,
+    ) -> RunReport:
+        """The report of the run so far (call at its end)."""
+        wall = max(self._clock() - self._t0, 0.0)
+        with self._lock:
+            steps = [self._steps[k] for k in sorted(self._steps)]
+            startup = (self._first_batch_at - self._t0) if self._first_batch_at is not None else wall
+        return RunReport(
+            pipeline=pipeline,
+            fingerprint=fingerprint,
+            shard=shard,
+            instructions=instructions,
+            records=records,
+            wall_time_s=round(wall, 3),
+            startup_s=round(min(startup, wall), 3),
+            gpus=self.gpus,
+            gpu_hours=round(self.gpus * wall / 3600, 6),
+            steps=steps,
+        )
+
+
+def write_report(run_dir: Path | str, report: RunReport) -> Path:
+    """Write `run_report.json` into `run_dir` atomically and return its path."""
+    path = Path(run_dir) / RUN_REPORT_FILE
+    write_json(path, report.model_dump(mode="json"))
+    return path
+
+
+def read_report(run_dir: Path | str) -> RunReport:
+    """Read a run folder's `run_report.json`.
+
+    Raises:
+        InputRecordError: the file is missing or does not validate (names the file and field).
+    """
+    path = Path(run_dir) / RUN_REPORT_FILE
+    if not path.is_file():
+        raise InputRecordError(path, None, None, "no run report here; is this a finished `lmsynth run` folder?")
+    return parse_line(path.read_text(encoding="utf-8"), RunReport, path=path, lineno=None)
+
+
+def merge_reports(reports: list[RunReport]) -> RunReport:
+    """One report for shard runs done side by side: counts and GPU-hours add up, wall time is the longest.
+
+    Raises:
+        ValueError: `reports` is empty.
+    """
+    if not reports:
+        raise ValueError("`reports` can't be empty")
+    steps: dict[str, dict[str, float]] = {}
+    for rep in reports:
+        for s in rep.steps:
+            acc = steps.setdefault(s.step, dict.fromkeys(StepReport.model_fields.keys() - {"step"}, 0))
+            for key in acc:
+                acc[key] += getattr(s, key)
+    first = reports[0]
+    return RunReport(
+        pipeline=first.pipeline,
+        fingerprint=first.fingerprint,
+        shard=None,
+        instructions=sum(r.instructions for r in reports),
+        records=sum(r.records for r in reports),
+        wall_time_s=max(r.wall_time_s for r in reports),
+        startup_s=max(r.startup_s for r in reports),
+        gpus=sum(r.gpus for r in reports),
+        gpu_hours=round(sum(r.gpu_hours for r in reports), 6),
+        runs=sum(r.runs for r in reports),
+        steps=[StepReport(step=k, **v) for k, v in sorted(steps.items())],
+    )
