@@ -187,6 +187,14 @@ class InputRowError(InputRecordError):
         self.args = (f"{where}: {self.message}",)
 
 
+class ArgumentError(LmsynthError, ValueError):
+    """An argument of a library verb is invalid; names the argument."""
+
+    def __init__(self, argument: str, message: str) -> None:
+        self.argument = argument
+        super().__init__(f"`{argument}` {message}")
+
+
 # ---------------------------------------------------------------------------
 # ENVIRONMENT ERRORS
 # ---------------------------------------------------------------------------
@@ -207,3 +215,12 @@ def require(module: str, *, extra: str) -> None:
 
     if importlib.util.find_spec(module) is None:
         raise MissingDependencyError(module, extra)
+
+
+# ---------------------------------------------------------------------------
+# EXPORT ERRORS
+# ---------------------------------------------------------------------------
+
+
+class ExportError(LmsynthError, ValueError):
+    """An export was asked for with bad options or an input folder `recover` did not write."""
