@@ -33,3 +33,35 @@ DEBUG = _is_true(os.environ.get("LMSYNTH_DEBUG"))
 def passphrase_from_env() -> str | None:
     """The passphrase from `LMSYNTH_PASSPHRASE`, read at call time so tests can set it."""
     return os.environ.get(PASSPHRASE_ENV) or None
+
+
+# Hubs. huggingface_hub resolves its own token (HF_TOKEN, saved login, OIDC via HF_OIDC_RESOURCE) and
+# endpoint (HF_ENDPOINT); ModelScope's are read here, at call time, so tests can set them.
+MODELSCOPE_TOKEN_ENV = "MODELSCOPE_API_TOKEN"
+MODELSCOPE_ENDPOINT_ENV = "MODELSCOPE_ENDPOINT"
+HF_TOKEN_ENV = "HF_TOKEN"
+HUB_RETRIES_ENV = "LMSYNTH_HUB_RETRIES"
+HUB_RETRY_BASE_ENV = "LMSYNTH_HUB_RETRY_BASE_S"
+
+
+def modelscope_token_from_env() -> str | None:
+    """The ModelScope token from `MODELSCOPE_API_TOKEN`, read at call time."""
+    return os.environ.get(MODELSCOPE_TOKEN_ENV) or None
+
+
+def modelscope_endpoint() -> str | None:
+    """The ModelScope endpoint from `MODELSCOPE_ENDPOINT` (None: the client's default service)."""
+    return os.environ.get(MODELSCOPE_ENDPOINT_ENV) or None
+
+
+def hub_retry_settings() -> tuple[int, float]:
+    """`(attempts, base delay in seconds)` for hub calls: `LMSYNTH_HUB_RETRIES`, `LMSYNTH_HUB_RETRY_BASE_S`."""
+    attempts = int(os.environ.get(HUB_RETRIES_ENV) or 5)
+    base = float(os.environ.get(HUB_RETRY_BASE_ENV) or 1.0)
+    return max(attempts, 1), max(base, 0.0)
+
+
+def secret_values_from_env() -> list[str]:
+    """Every secret this process may hold in its environment, so messages can be scrubbed of them."""
+    names = (PASSPHRASE_ENV, MODELSCOPE_TOKEN_ENV, HF_TOKEN_ENV, "HUGGING_FACE_HUB_TOKEN")
+    return [v for v in (os.environ.get(n) for n in names) if v]

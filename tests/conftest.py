@@ -17,3 +17,10 @@ def isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.M
     import lmsynth.constants as constants
 
     monkeypatch.setattr(constants, "CACHE_DIR", home / "cache")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Point the hub clients at the local stand-ins before any test module imports them."""
+    from tests.hub.endpoints import reserve_hub_endpoints
+
+    reserve_hub_endpoints()

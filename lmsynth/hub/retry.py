@@ -1,0 +1,182 @@
+"""Retries with exponential backoff for hub calls, and the mapping of hub failures to one-line errors.
+
+Transient failures (429, 5xx, 412 "the branch moved", network errors) are retried; every attempt of a
+publish step re-reads the remote state first, so a retry after a lost response never commits twice.
+Whatever is left becomes a `TargetError` subclass whose message says what to do:
+
+| failure                    | error               | what the message tells the user               |
+|----------------------------|---------------------|-----------------------------------------------|
+| 401 / 403                  | `HubAuthError`      | set a token with write access                 |
+| 404 repo                   | `TargetError`       | check the repo name and the token's access    |
+| 429 / 5xx after retries    | `HubRateLimitError` | wait and rerun; a rerun completes the release |
+| network                    | `TargetError`       | check the endpoint / connection               |
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from pydantic import Field
+
+from lmsynth import constants
+from lmsynth.config import StrictModel
+from lmsynth.errors import HubAuthError, HubRateLimitError, LmsynthError, TargetError
+from lmsynth.hub.auth import redact
+
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+TRANSIENT_STATUS = frozenset({408, 412, 429, 500, 502, 503, 504})
+
+
+class RetryPolicy(StrictModel):
+    """How often and how patiently a hub call is retried."""
+
+    attempts: int = Field(5, ge=1, description="Tries in all, the first included.")
+    base_delay_s: float = Field(1.0, ge=0, description="Wait before the 2nd try; doubles each time.")
+    max_delay_s: float = Field(30.0, ge=0)
+
+    @classmethod
+    def from_env(cls) -> RetryPolicy:
+        """The policy set by `LMSYNTH_HUB_RETRIES` / `LMSYNTH_HUB_RETRY_BASE_S` (defaults: 5 tries, 1 s)."""
+        attempts, base = constants.hub_retry_settings()
+        return cls(attempts=attempts, base_delay_s=base)
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait after failed try number `attempt` (1-based), with ±20% jitter."""
+        raw = min(self.base_delay_s * 2 ** (attempt - 1), self.max_delay_s)
+        return raw * random.uniform(0.8, 1.2)
+
+
+def with_retries(fn: Callable[[], T], *, target: str, action: str, policy: RetryPolicy) -> T:
+    """Call `fn` until it succeeds, retrying transient hub failures with backoff.
+
+    Args:
+        fn: the step; it must be safe to repeat (re-read remote state before writing).
+        target: the target URI, named in errors.
+        action: what the step does ("commit the release"), named in errors.
+        policy: attempts and delays.
+
+    Returns:
+        What `fn` returned.
+
+    Raises:
+        TargetError: (or a subclass) the step failed for good; one line, no secrets.
+    """
+    for attempt in range(1, policy.attempts + 1):
+        try:
+            return fn()
+        except LmsynthError:
+            raise
+        except Exception as e:  # noqa: BLE001 — every client error is mapped below
+            status = http_status(e)
+            transient = status in TRANSIENT_STATUS if status is not None else is_network_error(e)
+            if not transient or attempt == policy.attempts:
+                raise hub_error(e, target=target, action=action, attempts=attempt) from e
+            wait = policy.delay(attempt)
+            log.warning(
+                "%s: %s failed (%s); retry %d/%d in %.1fs",
+                target,
+                action,
+                _short(e, status),
+                attempt,
+                policy.attempts - 1,
+                wait,
+            )
+            time.sleep(wait)
+    raise AssertionError("unreachable")
+
+
+def hub_error(e: BaseException, *, target: str, action: str, attempts: int = 1) -> TargetError:
+    """The one-line lmsynth error for a failed hub call (never holding a token)."""
+    status = http_status(e)
+    tries = f" after {attempts} attempts" if attempts > 1 else ""
+    if status in (401, 403):
+        msg = (
+            f"cannot {action}: the hub refused the credentials (HTTP {status}); use a token with write access "
+            "(HF_TOKEN, `hf auth login` or HF_OIDC_RESOURCE in CI; MODELSCOPE_API_TOKEN for ModelScope)"
+        )
+        return HubAuthError(target, redact(msg))
+    if status == 404:
+        msg = (
+            f"cannot {action}: repository or revision not found (HTTP 404); check the name, and that the token "
+            "can see the repo"
+        )
+        return TargetError(target, redact(msg))
+    if status == 429:
+        msg = f"cannot {action}: rate limited by the hub (HTTP 429){tries}; wait a few minutes and rerun"
+        return HubRateLimitError(target, msg)
+    if status is not None and status >= 500:
+        msg = (
+            f"cannot {action}: the hub kept failing (HTTP {status}){tries}; rerun later, a release without its "
+            "tag is completed by a rerun"
+        )
+        return HubRateLimitError(target, msg)
+    if status == 412:
+        return TargetError(target, f"cannot {action}: the branch kept moving during the upload{tries}; rerun")
+    if status is None and is_network_error(e):
+        return TargetError(target, redact(f"cannot {action}: the hub is unreachable{tries} ({_short(e, None)})"))
+    return TargetError(target, redact(f"cannot {action}: {_short(e, status)}"))
+
+
+def http_status(e: BaseException) -> int | None:
+    """The HTTP status behind `e` or any exception it wraps, if there is one."""
+    seen: set[int] = set()
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        response = getattr(cur, "response", None)
+        status = getattr(response, "status_code", None) or getattr(cur, "status_code", None)
+        if isinstance(status, int):
+            return status
+        cur = cur.__cause__ or cur.__context__
+    return None
+
+
+def is_network_error(e: BaseException) -> bool:
+    """Whether `e` (or what it wraps) is a connection / timeout failure rather than an answer."""
+    seen: set[int] = set()
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        name = type(cur).__name__
+        if isinstance(cur, (ConnectionError, TimeoutError)) or name in _NETWORK_ERROR_NAMES:
+            return True
+        cur = cur.__cause__ or cur.__context__
+    return False
+
+
+# Private helpers
+
+# httpx/httpx2 (huggingface_hub), requests (modelscope) and modelscope_hub network errors, by name: matching
+# names keeps this module free of the clients' imports.
+_NETWORK_ERROR_NAMES = frozenset(
+    {
+        "ConnectError",
+        "ConnectTimeout",
+        "ReadTimeout",
+        "WriteTimeout",
+        "PoolTimeout",
+        "ReadError",
+        "WriteError",
+        "RemoteProtocolError",
+        "NetworkError",
+        "TransportError",
+        "TimeoutException",
+        "ConnectionError",
+        "ChunkedEncodingError",
+        "RequestTimeoutError",
+    }
+)
+
+
+def _short(e: BaseException, status: int | None) -> str:
+    """The first line of `e`, without secrets; prefixed by its HTTP status."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    text = redact(text)[:300]
+    return f"HTTP {status}: {text}" if status is not None else text
