@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.hub import endpoints
-from tests.hub.hf_server import HubState, HubStandIn
+from tests.hub.hf_server import HubStandIn, HubState
 
 
 @pytest.fixture(scope="session")

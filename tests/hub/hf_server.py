@@ -219,6 +219,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _dispatch(self, method: str) -> None:
         url = urlsplit(self.path)
+        self.is_head = method == "HEAD"
         self.query = parse_qs(url.query)
         path = url.path
         body = self._read_body() if method in ("POST", "PUT", "DELETE") else b""
@@ -299,25 +300,27 @@ class _Handler(BaseHTTPRequestHandler):
         auth = self.headers.get("Authorization", "")
         return auth.removeprefix("Bearer ") in self.state.tokens
 
-    def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None, *, head: bool = False) -> None:
+    def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
         self.send_response(status)
         for key, value in (headers or {}).items():
             self.send_header(key, value)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        if not head:
+        if not self.is_head:
             self.wfile.write(body)
 
     def _json(self, data: object, status: int = 200) -> None:
         self._send(status, json.dumps(data).encode(), {"Content-Type": "application/json"})
 
-    def _error(self, status: int, message: str, *, code: str | None = None, retry_after: bool = False) -> None:
+    def _error(
+        self, status: int, message: str, *, code: str | None = None, retry_after: bool = False, **extra: object
+    ) -> None:
         headers = {"Content-Type": "application/json", "X-Error-Message": message}
         if code:
             headers["X-Error-Code"] = code
         if retry_after:
             headers["Retry-After"] = "0"
-        self._send(status, json.dumps({"error": message}).encode(), headers)
+        self._send(status, json.dumps({"error": message, **extra}).encode(), headers)
 
     def _repo(self, kind: str, repo_id: str) -> Repo | None:
         repo = self.state.repos.get((kind, repo_id))
@@ -351,16 +354,16 @@ class _Handler(BaseHTTPRequestHandler):
         kind = data.get("type") or "model"
         repo_id = f"{data.get('organization') or 'tester'}/{data['name']}"
         st = self.state
+        prefix = "" if kind == "model" else f"{kind}s/"
         with st.lock:
             if (kind, repo_id) in st.repos:
-                return self._error(409, "You already created this dataset repo")
+                return self._error(409, "You already created this repo", url=f"{self.endpoint}/{prefix}{repo_id}")
             repo = Repo(kind, repo_id, private=bool(data.get("private") or data.get("visibility") == "private"))
             init = st.new_commit(
                 repo, None, "initial commit", {".gitattributes": st.put_blob(GITATTRIBUTES, lfs=False)}
             )
             repo.branches["main"] = init.oid
             st.repos[(kind, repo_id)] = repo
-        prefix = "" if kind == "model" else f"{kind}s/"
         self._json({"url": f"{self.endpoint}/{prefix}{repo_id}", "name": repo_id, "id": repo_id})
 
     def _delete_repo(self, body: bytes) -> None:
