@@ -121,10 +121,8 @@ class TestOpenSource:
     def test_missing_path_is_a_source_error(self, tmp_path: Path) -> None:
         with pytest.raises(SourceError) as exc:
             open_source(str(tmp_path / "nope.jsonl"))
-        assert (
-            one_line_error(exc)
-            == f"{tmp_path / 'nope.jsonl'}: no such file or folder (and not a hub dataset id like `lmsys/lmsys-chat-1m`)"
-        )
+        hint = "(and not a hub dataset id like `lmsys/lmsys-chat-1m`)"
+        assert one_line_error(exc) == f"{tmp_path / 'nope.jsonl'}: no such file or folder {hint}"
 
     def test_relative_missing_file_is_not_taken_for_a_hub_id(self) -> None:
         with pytest.raises(SourceError, match="no such file"):
@@ -268,10 +266,11 @@ class TestFingerprint:
 
 
 @pytest.mark.hub
+@pytest.mark.usefixtures("hf_hub")
 class TestHubSource:
     """A hub dataset streamed through the real `datasets` client from the local Hub stand-in."""
 
-    def test_streams_rows_with_row_numbers(self, hf_hub, tmp_path: Path) -> None:  # noqa: ANN001
+    def test_streams_rows_with_row_numbers(self, tmp_path: Path) -> None:
         from pydantic import SecretStr
 
         _upload(tmp_path, "org/chat", [make_row("a" * 32), make_row("b" * 32, text="second")])
@@ -284,7 +283,7 @@ class TestHubSource:
         assert rows[1].conversation.first_user_content == "second"
         assert re.fullmatch(r"[0-9a-f]{64}", src.fingerprint())
 
-    def test_bad_row_names_dataset_row_and_field(self, hf_hub, tmp_path: Path) -> None:  # noqa: ANN001
+    def test_bad_row_names_dataset_row_and_field(self, tmp_path: Path) -> None:
         bad = make_row("b" * 32, redacted="maybe")
         _upload(tmp_path, "org/bad", [make_row("a" * 32), bad])
         with pytest.raises(InputRowError) as exc:
@@ -294,7 +293,7 @@ class TestHubSource:
             == "org/bad: row 2: field `redacted`: Input should be a valid boolean, unable to interpret input"
         )
 
-    def test_missing_dataset_is_one_line_without_the_token(self, hf_hub) -> None:  # noqa: ANN001
+    def test_missing_dataset_is_one_line_without_the_token(self) -> None:
         from pydantic import SecretStr
 
         token = SecretStr("hf_planted_secret_987")
