@@ -13,22 +13,27 @@ Output rows are written as they are merged.
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import sqlite3
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, ValidationError
 
-from lmsynth.config import StrictModel
+from lmsynth import constants
+from lmsynth.config import StrictModel, dotted
 from lmsynth.errors import ChecksumError, PassphraseError, VerifyError
 from lmsynth.io import atomic_dir, open_text, parse_line, sha256_file, write_json, write_jsonl
 from lmsynth.progress import track
 from lmsynth.records import GatedInstruction, Message, SynthRecord
 from lmsynth.release import layout
+
+
+if TYPE_CHECKING:
+    from lmsynth.release.manifest import ChecksumManifest
 
 
 logger = logging.getLogger(__name__)
@@ -127,17 +132,21 @@ def recover(
         # 1. Fetch the tree and refuse it before any decryption if a byte differs from MANIFEST.json.
         tree = open_target(target_uri).download(revision, work / "tree")
         manifest = check_tree(tree)
-        subsets = _subsets(tree)
+        subsets = _subsets(manifest)
         # 2. The key: given, from the environment, or derived from the source (a full streamed pass).
         if passphrase is None:
             from lmsynth.secrets import resolve_passphrase
 
-            passphrase = resolve_passphrase(passphrase_file=None, source=source)
+            passphrase = resolve_passphrase(
+                passphrase_file=None, source=source if source is not None else str(constants.SAMPLE_SOURCE)
+            )
         # 3. Decrypt everything first: a wrong key must fail before a single output byte exists.
         store = _Store(work / "store.sqlite")
         try:
             gated_counts = {
-                name: _load_gated(store, tree, name, work=work, passphrase=passphrase, include_unsafe=include_unsafe)
+                name: _load_gated(
+                    store, tree, manifest, name, work=work, passphrase=passphrase, include_unsafe=include_unsafe
+                )
                 for name in subsets
             }
             source_rows = _load_source(store, source)
@@ -164,29 +173,35 @@ def recover(
     return RecoverResult(out_dir=out_dir, report=report)
 
 
-def check_tree(tree: Path) -> dict:
-    """Check every file that MANIFEST.json lists against its size and sha256; return the manifest data.
+def check_tree(tree: Path) -> ChecksumManifest:
+    """Check every file that MANIFEST.json lists against its size and sha256; return the manifest.
 
     Raises:
-        VerifyError: MANIFEST.json is missing or lists no file.
+        VerifyError: MANIFEST.json is missing or invalid.
         ChecksumError: a listed file is missing, has another size, or another sha256; names the file.
     """
+    from lmsynth.release.manifest import ChecksumManifest
+
     manifest_path = tree / layout.MANIFEST_FILE
     if not manifest_path.is_file():
         raise VerifyError(f"{manifest_path}: the release has no {layout.MANIFEST_FILE}")
-    data = json.loads(manifest_path.read_text(encoding="utf-8"))
-    files = _manifest_files(data)
-    if not files:
-        raise VerifyError(f"{manifest_path}: lists no file")
-    for rel, (sha, size) in track(sorted(files.items()), "Checking checksums", total=len(files), unit="files"):
+    try:
+        manifest = ChecksumManifest.model_validate_json(manifest_path.read_text(encoding="utf-8"))
+    except ValidationError as e:
+        first = e.errors()[0]
+        raise VerifyError(f"{layout.MANIFEST_FILE}: `{dotted(first['loc'])}`: {first['msg']}") from e
+    files = sorted(manifest.files.items())
+    for rel, entry in track(files, "Checking checksums", total=len(files), unit="files"):
         path = tree / rel
         if not path.is_file():
             raise ChecksumError(rel, f"listed in {layout.MANIFEST_FILE} but missing from the release")
-        if size is not None and path.stat().st_size != size:
-            raise ChecksumError(rel, f"size {path.stat().st_size} does not match {layout.MANIFEST_FILE} ({size})")
-        if sha256_file(path) != sha:
+        if path.stat().st_size != entry.size:
+            raise ChecksumError(
+                rel, f"size {path.stat().st_size} does not match {layout.MANIFEST_FILE} ({entry.size})"
+            )
+        if sha256_file(path) != entry.sha256:
             raise ChecksumError(rel, f"sha256 does not match {layout.MANIFEST_FILE}; refusing to recover")
-    return data
+    return manifest
 
 
 def iter_recovered(path: Path | str) -> Iterator[RecoveredRecord]:
@@ -231,58 +246,40 @@ class _Store:
         self.db.close()
 
 
-def _manifest_files(data: dict) -> dict[str, tuple[str, int | None]]:
-    """`{path: (sha256, size)}` from MANIFEST.json (`files` as a mapping or a list of entries)."""
-    files = data.get("files", {})
-    out: dict[str, tuple[str, int | None]] = {}
-    if isinstance(files, dict):
-        items = files.items()
-    else:
-        items = ((f.get("path"), f) for f in files)
-    for path, entry in items:
-        if isinstance(entry, str):
-            out[path] = (entry, None)
-        else:
-            out[path] = (entry["sha256"], entry.get("size"))
-    return out
+def _license_of(manifest: ChecksumManifest, subset: str) -> SubsetLicense:
+    """The response license of `subset` as MANIFEST.json states it."""
+    info = manifest.subsets[subset]
+    return SubsetLicense(generator=info.generator.id, name=info.license.display_name, link=info.license.link)
 
 
-def _license_of(manifest: dict, subset: str) -> SubsetLicense:
-    """The response license of `subset`, read leniently from MANIFEST.json's subset metadata."""
-    subsets = manifest.get("subsets") or {}
-    if isinstance(subsets, list):
-        subsets = {s.get("config") or s.get("name"): s for s in subsets if isinstance(s, dict)}
-    meta = subsets.get(subset) or {}
-    lic = meta.get("license") or {}
-    if isinstance(lic, str):
-        lic = {"name": lic}
-    generator = meta.get("generator")
-    if isinstance(generator, dict):
-        generator = generator.get("model") or generator.get("id")
-    return SubsetLicense(
-        generator=generator,
-        name=lic.get("name") or lic.get("id"),
-        link=lic.get("link"),
+def _subsets(manifest: ChecksumManifest) -> list[str]:
+    """Subsets of the release, in name order."""
+    if not manifest.subsets:
+        raise VerifyError(f"{layout.MANIFEST_FILE}: the release has no subset")
+    return sorted(manifest.subsets)
+
+
+def _gated_file(manifest: ChecksumManifest, subset: str, *, unsafe: bool) -> str:
+    """Path of a subset's gated file: as MANIFEST.json names it, else where the layout puts it."""
+    return manifest.subsets[subset].gated.get("unsafe" if unsafe else "default") or layout.gated_path(
+        subset, unsafe=unsafe
     )
 
 
-def _subsets(tree: Path) -> list[str]:
-    """Subsets of the release: the configs that have public Parquet shards."""
-    data = tree / layout.DATA_DIR
-    names = sorted(p.name for p in data.iterdir() if p.is_dir() and any(p.glob("*.parquet"))) if data.is_dir() else []
-    if not names:
-        raise VerifyError(f"{tree}: the release has no public subset under {layout.DATA_DIR}/")
-    return names
-
-
 def _load_gated(
-    store: _Store, tree: Path, subset: str, *, work: Path, passphrase: SecretStr, include_unsafe: bool
+    store: _Store,
+    tree: Path,
+    manifest: ChecksumManifest,
+    subset: str,
+    *,
+    work: Path,
+    passphrase: SecretStr,
+    include_unsafe: bool,
 ) -> int:
     """Decrypt a subset's gated file(s) into the store; `+unsafe` rows not in the default set are marked."""
-    default = tree / layout.gated_path(subset, unsafe=False)
-    files = [(default, 0)]
+    files = [(tree / _gated_file(manifest, subset, unsafe=False), 0)]
     if include_unsafe:
-        files.append((tree / layout.gated_path(subset, unsafe=True), 1))
+        files.append((tree / _gated_file(manifest, subset, unsafe=True), 1))
     n = 0
     for path, unsafe in files:
         if not path.is_file():
@@ -301,15 +298,13 @@ def _load_gated(
 
 
 def _decrypt(src: Path, dst: Path, *, passphrase: SecretStr, tree: Path) -> None:
-    from lmsynth.crypto import decrypt_file
+    from lmsynth.crypto import KEY_HINT, decrypt_file
 
     try:
         decrypt_file(src, dst, passphrase=passphrase)
-    except PassphraseError as e:
-        raise PassphraseError(
-            f"the passphrase does not decrypt {src.relative_to(tree)}; "
-            "derive it from the original dataset with `lmsynth key`"
-        ) from e
+    except PassphraseError:
+        # The download folder is temporary: name the file as it sits in the release.
+        raise PassphraseError(f"the passphrase does not decrypt {src.relative_to(tree)}; {KEY_HINT}") from None
 
 
 def _read_gated(path: Path) -> Iterator[GatedInstruction]:

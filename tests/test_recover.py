@@ -1,0 +1,261 @@
+"""recover: checksums before decryption, wrong key → one line and nothing written, missing source rows counted.
+
+The release trees here are built by hand in the layout of `lmsynth.release.layout` (real Parquet, real
+GnuPG, a real MANIFEST.json model) so each guarantee is tested on exactly the bytes it is about.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+
+from lmsynth.crypto import encrypt_file
+from lmsynth.errors import ChecksumError, PassphraseError
+from lmsynth.io import sha256_file
+from lmsynth.recover import REPORT_FILE, RecoveredRecord, iter_recovered, recover
+from lmsynth.release import layout
+from lmsynth.release.manifest import ChecksumManifest
+
+
+KEY = SecretStr("correct horse battery staple")
+CONFIG = "gemma3"
+
+
+def msg(role: str, content: str) -> dict:
+    return {"role": role, "content": content}
+
+
+def public(cid: str, scores: list[float | None], *, multiturn: bool = False) -> dict:
+    """A public row (no gated text; a multiturn conversation with its first user turn blanked)."""
+    row = {
+        "conversation_id": cid,
+        "duplicate_user_instruction_ja": None,
+        "empty_user_instruction_ja": False,
+        "is_template_instruction": None,
+        "synthesized_assistant_responses": [msg("assistant", f"{cid}-r{i}") for i in range(len(scores))],
+        "synthesized_response_scoring_annotations": [
+            {"response_token_length": 5, "judgement": "j", "repetition_flag": False, "preference_score": s}
+            for s in scores
+        ],
+        "synthesized_assistant_responses_en": None,
+        "synthesized_multiturn_conversation": None,
+    }
+    if multiturn:
+        row["synthesized_multiturn_conversation"] = [
+            [msg("user", ""), msg("assistant", f"{cid}-r0"), msg("user", "次は？"), msg("assistant", f"{cid}-t2")]
+        ]
+    return row
+
+
+def source_row(cid: str, text: str, *, redacted: bool = False, language: str = "English") -> dict:
+    return {
+        "conversation_id": cid,
+        "model": "vicuna-13b",
+        "conversation": [msg("user", text), msg("assistant", "old answer")],
+        "turn": 1,
+        "language": language,
+        "openai_moderation": [{"categories": {}, "category_scores": {}, "flagged": False}] * 2,
+        "redacted": redacted,
+    }
+
+
+PUBLIC = [public("c2", [3, 7]), public("c1", [5, None], multiturn=True), public("c3", [1])]
+GATED = {"c1": "質問一", "c2": "質問二", "c3": "質問三"}  # sorted by id in the file
+UNSAFE = {"c0": "危険な質問"}  # moderation-flagged: only in the +unsafe file, no public row
+SOURCE = [
+    source_row("c3", "Question three"),
+    source_row("c1", "Question one", redacted=True),
+    source_row("c2", "Question two", language="Japanese"),
+    source_row("c0", "Unsafe question"),
+    source_row("zz", "Not in the release"),
+]
+
+
+def build_tree(root: Path, *, passphrase: SecretStr = KEY) -> Path:
+    """A release tree: one subset with public Parquet, both gated files and a MANIFEST.json."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    shard = root / layout.shard_path(CONFIG, 0, 1)
+    shard.parent.mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(PUBLIC), shard)
+    gated_files = {}
+    for name, rows in (("default", GATED), ("unsafe", {**GATED, **UNSAFE})):
+        plain = root / f"{name}.jsonl.gz"
+        with gzip.open(plain, "wt", encoding="utf-8") as f:
+            for cid in sorted(rows):
+                f.write(
+                    json.dumps({"conversation_id": cid, "translated_conversation": [msg("user", rows[cid])]}) + "\n"
+                )
+        rel = layout.gated_path(CONFIG, unsafe=name == "unsafe")
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        encrypt_file(plain, root / rel, passphrase=passphrase)
+        plain.unlink()
+        gated_files[name] = rel
+    files = {
+        p.relative_to(root).as_posix(): {"sha256": sha256_file(p), "size": p.stat().st_size}
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+    license = {"id": "other", "name": "Gemma Terms of Use", "link": "https://ai.google.dev/gemma/terms", "notice": "n"}
+    manifest = ChecksumManifest.model_validate(
+        {
+            "version": "v0.5",
+            "tool_version": "0.1.0",
+            "subsets": {
+                CONFIG: {
+                    "title": "Gemma 3",
+                    "generator": {
+                        "id": "google/gemma-3-27b-it",
+                        "link": "https://huggingface.co/google/gemma-3-27b-it",
+                    },
+                    "judge": {"id": "google/gemma-3-27b-it", "link": "https://huggingface.co/google/gemma-3-27b-it"},
+                    "license": license,
+                    "counts": {
+                        "records": 3,
+                        "instructions_ja": 3,
+                        "responses_ja": 5,
+                        "gated_default": 3,
+                        "gated_unsafe": 4,
+                    },
+                    "shards": [layout.shard_path(CONFIG, 0, 1)],
+                    "gated": gated_files,
+                }
+            },
+            "files": files,
+        }
+    )
+    (root / layout.MANIFEST_FILE).write_text(manifest.to_json(), encoding="utf-8")
+    return root
+
+
+class FolderTarget:
+    """A target whose `download` copies a prepared tree (the git-backed LocalTarget has its own tests)."""
+
+    def __init__(self, tree: Path) -> None:
+        self.uri = str(tree)
+        self.tree = tree
+
+    def download(self, tag: str, dest: Path) -> Path:
+        assert tag == "v0.5"
+        shutil.copytree(self.tree, dest)
+        return dest
+
+
+@pytest.fixture(scope="module")
+def built_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tree(tmp_path_factory.mktemp("built") / "release")
+
+
+@pytest.fixture()
+def tree(built_tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    tree = Path(shutil.copytree(built_tree, tmp_path / "release"))
+    import lmsynth.targets.base as base
+
+    monkeypatch.setattr(base, "open_target", lambda uri: FolderTarget(Path(uri)))
+    return tree
+
+
+@pytest.fixture()
+def source(tmp_path: Path) -> str:
+    path = tmp_path / "lmsys.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in SOURCE), encoding="utf-8")
+    return str(path)
+
+
+def run(tree: Path, source: str, out: Path, **kw) -> object:
+    kw.setdefault("passphrase", KEY)
+    return recover(str(tree), revision="v0.5", source=source, out_dir=out, **kw)
+
+
+class TestRecover:
+    def test_merges_public_gated_and_source(self, tree: Path, source: str, tmp_path: Path) -> None:
+        res = run(tree, source, tmp_path / "out")
+        recs = {r.conversation_id: r for r in iter_recovered(tmp_path / "out" / CONFIG)}
+        assert list(recs) == ["c2", "c1", "c3"]  # public order
+        c1 = recs["c1"]
+        assert c1.translated_conversation[0].content == "質問一"
+        assert c1.conversation[0].content == "Question one"
+        assert c1.redacted is True and c1.language == "English"
+        # The blank first user turn of the public multiturn conversation is restored from the JA instruction.
+        assert [m.content for m in c1.synthesized_multiturn_conversation[0]] == ["質問一", "c1-r0", "次は？", "c1-t2"]
+        assert [a.preference_score for a in c1.synthesized_response_scoring_annotations] == [5, None]
+        assert recs["c2"].language == "Japanese" and recs["c2"].redacted is False
+        sub = res.report.subsets[CONFIG]
+        assert (sub.public_rows, sub.merged, sub.missing_in_source, sub.unsafe_included) == (3, 3, 0, 0)
+        assert sub.license.name == "Gemma Terms of Use" and sub.license.generator == "google/gemma-3-27b-it"
+        on_disk = json.loads((tmp_path / "out" / REPORT_FILE).read_text())
+        assert on_disk["subsets"][CONFIG]["merged"] == 3 and on_disk["source_rows"] == 5
+
+    def test_include_unsafe_adds_flagged_instructions(self, tree: Path, source: str, tmp_path: Path) -> None:
+        res = run(tree, source, tmp_path / "out", include_unsafe=True)
+        recs = list(iter_recovered(tmp_path / "out" / CONFIG))
+        assert [r.conversation_id for r in recs] == ["c2", "c1", "c3", "c0"]
+        assert recs[-1].translated_conversation[0].content == "危険な質問"
+        assert recs[-1].conversation[0].content == "Unsafe question"
+        assert recs[-1].synthesized_assistant_responses == []
+        assert res.report.subsets[CONFIG].unsafe_included == 1
+        assert res.report.include_unsafe is True
+
+    def test_missing_source_rows_are_counted_and_the_rest_recovered(self, tree: Path, tmp_path: Path) -> None:
+        partial = tmp_path / "partial.jsonl"
+        partial.write_text(json.dumps(SOURCE[0]) + "\n", encoding="utf-8")  # only c3
+        res = run(tree, str(partial), tmp_path / "out")
+        sub = res.report.subsets[CONFIG]
+        assert (sub.written, sub.merged, sub.missing_in_source) == (3, 1, 2)
+        recs = {r.conversation_id: r for r in iter_recovered(tmp_path / "out" / CONFIG)}
+        assert recs["c3"].conversation[0].content == "Question three"
+        assert recs["c1"].conversation == [] and recs["c1"].redacted is None
+        assert recs["c1"].translated_conversation[0].content == "質問一"
+
+    def test_wrong_key_is_one_line_and_writes_nothing(self, tree: Path, source: str, tmp_path: Path) -> None:
+        with pytest.raises(PassphraseError) as exc:
+            run(tree, source, tmp_path / "out", passphrase=SecretStr("not the key"))
+        text = str(exc.value)
+        assert "\n" not in text
+        assert text.startswith(f"the passphrase does not decrypt {layout.gated_path(CONFIG, unsafe=False)}; ")
+        assert "derive it from the original dataset with `lmsynth key" in text
+        assert "not the key" not in text
+        assert not (tmp_path / "out").exists()
+        assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+    def test_checksum_mismatch_refuses_and_names_the_file(
+        self, tree: Path, source: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        shard = tree / layout.shard_path(CONFIG, 0, 1)
+        data = bytearray(shard.read_bytes())
+        data[-20] ^= 0xFF  # same size, different bytes
+        shard.write_bytes(bytes(data))
+        import lmsynth.crypto
+
+        def no_decrypt(*a: object, **k: object) -> None:
+            raise AssertionError("decrypted before checking checksums")
+
+        monkeypatch.setattr(lmsynth.crypto, "decrypt_file", no_decrypt)
+        with pytest.raises(ChecksumError) as exc:
+            run(tree, source, tmp_path / "out")
+        assert exc.value.path == layout.shard_path(CONFIG, 0, 1)
+        assert str(exc.value).startswith(f"{layout.shard_path(CONFIG, 0, 1)}: sha256 does not match MANIFEST.json")
+        assert not (tmp_path / "out").exists()
+
+    def test_passphrase_from_environment(
+        self, tree: Path, source: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setenv("LMSYNTH_PASSPHRASE", KEY.get_secret_value())
+        res = run(tree, source, tmp_path / "out", passphrase=None)
+        assert res.report.subsets[CONFIG].merged == 3
+
+    def test_rerun_replaces_the_output(self, tree: Path, source: str, tmp_path: Path) -> None:
+        run(tree, source, tmp_path / "out", include_unsafe=True)
+        run(tree, source, tmp_path / "out")
+        assert len(list(iter_recovered(tmp_path / "out" / CONFIG))) == 3
+
+    def test_records_validate_as_recovered_model(self, tree: Path, source: str, tmp_path: Path) -> None:
+        run(tree, source, tmp_path / "out")
+        line = (tmp_path / "out" / CONFIG / "recovered-00000.jsonl").read_text().splitlines()[0]
+        assert RecoveredRecord.model_validate_json(line).conversation_id == "c2"
