@@ -17,9 +17,9 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 
-from lmsynth.config import StrictModel
+from lmsynth.config import StrictModel, dotted
 from lmsynth.errors import ExportError
 from lmsynth.export.rows import (
     DROP_DUPLICATE,
@@ -52,6 +52,7 @@ class ExportResult(StrictModel):
 
     out_dir: Path
     config: Literal["sft", "dpo"]
+    revision: str = Field(description="The release version the input was recovered from.")
     rows: dict[str, int] = Field(description="Rows per split.")
     counts: dict[str, int] = Field(description="Records kept and dropped, per filter.")
     files: list[str]
@@ -92,7 +93,7 @@ def export_sft(
     Raises:
         ExportError: bad arguments, or an input folder that `recover` did not write.
     """
-    filters = ExportFilters(
+    filters = _filters(
         exclude_pii=exclude_pii,
         exclude_templates=exclude_templates,
         min_score=min_score,
@@ -153,7 +154,7 @@ def export_dpo(
     """
     if min_margin < 0:
         raise ExportError(f"`min_margin` must be >= 0, not {min_margin}")
-    filters = ExportFilters(
+    filters = _filters(
         exclude_pii=exclude_pii,
         exclude_templates=exclude_templates,
         min_score=min_score,
@@ -174,7 +175,21 @@ def export_dpo(
     return _export("dpo", input_dir, rows(), out_dir=out_dir, filters=filters, counts=counts, options=options)
 
 
+def export_tag(result: ExportResult) -> str:
+    """The default tag of a pushed export: `<config>-<release version>`, e.g. `sft-v0.5`."""
+    return f"{result.config}-{result.revision}"
+
+
 # Private helpers
+
+
+def _filters(**options: object) -> ExportFilters:
+    """Validate the shared options, naming the bad one (`test_size` must be ...) in one line."""
+    try:
+        return ExportFilters.model_validate(options)
+    except ValidationError as e:
+        first = e.errors()[0]
+        raise ExportError(f"`{dotted(first['loc'])}`: {first['msg']}") from None
 
 
 def _read_report(input_dir: Path) -> RecoverReport:
@@ -248,5 +263,25 @@ def _export(
         with atomic_path(tmp / "export_stats.json") as stats_tmp:
             stats = {"config": config, "rows": writer.rows, "counts": dict(sorted(counts.items())), **options}
             stats_tmp.write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        _write_manifest(tmp, version=report.revision)
     logger.info("exported %s rows to %s", sum(writer.rows.values()), out_dir)
-    return ExportResult(out_dir=out_dir, config=config, rows=writer.rows, counts=dict(counts), files=files)
+    return ExportResult(
+        out_dir=out_dir, config=config, revision=report.revision, rows=writer.rows, counts=dict(counts), files=files
+    )
+
+
+def _write_manifest(folder: Path, *, version: str) -> None:
+    """MANIFEST.json over every file, so the folder publishes through the targets like a release tree."""
+    from lmsynth import __version__
+    from lmsynth.io import sha256_file
+    from lmsynth.release.layout import MANIFEST_FILE
+    from lmsynth.release.manifest import ChecksumManifest, FileEntry
+
+    files = {
+        p.relative_to(folder).as_posix(): FileEntry(sha256=sha256_file(p), size=p.stat().st_size)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    }
+    manifest = ChecksumManifest(version=version, tool_version=__version__, subsets={}, files=files)
+    with atomic_path(folder / MANIFEST_FILE) as tmp:
+        tmp.write_text(manifest.to_json(), encoding="utf-8")
