@@ -1,0 +1,170 @@
+"""The leak guard: no gated instruction text may appear in any non-encrypted file of a release.
+
+Before anything is written to a target, every public file of the built tree is scanned for every gated
+string (the JA translations, and the EN originals when the prepare output is known): the string values of
+the Parquet shards (nested ones included) and the raw bytes of every other file and of the Parquet files
+themselves (cards, YAML, JSON, figure metadata, Parquet footers).
+
+The search is a sampled hash over UTF-8 bytes, vectorised with numpy. Each gated string of at least
+`MIN_BYTES` bytes is indexed by the hashes of its last `STRIDE` windows of `WINDOW` (16) bytes (the ends
+of instructions vary more than their beginnings). Any occurrence in a text then has one of those windows
+starting at a text position that is a multiple of `STRIDE` (8), so the text is hashed only there: a
+window is two aligned 64-bit words, and hashing is two multiplications per 8 bytes of text. Every hash
+hit is confirmed by comparing the bytes, so a collision never refuses a release.
+
+Strings shorter than `MIN_BYTES` (24 bytes: about 8 Japanese or 24 Latin characters) are not searched:
+very short instructions ("hi", "こんにちは") occur everywhere in ordinary text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+from lmsynth.errors import LeakError
+from lmsynth.release import layout
+
+
+WINDOW = 16
+STRIDE = 8  # the word size: the sampled hash reads aligned 64-bit words
+MIN_BYTES = WINDOW + STRIDE  # ≥ WINDOW + STRIDE - 1 guarantees a sampled window inside any occurrence
+CHUNK = 8 * 2**20  # bytes of text hashed at once
+
+_A = 0x9E3779B97F4A7C15
+_B = 0xC2B2AE3D27D4EB4F
+_M = 2**64 - 1
+
+
+class GatedIndex:
+    """The gated strings, indexed by the hashes of their first `STRIDE` windows."""
+
+    def __init__(self) -> None:
+        self._strings: list[bytes] = []
+        self._hashes: list[int] = []
+        self._ids: list[int] = []
+        self._offsets: list[int] = []
+        self._sorted = None
+
+    def add(self, text: str) -> None:
+        """Index one gated string (ignored when shorter than `MIN_BYTES`)."""
+        data = text.encode("utf-8")
+        if len(data) < MIN_BYTES:
+            return
+        sid = len(self._strings)
+        self._strings.append(data)
+        for off in range(len(data) - WINDOW - STRIDE + 1, len(data) - WINDOW + 1):
+            self._hashes.append(_hash(data[off : off + WINDOW]))
+            self._ids.append(sid)
+            self._offsets.append(off)
+        self._sorted = None
+
+    def __len__(self) -> int:
+        return len(self._strings)
+
+    def find(self, data: bytes | memoryview) -> bytes | None:
+        """The first gated string found in `data`, or None."""
+        import numpy as np
+
+        if not self._strings or len(data) < MIN_BYTES:
+            return None
+        keys, ids, offs = self._index()
+        for start in range(0, len(data), CHUNK):
+            # Overlap chunks so that an occurrence across a chunk border is still seen.
+            piece = data[start : start + CHUNK + MIN_BYTES]
+            hashes = _sampled_hashes(piece)
+            pos = np.searchsorted(keys, hashes)
+            pos[pos >= len(keys)] = 0
+            for j in np.nonzero(keys[pos] == hashes)[0]:
+                k = int(pos[j])
+                while k < len(keys) and keys[k] == hashes[j]:
+                    s = self._strings[int(ids[k])]
+                    begin = start + int(j) * STRIDE - int(offs[k])
+                    if begin >= 0 and data[begin : begin + len(s)] == s:
+                        return s
+                    k += 1
+        return None
+
+    def _index(self):  # noqa: ANN202
+        import numpy as np
+
+        if self._sorted is None:
+            keys = np.array(self._hashes, dtype=np.uint64)
+            order = np.argsort(keys, kind="stable")
+            self._sorted = (
+                keys[order],
+                np.array(self._ids, dtype=np.int64)[order],
+                np.array(self._offsets, dtype=np.int64)[order],
+            )
+        return self._sorted
+
+
+def scan_tree(tree: Path, index: GatedIndex) -> int:
+    """Scan every non-encrypted file under `tree`; return the number of files scanned.
+
+    Raises:
+        LeakError: a file contains a gated string (names the file, never the string).
+    """
+    from lmsynth.progress import track
+
+    files = sorted(p for p in tree.rglob("*") if p.is_file() and not layout.is_encrypted(p.as_posix()))
+    for path in track(files, "Leak guard", unit="files"):
+        rel = path.relative_to(tree).as_posix()
+        if index.find(path.read_bytes()) is not None:
+            raise LeakError(rel, "contains gated instruction text; refusing to publish")
+        if path.suffix == ".parquet":
+            for blob in _parquet_strings(path):
+                if index.find(blob) is not None:
+                    raise LeakError(rel, "a string value contains gated instruction text; refusing to publish")
+    return len(files)
+
+
+# Private helpers
+
+
+def _hash(window: bytes) -> int:
+    w0 = int.from_bytes(window[:8], "little")
+    w1 = int.from_bytes(window[8:16], "little")
+    return (w0 * _A + (w1 ^ (w1 >> 29)) * _B) & _M
+
+
+def _sampled_hashes(data: bytes | memoryview):  # noqa: ANN202
+    """Hashes of the `WINDOW`-byte windows of `data` starting at multiples of `STRIDE` (= 8 bytes)."""
+    import numpy as np
+
+    pad = (-len(data)) % 8
+    words = np.frombuffer(bytes(data) + b"\0" * pad if pad else data, dtype="<u8")
+    if len(words) < 2:
+        return np.zeros(0, dtype=np.uint64)
+    w0, w1 = words[:-1], words[1:]
+    with np.errstate(over="ignore"):
+        return w0 * np.uint64(_A) + (w1 ^ (w1 >> np.uint64(29))) * np.uint64(_B)
+
+
+def _parquet_strings(path: Path) -> Iterable[bytes]:
+    """The UTF-8 bytes of every string value of a Parquet file, one blob per column batch."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    def strings(arr: pa.Array) -> Iterable[pa.Array]:
+        t = arr.type
+        if pa.types.is_string(t) or pa.types.is_large_string(t):
+            yield arr
+        elif pa.types.is_list(t) or pa.types.is_large_list(t):
+            yield from strings(pc.list_flatten(arr))
+        elif pa.types.is_struct(t):
+            for i in range(t.num_fields):
+                yield from strings(pc.struct_field(arr, [i]))
+
+    import numpy as np
+
+    pf = pq.ParquetFile(path)
+    for batch in pf.iter_batches(batch_size=2_000):
+        for col in batch.columns:
+            for arr in strings(col):
+                # The values' bytes, back to back, without copying: a match that spans two adjacent values
+                # is reported too (the safe side; it does not happen by chance).
+                if len(arr) == 0 or arr.buffers()[2] is None:
+                    continue
+                offsets = np.frombuffer(arr.buffers()[1], dtype=np.int32)[arr.offset : arr.offset + len(arr) + 1]
+                yield memoryview(arr.buffers()[2])[int(offsets[0]) : int(offsets[-1])]

@@ -1,0 +1,286 @@
+"""Release manifests (`release/<version>.yaml`) and the checksum manifest (`MANIFEST.json`) of a release tree.
+
+A release manifest says what goes into a version: its subsets (one `configs:` entry each), the models and
+settings that produced them, their licenses and where their records are. It is cumulative: v0.5 carries
+the v0.1 and v0.3 subsets too. License data is mandatory for every subset; a manifest missing any of it
+is refused with a `ManifestError` naming the subset and the field, before anything is built.
+
+`MANIFEST.json` lists every other file of a built tree with its sha256 and size. Gated (encrypted) files
+also carry the sha256 of their plaintext and their record count: gpg output is not byte-deterministic, so
+the plaintext digest is what tells a re-release that nothing changed.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from lmsynth.config import StrictModel, dotted
+from lmsynth.errors import ConfigError, ManifestError
+
+
+FORMAT_VERSION = 1
+VERSION_PATTERN = r"^v\d+\.\d+(\.\d+)?$"
+CONFIG_PATTERN = r"^[a-z0-9][a-z0-9._-]*$"
+GatedSet = Literal["default", "unsafe"]
+
+
+class LicenseSpec(StrictModel):
+    """A license: an id from the Hub's list (e.g. `apache-2.0`) or `other` with name, link and notice."""
+
+    id: str = Field(min_length=1, description="Hub license id, or `other` for a custom license.")
+    name: str | None = Field(None, min_length=1, description="Human name, e.g. 'Gemma Terms of Use'.")
+    link: str | None = Field(None, pattern=r"^https?://", description="Official URL of the license text.")
+    notice: str | None = Field(
+        None, min_length=1, description="Notice the license requires (e.g. 'Built with Llama')."
+    )
+
+    @model_validator(mode="after")
+    def _other_needs_everything(self) -> LicenseSpec:
+        if self.id == "other":
+            for field in ("name", "link", "notice"):
+                if getattr(self, field) is None:
+                    raise ValueError(f"`{field}` is required when the license id is `other`")
+        return self
+
+    @property
+    def display_name(self) -> str:
+        """The name to print in cards."""
+        return self.name or self.id
+
+
+class ModelRef(StrictModel):
+    """A model used by a pipeline."""
+
+    id: str = Field(min_length=1, description="Hub model id.")
+    link: str = Field(pattern=r"^https?://")
+
+
+class GenerationParams(StrictModel):
+    """Sampling settings of the response generator (as the original scripts exposed them)."""
+
+    n: int = Field(ge=1, le=64, description="Responses sampled per instruction.")
+    temperature: float = Field(ge=0, le=2)
+    top_p: float = Field(gt=0, le=1)
+    max_tokens: int = Field(ge=1)
+    frequency_penalty: float = Field(0.0, ge=-2, le=2)
+    system_message: str | None = None
+    target_language: str = "ja"
+
+
+class JudgeParams(StrictModel):
+    """Settings of the LLM judge."""
+
+    mode: Literal["mt-bench", "ultrafeedback"]
+    temperature: float = Field(0.0, ge=0, le=2)
+    scale: str = Field("0-10", description="Rating scale shown in the card.")
+
+
+class ResponsesPerInstruction(StrictModel):
+    """How many responses each instruction has, per language (0: the language is absent)."""
+
+    ja: int = Field(ge=0)
+    en: int = Field(0, ge=0)
+
+
+class SubsetSpec(StrictModel):
+    """One subset of a release: a `configs:` entry, its Parquet shards and its gated files."""
+
+    config: str = Field(pattern=CONFIG_PATTERN, description="Config name for `load_dataset(path, config)`.")
+    title: str = Field(min_length=1)
+    introduced_in: str = Field(pattern=VERSION_PATTERN)
+    generator: ModelRef
+    judge: ModelRef
+    generation: GenerationParams
+    judge_params: JudgeParams
+    languages: list[str] = Field(min_length=1)
+    responses_per_instruction: ResponsesPerInstruction
+    multiturn: bool = Field(False, description="Records carry `synthesized_multiturn_conversation` (v0.3).")
+    license: LicenseSpec
+    records: Path = Field(description="Run folder or JSONL of SynthRecords; relative to the current folder.")
+    prepared: Path | None = Field(None, description="Prepare output: lets the leak guard know the EN originals.")
+    encrypt: list[GatedSet] = Field(default_factory=lambda: ["default", "unsafe"])
+    pipelines: list[Path] = Field(default_factory=list, description="Pipeline definitions and prompts to ship.")
+
+
+class ChangelogEntry(StrictModel):
+    """One version in the card's changelog."""
+
+    version: str = Field(pattern=VERSION_PATTERN)
+    date: str | None = None
+    changes: list[str] = Field(min_length=1)
+
+
+class TargetsSpec(StrictModel):
+    """Named targets; `--to` overrides the default."""
+
+    local: str = "hub"
+    hf: str | None = Field(None, pattern=r"^hf://")
+    ms: str | None = Field(None, pattern=r"^ms://")
+    default: Literal["local", "hf", "ms"] = "local"
+
+    def resolve(self, name: str | None = None) -> str:
+        """The URI of target `name` (default: `default`); anything else is taken as a URI itself."""
+        key = name or self.default
+        if key in ("local", "hf", "ms"):
+            uri = getattr(self, key)
+            if uri is None:
+                raise ConfigError("targets", key, "this target has no URI in the manifest")
+            return uri
+        return key
+
+
+class ReleaseManifest(StrictModel):
+    """`release/<version>.yaml`: everything a release is made of, except the records themselves."""
+
+    version: str = Field(pattern=VERSION_PATTERN)
+    pretty_name: str = Field(min_length=1)
+    summary: str = Field(min_length=1)
+    tags: list[str] = Field(default_factory=list)
+    citation: str = Field(min_length=1)
+    changelog: list[ChangelogEntry] = Field(min_length=1)
+    targets: TargetsSpec = Field(default_factory=TargetsSpec)
+    instructions_license: LicenseSpec = Field(description="License of the gated JA instructions.")
+    scripts_license: LicenseSpec = Field(description="License of the pipeline definitions and scripts.")
+    subsets: list[SubsetSpec] = Field(min_length=1)
+
+    @field_validator("subsets")
+    @classmethod
+    def _unique_configs(cls, subsets: list[SubsetSpec]) -> list[SubsetSpec]:
+        seen: set[str] = set()
+        for s in subsets:
+            if s.config in seen:
+                raise ValueError(f"config `{s.config}` appears twice")
+            seen.add(s.config)
+        return subsets
+
+    def subset(self, config: str) -> SubsetSpec:
+        """The subset named `config`."""
+        for s in self.subsets:
+            if s.config == config:
+                return s
+        raise ManifestError(
+            "manifest", config, None, f"no subset `{config}`; known: {[s.config for s in self.subsets]}"
+        )
+
+
+def load_manifest(path: Path | str) -> ReleaseManifest:
+    """Read and validate a release manifest.
+
+    Raises:
+        ManifestError: a subset is invalid (names the subset and the field, e.g. `license.link`).
+        ConfigError: the file is missing, not YAML, or invalid outside the subsets.
+    """
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ConfigError(path, None, f"cannot read: {e.strerror or e}") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(path, None, f"not valid YAML: {str(e).splitlines()[0]}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(path, None, "a release manifest is a mapping")
+    _check_licenses_present(path, data)
+    try:
+        return ReleaseManifest.model_validate(data)
+    except ValidationError as e:
+        raise _manifest_error(path, data, e) from e
+
+
+# ---------------------------------------------------------------------------
+# MANIFEST.json
+# ---------------------------------------------------------------------------
+
+
+class FileEntry(StrictModel):
+    """One file of a release tree."""
+
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size: int = Field(ge=0)
+    plaintext_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$", description="Gated files only.")
+    records: int | None = Field(None, ge=0, description="Gated files only: lines in the plaintext.")
+
+
+class SubsetCounts(StrictModel):
+    """Counts of one subset, as built."""
+
+    records: int = Field(ge=0, description="Rows of the public Parquet shards (= conversations).")
+    instructions_ja: int = Field(ge=0, description="Records with a non-empty, non-duplicate JA instruction.")
+    responses_ja: int = Field(ge=0)
+    responses_en: int = Field(0, ge=0)
+    multiturn: int = Field(0, ge=0, description="Records with a multiturn conversation of 2+ user turns.")
+    gated_default: int = Field(ge=0)
+    gated_unsafe: int = Field(0, ge=0)
+
+
+class SubsetInfo(StrictModel):
+    """What MANIFEST.json says about a subset (read back by verify and recover)."""
+
+    title: str
+    generator: ModelRef
+    judge: ModelRef
+    license: LicenseSpec
+    counts: SubsetCounts
+    shards: list[str]
+    gated: dict[str, str] = Field(description="`default`/`unsafe` → path of the encrypted file.")
+
+
+class ChecksumManifest(StrictModel):
+    """`MANIFEST.json`: every other file of the tree, counts and fingerprints. Never holds the key."""
+
+    format_version: int = FORMAT_VERSION
+    version: str
+    tool_version: str
+    source_fingerprint: str | None = Field(None, description="Fingerprint of the source data; never the key.")
+    pipelines: dict[str, str] = Field(default_factory=dict, description="Shipped pipeline file → sha256.")
+    subsets: dict[str, SubsetInfo]
+    files: dict[str, FileEntry]
+
+    def to_json(self) -> str:
+        """Canonical JSON (sorted keys, fixed indent): the same manifest gives the same bytes."""
+        import json
+
+        return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+# Private helpers
+
+_LICENSE_FIELDS = ("instructions_license", "scripts_license")
+
+
+def _subset_name(data: dict, index: object) -> str | None:
+    subsets = data.get("subsets")
+    if isinstance(index, int) and isinstance(subsets, list) and index < len(subsets):
+        s = subsets[index]
+        if isinstance(s, dict) and isinstance(s.get("config"), str):
+            return s["config"]
+        return f"#{index}"
+    return None
+
+
+def _check_licenses_present(path: Path, data: dict) -> None:
+    """A subset without a license mapping is refused first, whatever else is wrong with it."""
+    subsets = data.get("subsets")
+    if not isinstance(subsets, list):
+        return
+    for i, s in enumerate(subsets):
+        if isinstance(s, dict) and not s.get("license"):
+            raise ManifestError(path, _subset_name(data, i), "license", "license data is missing")
+
+
+def _manifest_error(path: Path, data: dict, err: ValidationError) -> ConfigError:
+    first = err.errors()[0]
+    loc = first["loc"]
+    msg = re.sub(r"^Value error, ", "", first["msg"])
+    if len(loc) >= 2 and loc[0] == "subsets" and isinstance(loc[1], int):
+        field = dotted(loc[2:]) or None
+        if field and field.startswith("license") and first["type"] == "value_error":
+            # A cross-field license rule names its field in backticks: report it as the field.
+            m = re.search(r"`(\w+)`", msg)
+            field = f"license.{m.group(1)}" if m else field
+        return ManifestError(path, _subset_name(data, loc[1]), field, msg)
+    return ConfigError(path, dotted(loc) or None, msg)

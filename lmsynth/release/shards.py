@@ -1,0 +1,368 @@
+"""Stream a subset's SynthRecords into public Parquet shards and sorted gated JSONL, in bounded memory.
+
+Each input line is validated with `SynthRecord` (a bad line stops the build with the file, line and field)
+and converted to Arrow by pyarrow's JSON reader in batches, with a fixed schema that leaves out the gated
+`translated_conversation`. A batch is one row group; a shard is closed when it passes `shard_bytes` and
+shards are renamed to `train-0000i-of-0000N.parquet` once N is known. The same input gives the same bytes:
+the schema is fixed, rows keep input order, and nothing time-dependent is written.
+
+The gated instructions are sorted by `conversation_id` with an external merge sort (sorted runs spilled
+to the work folder), so memory stays flat with the record count.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import heapq
+import io
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lmsynth.errors import InputRecordError
+from lmsynth.io import parse_line
+from lmsynth.records import RUN_RECORDS_DIR, RUN_UNSAFE_DIR, GatedInstruction, SynthRecord
+from lmsynth.release import layout
+from lmsynth.release.manifest import SubsetCounts, SubsetSpec
+
+
+ROWS_PER_GROUP = 1_000
+SHARD_BYTES = 512 * 2**20
+SPILL_LINES = 50_000
+# Histogram bins of the figures: scores 0–10 in unit steps, token lengths up to 4,096 in steps of 128.
+SCORE_BINS = 11
+LENGTH_BIN = 128
+LENGTH_BINS = 33  # the last bin collects everything ≥ 4,096
+
+
+@dataclass
+class SubsetOutput:
+    """What writing one subset produced."""
+
+    shards: list[str]
+    counts: SubsetCounts
+    score_hist: list[int]
+    failed_scores: int
+    length_hist: list[int]
+    gated: dict[str, tuple[Path, int]] = field(default_factory=dict)  # set → (plaintext path, lines)
+
+
+def public_columns(spec: SubsetSpec) -> list[str]:
+    """The public fields a subset's Parquet carries: SPEC §3 minus the gated one and the absent ones."""
+    from lmsynth.records import PUBLIC_FIELDS
+
+    drop = set()
+    if spec.responses_per_instruction.en == 0:
+        drop.add("synthesized_assistant_responses_en")
+    if not spec.multiturn:
+        drop.add("synthesized_multiturn_conversation")
+    return [f for f in PUBLIC_FIELDS if f not in drop]
+
+
+def arrow_schema(spec: SubsetSpec):  # noqa: ANN201 — pyarrow is imported lazily
+    """The fixed Arrow schema of a subset's shards."""
+    import pyarrow as pa
+
+    msg = pa.struct([("role", pa.string()), ("content", pa.string())])
+    annotation = pa.struct(
+        [
+            ("response_token_length", pa.int64()),
+            ("judgement", pa.string()),
+            ("repetition_flag", pa.bool_()),
+            ("preference_score", pa.float64()),
+        ]
+    )
+    types = {
+        "conversation_id": pa.string(),
+        "duplicate_user_instruction_ja": pa.string(),
+        "empty_user_instruction_ja": pa.bool_(),
+        "is_template_instruction": pa.string(),
+        "synthesized_assistant_responses": pa.list_(msg),
+        "synthesized_response_scoring_annotations": pa.list_(annotation),
+        "synthesized_assistant_responses_en": pa.list_(msg),
+        "synthesized_multiturn_conversation": pa.list_(pa.list_(msg)),
+    }
+    return pa.schema([(name, types[name]) for name in public_columns(spec)])
+
+
+def input_files(path: Path, subdir: str = RUN_RECORDS_DIR) -> list[Path]:
+    """The JSONL files of a run folder's `subdir`, a folder of shards, or a single file (name order)."""
+    if (path / subdir).is_dir():
+        path = path / subdir
+    elif subdir == RUN_UNSAFE_DIR:
+        return []
+    if path.is_dir():
+        return sorted(p for p in path.glob("*.jsonl*") if p.is_file())
+    if not path.is_file():
+        raise InputRecordError(path, None, None, "no such file or folder")
+    return [path]
+
+
+def write_subset(
+    spec: SubsetSpec,
+    *,
+    records: Path,
+    tree: Path,
+    work: Path,
+    shard_bytes: int = SHARD_BYTES,
+    rows_per_group: int = ROWS_PER_GROUP,
+) -> SubsetOutput:
+    """Write the public shards of `spec` under `tree` and its gated plaintexts under `work`.
+
+    Raises:
+        InputRecordError: a line is malformed, misses a field, repeats a `conversation_id`, or carries a
+            field the subset does not publish (names the file, line and field).
+    """
+    import numpy as np
+    import pyarrow.json as pj
+    import pyarrow.parquet as pq
+
+    from lmsynth.progress import track
+
+    schema = arrow_schema(spec)
+    parse = pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
+    out_dir = tree / layout.DATA_DIR / spec.config
+    out_dir.mkdir(parents=True, exist_ok=True)
+    counts = dict.fromkeys(("records", "instructions_ja", "responses_ja", "responses_en", "multiturn"), 0)
+    score_hist = np.zeros(SCORE_BINS, dtype=np.int64)
+    length_hist = np.zeros(LENGTH_BINS, dtype=np.int64)
+    failed = 0
+    default_sorter = _ExternalSort(work / f"{spec.config}.default")
+    seen: dict[str, tuple[str, int]] = {}
+    parts: list[Path] = []
+    writer = sink = None
+    batch: list[bytes] = []
+    multiturn: list[list[list[dict]] | None] = []
+
+    def flush() -> None:
+        nonlocal writer, sink, failed
+        if not batch:
+            return
+        data = b"".join(batch)
+        table = pj.read_json(
+            io.BytesIO(data), read_options=pj.ReadOptions(block_size=len(data) + 1), parse_options=parse
+        )
+        table = table.select(schema.names)
+        if spec.multiturn:
+            import pyarrow as pa
+
+            col = schema.names.index("synthesized_multiturn_conversation")
+            table = table.set_column(col, schema.field(col), pa.array(multiturn, type=schema.field(col).type))
+        if writer is None:
+            parts.append(out_dir / f".part-{len(parts):05d}.parquet")
+            sink = open(parts[-1], "wb")
+            writer = pq.ParquetWriter(sink, schema, compression="zstd", write_statistics=False)
+        writer.write_table(table, row_group_size=len(batch))
+        failed += _accumulate(table, score_hist, length_hist)
+        batch.clear()
+        multiturn.clear()
+        if sink.tell() >= shard_bytes:
+            writer.close()
+            sink.close()
+            writer = sink = None
+
+    for path, lineno, raw, rec in track(_iter_lines(records), f"Reading {spec.config}", unit="records"):
+        if rec.conversation_id in seen:
+            first = seen[rec.conversation_id]
+            raise InputRecordError(
+                path, lineno, "conversation_id", f"duplicate of {first[0]} line {first[1]} ({rec.conversation_id})"
+            )
+        seen[rec.conversation_id] = (path.name, lineno)
+        _check_fields(spec, rec, path, lineno)
+        counts["records"] += 1
+        counts["instructions_ja"] += not rec.empty_user_instruction_ja and rec.duplicate_user_instruction_ja is None
+        counts["responses_ja"] += len(rec.synthesized_assistant_responses)
+        counts["responses_en"] += len(rec.synthesized_assistant_responses_en or [])
+        if spec.multiturn:
+            convs = rec.synthesized_multiturn_conversation
+            multiturn.append(_public_multiturn(convs))
+            counts["multiturn"] += any(sum(m.role == "user" for m in c) >= 2 for c in convs or [])
+        gated = GatedInstruction(
+            conversation_id=rec.conversation_id, translated_conversation=rec.translated_conversation
+        )
+        default_sorter.add(rec.conversation_id, gated.model_dump_json())
+        batch.append(raw if raw.endswith(b"\n") else raw + b"\n")
+        if len(batch) >= rows_per_group:
+            flush()
+    flush()
+    if writer is not None:
+        writer.close()
+        sink.close()
+    if not parts:  # an empty subset still gets one (empty) shard so that its config loads
+        parts.append(out_dir / ".part-00000.parquet")
+        pq.write_table(schema.empty_table(), parts[-1], compression="zstd", write_statistics=False)
+    shards = []
+    for i, part in enumerate(parts):
+        name = layout.shard_path(spec.config, i, len(parts))
+        os.replace(part, tree / name)
+        shards.append(name)
+    del seen
+
+    gated: dict[str, tuple[Path, int]] = {}
+    unsafe_sorter = _ExternalSort(work / f"{spec.config}.unsafe")
+    if "unsafe" in spec.encrypt:
+        for path in input_files(records, RUN_UNSAFE_DIR):
+            for lineno, line in _numbered(path):
+                rec = parse_line(line, SynthRecord, path=path, lineno=lineno)
+                g = GatedInstruction(
+                    conversation_id=rec.conversation_id, translated_conversation=rec.translated_conversation
+                )
+                unsafe_sorter.add(rec.conversation_id, g.model_dump_json())
+    default_plain = work / f"{spec.config}.default.jsonl.gz"
+    n_default = _write_gz(default_plain, _dedupe(default_sorter.sorted()))
+    gated["default"] = (default_plain, n_default)
+    n_unsafe = 0
+    if "unsafe" in spec.encrypt:
+        unsafe_plain = work / f"{spec.config}.unsafe.jsonl.gz"
+        merged = heapq.merge(default_sorter.sorted(), unsafe_sorter.sorted())
+        n_unsafe = _write_gz(unsafe_plain, _dedupe(merged))
+        gated["unsafe"] = (unsafe_plain, n_unsafe)
+    default_sorter.cleanup()
+    unsafe_sorter.cleanup()
+    return SubsetOutput(
+        shards=shards,
+        counts=SubsetCounts(**counts, gated_default=n_default, gated_unsafe=n_unsafe),
+        score_hist=score_hist.tolist(),
+        failed_scores=failed,
+        length_hist=length_hist.tolist(),
+        gated=gated,
+    )
+
+
+def sha256_lines_gz(path: Path) -> str:
+    """sha256 of a gated plaintext file (the gzip bytes, which are deterministic)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+# Private helpers
+
+
+def _numbered(path: Path) -> Iterator[tuple[int, bytes]]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            for lineno, line in enumerate(f, start=1):
+                if line.strip():
+                    yield lineno, line
+    except OSError as e:
+        raise InputRecordError(path, None, None, f"cannot read: {e.strerror or e}") from e
+
+
+def _iter_lines(records: Path) -> Iterator[tuple[Path, int, bytes, SynthRecord]]:
+    for path in input_files(records):
+        for lineno, line in _numbered(path):
+            try:
+                text = line.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise InputRecordError(path, lineno, None, f"not UTF-8 ({e.reason})") from e
+            yield path, lineno, line, parse_line(text, SynthRecord, path=path, lineno=lineno)
+
+
+def _check_fields(spec: SubsetSpec, rec: SynthRecord, path: Path, lineno: int) -> None:
+    if spec.responses_per_instruction.en == 0 and rec.synthesized_assistant_responses_en:
+        raise InputRecordError(
+            path, lineno, "synthesized_assistant_responses_en", f"subset `{spec.config}` publishes no EN responses"
+        )
+    if not spec.multiturn and rec.synthesized_multiturn_conversation:
+        raise InputRecordError(
+            path, lineno, "synthesized_multiturn_conversation", f"subset `{spec.config}` is not a multiturn subset"
+        )
+    if len(rec.synthesized_response_scoring_annotations) != len(rec.synthesized_assistant_responses):
+        raise InputRecordError(
+            path, lineno, "synthesized_response_scoring_annotations", "must have one entry per response"
+        )
+
+
+def _public_multiturn(convs: list | None) -> list[list[dict]] | None:
+    """Blank the first user turn: its text is the gated JA instruction, which recovery puts back."""
+    if convs is None:
+        return None
+    out = []
+    for conv in convs:
+        msgs = [{"role": m.role, "content": m.content} for m in conv]
+        for m in msgs:
+            if m["role"] == "user":
+                m["content"] = ""
+                break
+        out.append(msgs)
+    return out
+
+
+def _accumulate(table, score_hist, length_hist) -> int:  # noqa: ANN001
+    """Add a batch's scores and token lengths to the histograms; return its failed (None) scores."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    ann = pc.list_flatten(table.column("synthesized_response_scoring_annotations"))
+    scores = pc.struct_field(ann, "preference_score").to_numpy(zero_copy_only=False)
+    lengths = pc.struct_field(ann, "response_token_length").to_numpy(zero_copy_only=False)
+    ok = ~np.isnan(scores)
+    score_hist += np.bincount(np.clip(np.rint(scores[ok]), 0, SCORE_BINS - 1).astype(np.int64), minlength=SCORE_BINS)
+    length_hist += np.bincount(
+        np.clip(lengths // LENGTH_BIN, 0, LENGTH_BINS - 1).astype(np.int64), minlength=LENGTH_BINS
+    )
+    return int((~ok).sum())
+
+
+class _ExternalSort:
+    """Sort `(key, line)` pairs by key with sorted runs spilled to disk."""
+
+    def __init__(self, prefix: Path) -> None:
+        self.prefix = prefix
+        self.buffer: list[tuple[str, str]] = []
+        self.runs: list[Path] = []
+
+    def add(self, key: str, line: str) -> None:
+        self.buffer.append((key, line))
+        if len(self.buffer) >= SPILL_LINES:
+            self._spill()
+
+    def sorted(self) -> Iterator[tuple[str, str]]:
+        if self.buffer:
+            self._spill()
+        return heapq.merge(*(self._read(run) for run in self.runs))
+
+    def cleanup(self) -> None:
+        for run in self.runs:
+            run.unlink(missing_ok=True)
+
+    def _spill(self) -> None:
+        self.buffer.sort()
+        run = self.prefix.with_name(f"{self.prefix.name}.run{len(self.runs):04d}")
+        with open(run, "w", encoding="utf-8") as f:
+            for key, line in self.buffer:
+                f.write(json.dumps([key, line], ensure_ascii=False) + "\n")
+        self.runs.append(run)
+        self.buffer = []
+
+    @staticmethod
+    def _read(run: Path) -> Iterator[tuple[str, str]]:
+        with open(run, encoding="utf-8") as f:
+            for line in f:
+                key, value = json.loads(line)
+                yield key, value
+
+
+def _dedupe(pairs: Iterator[tuple[str, str]]) -> Iterator[str]:
+    last = None
+    for key, line in pairs:
+        if key != last:
+            yield line
+        last = key
+
+
+def _write_gz(path: Path, lines: Iterator[str]) -> int:
+    n = 0
+    # mtime=0 and no file name: the same lines give the same bytes.
+    with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="", compresslevel=6) as gz:
+        for line in lines:
+            gz.write((line + "\n").encode("utf-8"))
+            n += 1
+    return n
