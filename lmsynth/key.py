@@ -1,4 +1,4 @@
-"""The decryption key of the gated files, computed from the gated source itself (`lmsynth-key-v1`).
+r"""The decryption key of the gated files, computed from the gated source itself (`lmsynth-key-v1`).
 
 Only people who accepted the LMSYS-Chat-1M license hold the source, so only they can recompute the key.
 The scheme is fixed so that anyone can reimplement it in a few lines:
@@ -7,7 +7,7 @@ The scheme is fixed so that anyone can reimplement it in a few lines:
 2. Sort them by `conversation_id` in plain string order: Python `str` order on the decoded id, which is
    Unicode code point order (and, for UTF-8, the same as byte order; for LMSYS's 32-hex ids, plain ASCII order).
 3. For each row take `conversation_id` and the `content` of its FIRST message (index 0, whatever its role).
-4. Feed `id + b"\\x1f" + content + b"\\x1e"` (both UTF-8) for every row, in that order, into one SHA-256.
+4. Feed `id + b"\x1f" + content + b"\x1e"` (both UTF-8) for every row, in that order, into one SHA-256.
 5. The key is the lowercase hex digest.
 
 (Lone surrogates, which are not valid Unicode but can appear in JSON escapes, are encoded as their

@@ -55,7 +55,7 @@ def resolve_passphrase(
 
 
 def read_passphrase_file(path: Path) -> str:
-    """The content of a passphrase file without one trailing newline (`\\n` or `\\r\\n`).
+    r"""The content of a passphrase file without one trailing newline (`\n` or `\r\n`).
 
     Raises:
         PassphraseError: the file cannot be read, is not UTF-8, or holds an empty passphrase; names the file.

@@ -57,16 +57,18 @@ class Source:
     def __init__(
         self, name: str, *, files: tuple[Path, ...] = (), hub_id: str | None = None, token: SecretStr | None = None
     ) -> None:
+        """Store what `open_source` resolved; nothing is opened yet."""
         self.name = name
         self.files = files
         self.hub_id = hub_id
         self._token = token
 
     def __repr__(self) -> str:
-        # The token stays out of reprs and logs.
+        """Name only: the token stays out of reprs and logs."""
         return f"Source({self.name!r})"
 
     def __iter__(self) -> Iterator[SourceConversation]:
+        """The validated conversations, in source order (see `rows`)."""
         for located in self.rows():
             yield located.conversation
 

@@ -47,6 +47,8 @@ def key_cmd(source: SourceOpt = None) -> None:
     \b
     The key is the SHA-256 over all rows sorted by conversation_id, each hashed as
     id + 0x1F + first message content + 0x1E (UTF-8). Progress goes to stderr.
+
+    \b
     Examples:
       lmsynth key
       lmsynth key --source lmsys/lmsys-chat-1m > key.txt
