@@ -1,0 +1,413 @@
+"""`build_release`: plan a release tree (Parquet, cards, figures, encrypted instructions), then publish it.
+
+Plan, then apply. `plan_release` builds the whole tree in a staging folder outside the target, runs the
+leak guard on it and returns a `ReleasePlan` (paths, digests, sizes, counts); only `build_release` writes to
+a target, in the target's own all-or-nothing way. A bad record, a leak or a wrong passphrase therefore
+stops the release before the target is touched.
+
+Determinism: every public file is a function of the inputs (fixed Parquet schema and writer settings, no
+timestamps, fixed figure size and metadata, canonical JSON), so the same inputs give a byte-identical public
+tree. GnuPG output is not deterministic (fresh salt and session key), so the guarantee for gated files is
+their decrypted content: MANIFEST.json records `plaintext_sha256`, and a re-release whose plaintext did not
+change reuses the ciphertext already published under the tag, which makes re-releasing a no-op.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+
+from lmsynth import __version__, constants
+from lmsynth.config import StrictModel
+from lmsynth.errors import ConfigError, InputRecordError, ManifestError, PassphraseError
+from lmsynth.io import atomic_path, sha256_file
+from lmsynth.release import layout
+from lmsynth.release.manifest import (
+    ChecksumManifest,
+    FileEntry,
+    ReleaseManifest,
+    SubsetCounts,
+    SubsetInfo,
+    load_manifest,
+)
+
+
+log = logging.getLogger(__name__)
+
+FetchPrevious = Callable[[str], bytes | None]
+
+
+class ReleasePlan(StrictModel):
+    """A built, leak-checked release tree waiting in a staging folder."""
+
+    version: str
+    tree: Path
+    files: dict[str, FileEntry]
+    counts: dict[str, SubsetCounts]
+    reused_ciphertexts: list[str] = Field(default_factory=list)
+    leak_scanned_files: int
+    gated_strings: int
+
+    @property
+    def total_bytes(self) -> int:
+        """Size of the tree (MANIFEST.json excluded)."""
+        return sum(f.size for f in self.files.values())
+
+
+class ReleaseResult(StrictModel):
+    """What `build_release` did."""
+
+    version: str
+    tag: str
+    target: str | None
+    dry_run: bool
+    commit: str | None = None
+    created_commit: bool = False
+    moved_tag: bool = False
+    out_dir: Path | None = Field(None, description="Where the built tree was kept (dry runs with `out_dir`).")
+    files: int
+    bytes: int
+    counts: dict[str, SubsetCounts]
+    reused_ciphertexts: list[str] = Field(default_factory=list)
+
+
+def build_release(
+    version: str,
+    *,
+    manifest_path: Path | str | None = None,
+    target: str | None = None,
+    out_dir: Path | str | None = None,
+    dry_run: bool = False,
+    force: bool = False,
+    passphrase: SecretStr | None = None,
+    records_overrides: Mapping[str, Path | str] | None = None,
+    shard_bytes: int | None = None,
+) -> ReleaseResult:
+    """Build release `version` from its manifest and publish it to a target.
+
+    Args:
+        version: The version, e.g. `v0.5`; also the tag. Reads `release/<version>.yaml` by default.
+        manifest_path: Another manifest file (its `version` must equal `version`).
+        target: Target URI or a manifest target name (`local`, `hf`, `ms`); default: the manifest's.
+        out_dir: Keep the built tree here (a dry run's artifact for `lmsynth publish`); replaced atomically.
+        dry_run: Build and check everything, publish nothing.
+        force: Move the tag when it already points at different content.
+        passphrase: Encrypts the gated files.
+        records_overrides: `{config: path}` replacing a subset's `records:`.
+        shard_bytes: Rotate Parquet shards at this size (default: `shards.SHARD_BYTES`).
+
+    Returns:
+        The result: tag, commit (None for a dry run), counts, files.
+
+    Raises:
+        ManifestError / ConfigError: the manifest is invalid or names another version.
+        InputRecordError: a record is malformed (file, line and field named).
+        PassphraseError: no passphrase, or the previous release's files cannot be reused with it.
+        LeakError: a public file contains gated text.
+        TagConflictError: the tag exists with different content and `force` is off.
+    """
+    from lmsynth.targets import open_target
+
+    if not version:
+        raise ConfigError("release", "version", "`version` can't be empty")
+    manifest_path = Path(manifest_path) if manifest_path else constants.RELEASE_DIR / f"{version}.yaml"
+    manifest = load_manifest(manifest_path)
+    if manifest.version != version:
+        raise ConfigError(manifest_path, "version", f"is {manifest.version}, not {version}")
+    uri = manifest.targets.resolve(target)
+    tgt = open_target(uri)
+    link_base, load_path, revision = _links(uri, version)
+
+    def previous(path: str) -> bytes | None:
+        try:
+            return tgt.fetch_file(path, revision=version)
+        except Exception as e:  # noqa: BLE001 — a missing previous release only means no reuse
+            log.debug("no previous %s from %s: %s", path, uri, type(e).__name__)
+            return None
+
+    staging_root = _mkdir(constants.CACHE_DIR / "staging")
+    staging = Path(tempfile.mkdtemp(prefix=f"{version}-", dir=staging_root))
+    try:
+        plan = plan_release(
+            manifest,
+            tree=staging,
+            passphrase=passphrase,
+            records_overrides=records_overrides,
+            previous=previous,
+            link_base=link_base,
+            load_path=load_path,
+            revision=revision,
+            shard_bytes=shard_bytes,
+        )
+        kept = None
+        if out_dir is not None:
+            from lmsynth.io import atomic_dir
+
+            with atomic_dir(out_dir) as tmp:
+                shutil.copytree(staging, tmp, dirs_exist_ok=True)
+            kept = Path(out_dir)
+        common = {
+            "version": version,
+            "tag": version,
+            "target": uri,
+            "dry_run": dry_run,
+            "out_dir": kept,
+            "files": len(plan.files) + 1,
+            "bytes": plan.total_bytes,
+            "counts": plan.counts,
+            "reused_ciphertexts": plan.reused_ciphertexts,
+        }
+        if dry_run:
+            return ReleaseResult(**common)
+        pub = tgt.publish(staging, tag=version, message=f"Release {version}", force=force)
+        return ReleaseResult(**common, commit=pub.commit, created_commit=pub.created_commit, moved_tag=pub.moved_tag)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def plan_release(
+    manifest: ReleaseManifest,
+    *,
+    tree: Path,
+    passphrase: SecretStr | None,
+    records_overrides: Mapping[str, Path | str] | None = None,
+    previous: FetchPrevious | None = None,
+    link_base: str = "",
+    load_path: str = ".",
+    revision: str | None = None,
+    shard_bytes: int | None = None,
+) -> ReleasePlan:
+    """Build the release tree of `manifest` into the empty folder `tree` and leak-check it.
+
+    Args:
+        manifest: The validated release manifest.
+        tree: An empty staging folder (never the target).
+        passphrase: Encrypts the gated files; required when any subset encrypts.
+        records_overrides: `{config: path}` replacing a subset's `records:`.
+        previous: Reads a file of the release already published under this version, so unchanged gated
+            plaintext reuses its ciphertext.
+        link_base: Prefix of file links in the cards.
+        load_path: What `load_dataset` is given in the cards' examples.
+        revision: The `revision=` of the cards' examples.
+        shard_bytes: Parquet shard rotation size.
+
+    Returns:
+        The plan: every file with sha256 and size, counts, reused ciphertexts.
+    """
+    from lmsynth.release import cards, figures, shards
+    from lmsynth.release.leak_guard import GatedIndex, scan_tree
+
+    # 1. Check everything that can be checked before any work.
+    overrides = {k: Path(v) for k, v in (records_overrides or {}).items()}
+    known = {s.config for s in manifest.subsets}
+    for config in overrides:
+        if config not in known:
+            raise ManifestError("--records", config, None, f"no such subset; known: {', '.join(sorted(known))}")
+    if passphrase is None and any(s.encrypt for s in manifest.subsets):
+        raise PassphraseError(
+            f"no passphrase: pass --passphrase-file, set ${constants.PASSPHRASE_ENV}, or give --source to derive it"
+        )
+    records = {s.config: overrides.get(s.config, s.records) for s in manifest.subsets}
+    for s in manifest.subsets:
+        if not records[s.config].exists():
+            raise InputRecordError(
+                records[s.config], None, None, f"records of subset `{s.config}`: no such file or folder"
+            )
+        if s.prepared is not None and not s.prepared.is_dir():
+            raise ManifestError("manifest", s.config, "prepared", f"{s.prepared}: no such folder")
+        for p in s.pipelines:
+            if not p.exists():
+                raise ManifestError("manifest", s.config, "pipelines", f"{p}: no such file or folder")
+    prev_manifest = _previous_manifest(previous)
+
+    work = Path(tempfile.mkdtemp(prefix="lmsynth-gated-"))  # private (0700): gated plaintext lives here
+    try:
+        # 2. Public shards, gated plaintexts, figures: one streaming pass per subset.
+        built: list[cards.SubsetCardData] = []
+        infos: dict[str, SubsetInfo] = {}
+        gated_entries: dict[str, FileEntry] = {}
+        reused: list[str] = []
+        index = GatedIndex()
+        for spec in manifest.subsets:
+            out = shards.write_subset(
+                spec, records=records[spec.config], tree=tree, work=work, shard_bytes=shard_bytes or shards.SHARD_BYTES
+            )
+            fig_paths = [
+                layout.figure_path(spec.config, figures.SCORE_FIGURE),
+                layout.figure_path(spec.config, figures.LENGTH_FIGURE),
+            ]
+            figures.plot_scores(tree / fig_paths[0], hist=out.score_hist, failed=out.failed_scores, title=spec.config)
+            figures.plot_lengths(
+                tree / fig_paths[1], hist=out.length_hist, bin_width=shards.LENGTH_BIN, title=spec.config
+            )
+            gated_paths: dict[str, str] = {}
+            for which, (plain, n) in out.gated.items():
+                rel = layout.gated_path(spec.config, unsafe=which == "unsafe")
+                gated_paths[which] = rel
+                _index_gated(index, plain)
+                entry, was_reused = _encrypt_or_reuse(
+                    plain, tree / rel, rel=rel, records=n, passphrase=passphrase, previous=previous, prev=prev_manifest
+                )
+                gated_entries[rel] = entry
+                if was_reused:
+                    reused.append(rel)
+                plain.unlink()
+            if spec.prepared is not None:
+                _index_prepared(index, spec.prepared)
+            built.append(
+                cards.SubsetCardData(
+                    spec=spec,
+                    counts=out.counts,
+                    shards=out.shards,
+                    figures=fig_paths,
+                    gated_paths=list(gated_paths.values()),
+                )
+            )
+            infos[spec.config] = SubsetInfo(
+                title=spec.title,
+                generator=spec.generator,
+                judge=spec.judge,
+                license=spec.license,
+                counts=out.counts,
+                shards=out.shards,
+                gated=gated_paths,
+            )
+        # 3. Pipeline definitions, cards.
+        pipeline_hashes = _copy_pipelines(manifest, tree)
+        texts = cards.render_cards(manifest, built, link_base=link_base, load_path=load_path, revision=revision)
+        for rel, text in texts.items():
+            (tree / rel).write_text(text, encoding="utf-8")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    # 4. Leak guard over every non-encrypted file, before MANIFEST.json and before any target sees it.
+    scanned = scan_tree(tree, index)
+
+    # 5. MANIFEST.json.
+    files: dict[str, FileEntry] = {}
+    for path in sorted(p for p in tree.rglob("*") if p.is_file()):
+        rel = path.relative_to(tree).as_posix()
+        files[rel] = gated_entries.get(rel) or FileEntry(sha256=sha256_file(path), size=path.stat().st_size)
+    checksum = ChecksumManifest(
+        version=manifest.version,
+        tool_version=__version__,
+        source_fingerprint=source_fingerprint(passphrase) if passphrase is not None else None,
+        pipelines=pipeline_hashes,
+        subsets=infos,
+        files=files,
+    )
+    with atomic_path(tree / layout.MANIFEST_FILE) as tmp:
+        tmp.write_text(checksum.to_json(), encoding="utf-8")
+    return ReleasePlan(
+        version=manifest.version,
+        tree=tree,
+        files=files,
+        counts={k: v.counts for k, v in infos.items()},
+        reused_ciphertexts=reused,
+        leak_scanned_files=scanned,
+        gated_strings=len(index),
+    )
+
+
+def source_fingerprint(passphrase: SecretStr) -> str:
+    """A one-way fingerprint of the key (so of the source it was derived from); never the key itself."""
+    return hashlib.sha256(b"lmsynth-source-fingerprint-v1\x1f" + passphrase.get_secret_value().encode()).hexdigest()
+
+
+# Private helpers
+
+
+def _links(uri: str, version: str) -> tuple[str, str, str | None]:
+    """(link base, load_dataset path, revision) of the cards for a target."""
+    if uri.startswith("hf://"):
+        repo = uri.removeprefix("hf://")
+        return f"https://huggingface.co/datasets/{repo}/resolve/{version}/", repo, version
+    if uri.startswith("ms://"):
+        repo = uri.removeprefix("ms://")
+        return f"https://www.modelscope.cn/datasets/{repo}/resolve/{version}/", repo, version
+    return "", uri.removeprefix("file://"), None
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _previous_manifest(previous: FetchPrevious | None) -> ChecksumManifest | None:
+    if previous is None:
+        return None
+    data = previous(layout.MANIFEST_FILE)
+    if data is None:
+        return None
+    try:
+        return ChecksumManifest.model_validate_json(data)
+    except ValueError:
+        log.warning("the previous %s does not validate; not reusing its files", layout.MANIFEST_FILE)
+        return None
+
+
+def _encrypt_or_reuse(
+    plain: Path,
+    dst: Path,
+    *,
+    rel: str,
+    records: int,
+    passphrase: SecretStr,
+    previous: FetchPrevious | None,
+    prev: ChecksumManifest | None,
+) -> tuple[FileEntry, bool]:
+    from lmsynth.crypto import encrypt_file
+
+    digest = sha256_file(plain)
+    old = prev.files.get(rel) if prev is not None else None
+    same_key = prev is not None and prev.source_fingerprint == source_fingerprint(passphrase)
+    if old is not None and old.plaintext_sha256 == digest and same_key and previous is not None:
+        data = previous(rel)
+        if data is not None and hashlib.sha256(data).hexdigest() == old.sha256:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            dst.write_bytes(data)
+            return old, True
+    encrypt_file(plain, dst, passphrase=passphrase)
+    entry = FileEntry(sha256=sha256_file(dst), size=dst.stat().st_size, plaintext_sha256=digest, records=records)
+    return entry, False
+
+
+def _index_gated(index: object, plain: Path) -> None:
+    import gzip
+
+    with gzip.open(plain, "rt", encoding="utf-8") as f:
+        for line in f:
+            for msg in json.loads(line)["translated_conversation"]:
+                index.add(msg["content"])
+
+
+def _index_prepared(index: object, prepared: Path) -> None:
+    from lmsynth.io import read_jsonl
+    from lmsynth.records import PREPARED_INSTRUCTIONS, PREPARED_UNSAFE, InstructionRecord
+
+    for name in (PREPARED_INSTRUCTIONS, PREPARED_UNSAFE):
+        path = prepared / name
+        if path.is_file():
+            for rec in read_jsonl(path, InstructionRecord):
+                index.add(rec.instruction)
+
+
+def _copy_pipelines(manifest: ReleaseManifest, tree: Path) -> dict[str, str]:
+    hashes: dict[str, str] = {}
+    for spec in manifest.subsets:
+        for src in spec.pipelines:
+            items = sorted(p for p in src.rglob("*") if p.is_file()) if src.is_dir() else [src]
+            for item in items:
+                rel = f"{layout.PIPELINES_DIR}/{item.relative_to(src.parent).as_posix()}"
+                dst = tree / rel
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(item, dst)
+                hashes[rel] = sha256_file(dst)
+    return hashes

@@ -1,0 +1,159 @@
+"""`verify`: check a published release against its MANIFEST.json, load every config, and decrypt (given the key).
+
+Three levels, each stronger than the last: every file of the tagged tree matches MANIFEST.json (sha256,
+size, no unlisted file); `datasets.load_dataset(path, config)` loads every config with the recorded row
+count; and, with the key, every gated file decrypts to the recorded plaintext digest and line count.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+from pydantic import SecretStr
+
+from lmsynth import constants
+from lmsynth.config import StrictModel
+from lmsynth.errors import ChecksumError, PassphraseError, VerifyError
+from lmsynth.io import sha256_file
+from lmsynth.release import layout
+from lmsynth.release.manifest import ChecksumManifest
+
+
+log = logging.getLogger(__name__)
+
+
+class VerifyResult(StrictModel):
+    """What `verify` checked."""
+
+    version: str
+    target: str
+    files_checked: int
+    configs: list[str]
+    rows: dict[str, int]
+    gated_checked: int
+    decrypted: bool
+
+
+def verify(version: str, *, target: str, passphrase: SecretStr | None = None) -> VerifyResult:
+    """Verify release `version` on `target`.
+
+    Args:
+        version: The tag, e.g. `v0.5`.
+        target: Target URI (a folder, `hf://ORG/NAME`, `ms://ORG/NAME`).
+        passphrase: When given, the gated files are decrypted and checked too.
+
+    Returns:
+        The counts checked.
+
+    Raises:
+        ChecksumError: a file is missing, unlisted, or differs from MANIFEST.json.
+        VerifyError: a config does not load or has another row count; a gated file has another content.
+        PassphraseError: the passphrase does not match the release.
+    """
+    from lmsynth.targets import open_target
+
+    if not version:
+        raise VerifyError("`version` can't be empty")
+    tgt = open_target(target)
+    work = Path(tempfile.mkdtemp(prefix="lmsynth-verify-", dir=_mkdir(constants.CACHE_DIR / "verify")))
+    try:
+        tree = tgt.download(version, work / "tree")
+        manifest = check_files(tree)
+        rows = _check_loading(tgt, version, manifest)
+        gated = 0
+        if passphrase is not None:
+            gated = _check_gated(tree, manifest, passphrase, work=work)
+        return VerifyResult(
+            version=version,
+            target=tgt.uri,
+            files_checked=len(manifest.files) + 1,
+            configs=sorted(manifest.subsets),
+            rows=rows,
+            gated_checked=gated,
+            decrypted=passphrase is not None,
+        )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def check_files(tree: Path) -> ChecksumManifest:
+    """Check every file of `tree` against its MANIFEST.json; return the manifest.
+
+    Raises:
+        ChecksumError: a listed file is missing or differs, or a file is not listed.
+        VerifyError: there is no valid MANIFEST.json.
+    """
+    path = tree / layout.MANIFEST_FILE
+    if not path.is_file():
+        raise VerifyError(f"{layout.MANIFEST_FILE}: missing from the release")
+    try:
+        manifest = ChecksumManifest.model_validate_json(path.read_bytes())
+    except ValueError as e:
+        raise VerifyError(f"{layout.MANIFEST_FILE}: does not validate ({type(e).__name__})") from e
+    present = {p.relative_to(tree).as_posix() for p in tree.rglob("*") if p.is_file() and ".git" not in p.parts}
+    present.discard(layout.MANIFEST_FILE)
+    for rel in sorted(present - set(manifest.files)):
+        raise ChecksumError(rel, f"not listed in {layout.MANIFEST_FILE}")
+    for rel, entry in sorted(manifest.files.items()):
+        f = tree / rel
+        if not f.is_file():
+            raise ChecksumError(rel, f"listed in {layout.MANIFEST_FILE} but missing")
+        if f.stat().st_size != entry.size:
+            raise ChecksumError(rel, f"size {f.stat().st_size} differs from {layout.MANIFEST_FILE} ({entry.size})")
+        if sha256_file(f) != entry.sha256:
+            raise ChecksumError(rel, f"sha256 differs from {layout.MANIFEST_FILE}")
+    return manifest
+
+
+# Private helpers
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _check_loading(tgt: object, version: str, manifest: ChecksumManifest) -> dict[str, int]:
+    import datasets
+
+    path, kwargs = tgt.load_dataset_args(version)
+    rows: dict[str, int] = {}
+    for config, info in sorted(manifest.subsets.items()):
+        try:
+            ds = datasets.load_dataset(path, config, split=layout.SPLIT, **kwargs)
+        except Exception as e:  # noqa: BLE001 — any loader failure is a verification failure
+            raise VerifyError(f"config `{config}` does not load: {type(e).__name__}: {str(e).splitlines()[0]}") from e
+        if len(ds) != info.counts.records:
+            raise VerifyError(
+                f"config `{config}` has {len(ds)} rows; {layout.MANIFEST_FILE} says {info.counts.records}"
+            )
+        rows[config] = len(ds)
+    return rows
+
+
+def _check_gated(tree: Path, manifest: ChecksumManifest, passphrase: SecretStr, *, work: Path) -> int:
+    from lmsynth.crypto import KEY_HINT, decrypt_file
+    from lmsynth.release.build import source_fingerprint
+
+    if manifest.source_fingerprint and manifest.source_fingerprint != source_fingerprint(passphrase):
+        raise PassphraseError(f"the passphrase does not match this release's source fingerprint; {KEY_HINT}")
+    n = 0
+    for config, info in sorted(manifest.subsets.items()):
+        for which, rel in sorted(info.gated.items()):
+            entry = manifest.files[rel]
+            plain = decrypt_file(tree / rel, work / "plain.jsonl.gz", passphrase=passphrase)
+            if entry.plaintext_sha256 and sha256_file(plain) != entry.plaintext_sha256:
+                raise VerifyError(f"{rel}: decrypted content differs from {layout.MANIFEST_FILE}")
+            with gzip.open(plain, "rb") as f:
+                lines = sum(1 for line in f if line.strip())
+            expected = info.counts.gated_unsafe if which == "unsafe" else info.counts.gated_default
+            if lines != expected or (entry.records is not None and lines != entry.records):
+                raise VerifyError(f"{rel}: {lines} instructions; {layout.MANIFEST_FILE} says {expected}")
+            plain.unlink()
+            n += 1
+            log.info("%s: %s decrypted, %d instructions", config, which, lines)
+    return n
