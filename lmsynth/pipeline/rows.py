@@ -1,0 +1,135 @@
+"""The row that moves through a pipeline, and one output model per stage.
+
+Inside distilabel a row is a flat dict: the prepared instruction's fields as plain columns, and each stage's
+output as one JSON string column named after the stage. Plain strings keep distilabel's Parquet hand-offs
+and cache files free of schema drift (a nested column that is null in one batch and a list in the next
+breaks them); the pydantic models below are the only place those strings are read or written.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field
+
+from lmsynth.config import StrictModel
+from lmsynth.records import InstructionRecord, Message
+
+
+class Usage(StrictModel):
+    """Tokens one stage spent on one row (summed by the run for telemetry)."""
+
+    requests: int = Field(0, ge=0)
+    prompt_tokens: int = Field(0, ge=0)
+    completion_tokens: int = Field(0, ge=0)
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            requests=self.requests + other.requests,
+            prompt_tokens=self.prompt_tokens + other.prompt_tokens,
+            completion_tokens=self.completion_tokens + other.completion_tokens,
+        )
+
+
+class TranslateOutput(StrictModel):
+    """The Japanese instruction (the original text for Japanese rows)."""
+
+    instruction_ja: str
+    translated: bool = Field(description="False when the source was already Japanese.")
+    usage: Usage = Usage()
+
+
+class FlagsOutput(StrictModel):
+    """Flags computed on the translated text over the whole input, in input order."""
+
+    empty: bool
+    duplicate_of: str | None = None
+
+
+class GenerateOutput(StrictModel):
+    """n Japanese responses (plus English ones where asked), with their lengths and repetition flags."""
+
+    responses_ja: list[str] = Field(default_factory=list)
+    token_lengths: list[int] = Field(default_factory=list)
+    repetition_flags: list[bool] = Field(default_factory=list)
+    responses_en: list[str] | None = None
+    usage: Usage = Usage()
+
+
+class JudgeOutput(StrictModel):
+    """One judgement and score per Japanese response (score None = the rating could not be parsed)."""
+
+    judgements: list[str] = Field(default_factory=list)
+    scores: list[float | None] = Field(default_factory=list)
+    usage: Usage = Usage()
+
+
+class SelectOutput(StrictModel):
+    """Best response for SFT and the DPO pair (indices into the responses)."""
+
+    best: int | None = None
+    dpo_chosen: int | None = None
+    dpo_rejected: int | None = None
+
+
+class SecondTurnOutput(StrictModel):
+    """The two-turn conversation built on the best response (None when there is no best response)."""
+
+    conversation: list[Message] | None = None
+    usage: Usage = Usage()
+
+
+STAGE_OUTPUTS: dict[str, type[StrictModel]] = {
+    "translate": TranslateOutput,
+    "flags": FlagsOutput,
+    "generate": GenerateOutput,
+    "judge": JudgeOutput,
+    "select": SelectOutput,
+    "second_turn": SecondTurnOutput,
+}
+INSTRUCTION_COLUMNS: tuple[str, ...] = tuple(InstructionRecord.model_fields)
+
+
+class PipelineRow(StrictModel):
+    """A typed view of one distilabel row: the instruction, its input position, and the stage outputs so far."""
+
+    row_index: int = Field(ge=0)
+    record: InstructionRecord
+    translate: TranslateOutput | None = None
+    flags: FlagsOutput | None = None
+    generate: GenerateOutput | None = None
+    judge: JudgeOutput | None = None
+    select: SelectOutput | None = None
+    second_turn: SecondTurnOutput | None = None
+
+    @property
+    def instruction_ja(self) -> str:
+        """The translated instruction ('' before translation)."""
+        return self.translate.instruction_ja if self.translate else ""
+
+    @property
+    def skipped(self) -> bool:
+        """Nothing is generated for flagged (unsafe), empty or duplicate instructions."""
+        f = self.flags
+        return self.record.flagged or (f is not None and (f.empty or f.duplicate_of is not None))
+
+    @classmethod
+    def from_columns(cls, row: dict[str, Any]) -> PipelineRow:
+        """Parse a distilabel row (stage columns are JSON strings; missing or null = not run yet)."""
+        data: dict[str, Any] = {
+            "row_index": row["row_index"],
+            "record": InstructionRecord.model_validate({k: row[k] for k in INSTRUCTION_COLUMNS if k in row}),
+        }
+        for stage, model in STAGE_OUTPUTS.items():
+            if row.get(stage):
+                data[stage] = model.model_validate_json(row[stage])
+        return cls.model_validate(data)
+
+    def to_columns(self) -> dict[str, Any]:
+        """The flat distilabel row for this view."""
+        row: dict[str, Any] = {"row_index": self.row_index, **self.record.model_dump(mode="json")}
+        for stage in STAGE_OUTPUTS:
+            value = getattr(self, stage)
+            if value is not None:
+                row[stage] = value.model_dump_json()
+        return row

@@ -1,0 +1,70 @@
+"""The stage table: for each LLM stage, its config model, the row view its cache keys on, and its function.
+
+The view is exactly what the stage reads from a row, so a change anywhere else in the row (or upstream, when
+it does not alter what this stage reads) keeps its cached units valid.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from pydantic import BaseModel, TypeAdapter
+
+from lmsynth.llm import ChatModel
+from lmsynth.pipeline.generate import GenerateConfig, generate, wants_english
+from lmsynth.pipeline.judge import JudgeConfig, judge
+from lmsynth.pipeline.rows import PipelineRow
+from lmsynth.pipeline.second_turn import SecondTurnConfig, best_pair, second_turn
+from lmsynth.pipeline.translate import TranslateConfig, needs_translation, translate
+
+
+def parse_config(stage: str, text: str) -> Any:
+    """Parse a stage block from its JSON."""
+    return _CONFIGS[stage].validate_json(text)
+
+
+def view(stage: str, row: PipelineRow, config: Any) -> dict[str, Any]:
+    """What `stage` reads from `row` (the cache unit key is the digest of these, in order)."""
+    return _VIEWS[stage](row, config)
+
+
+def run_stage(stage: str, rows: Sequence[PipelineRow], *, model: ChatModel, config: Any) -> Sequence[BaseModel]:
+    """Run one LLM stage on a batch."""
+    return _FUNCTIONS[stage](rows, model=model, config=config)
+
+
+# ---------------------------------------------------------------------------
+# Private helpers
+# ---------------------------------------------------------------------------
+
+_CONFIGS: dict[str, TypeAdapter] = {
+    "translate": TypeAdapter(TranslateConfig),
+    "generate": TypeAdapter(GenerateConfig),
+    "judge": TypeAdapter(JudgeConfig),
+    "second_turn": TypeAdapter(SecondTurnConfig),
+}
+
+_VIEWS: dict[str, Callable[[PipelineRow, Any], dict[str, Any]]] = {
+    "translate": lambda r, c: {
+        "instruction": r.record.instruction if needs_translation(r, c) else None,
+        "passthrough": None if needs_translation(r, c) else r.record.instruction,
+    },
+    "generate": lambda r, c: {
+        "ja": None if r.skipped else r.instruction_ja,
+        "en": r.record.instruction if wants_english(r, c) else None,
+    },
+    "judge": lambda r, c: {
+        "id": r.record.conversation_id,
+        "instruction_ja": r.instruction_ja,
+        "responses": r.generate.responses_ja if r.generate else [],
+    },
+    "second_turn": lambda r, c: {"pair": best_pair(r)},
+}
+
+_FUNCTIONS: dict[str, Callable[..., Sequence[BaseModel]]] = {
+    "translate": translate,
+    "generate": generate,
+    "judge": judge,
+    "second_turn": second_turn,
+}

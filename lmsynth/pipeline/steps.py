@@ -1,0 +1,200 @@
+"""distilabel wrappers: an `LLM` over our `ChatModel`, and one tiny step per stage.
+
+Each step only maps columns and calls the stage's pure function (`translate`, `mark_flags`, `generate`,
+`judge`, `select`, `second_turn`). LLM steps consult the content-addressed `StageCache` per batch before
+calling the model, which is what makes reruns resume and changed rows regenerate.
+"""
+
+# No `from __future__ import annotations`: distilabel inspects `StepInput` hints at run time.
+
+from collections.abc import Sequence
+from typing import Annotated, Any
+
+from distilabel.models.llms.base import LLM
+from distilabel.steps import GlobalStep, Step, StepInput
+from distilabel.steps.tasks import Task
+from pydantic import Field, PrivateAttr
+
+from lmsynth.llm import (
+    ChatMessages,
+    Completion,
+    FakeModelConfig,
+    OpenAIModelConfig,
+    SamplingConfig,
+    VllmModelConfig,
+    open_chat_model,
+)
+from lmsynth.pipeline import stages
+from lmsynth.pipeline.cache import StageCache
+from lmsynth.pipeline.flags import mark_flags
+from lmsynth.pipeline.rows import INSTRUCTION_COLUMNS, PipelineRow
+from lmsynth.pipeline.select import SelectConfig, select
+
+
+class ChatModelLLM(LLM):
+    """A distilabel `LLM` over any `ChatModel`; stages reach the model itself through `chat(...)`."""
+
+    backend_config: Annotated[
+        VllmModelConfig | OpenAIModelConfig | FakeModelConfig, Field(discriminator="backend")
+    ] = Field(description="The backend to open in `load()`.")
+    _model: Any = PrivateAttr(None)
+
+    @property
+    def model_name(self) -> str:
+        """The configured model id (what distilabel records as `model_name`)."""
+        return self.backend_config.model
+
+    @property
+    def model_id(self) -> str:
+        """Same as `model_name`, for the `ChatModel` protocol."""
+        return self.backend_config.model
+
+    @property
+    def revision(self) -> str | None:
+        """The configured model revision."""
+        return self.backend_config.revision
+
+    def load(self) -> None:
+        """Open and load the backend once per process."""
+        super().load()
+        if self._model is None:
+            self._model = open_chat_model(self.backend_config)
+            self._model.load()
+
+    def unload(self) -> None:
+        """Close the backend (shuts a vLLM engine down)."""
+        if self._model is not None:
+            self._model.close()
+            self._model = None
+
+    def close(self) -> None:
+        """`ChatModel` spelling of `unload`."""
+        self.unload()
+
+    def chat(
+        self, conversations: Sequence[ChatMessages], *, sampling: SamplingConfig, json_schema: dict | None = None
+    ) -> list[list[Completion]]:
+        """Delegate to the loaded backend."""
+        if self._model is None:
+            self.load()
+        return self._model.chat(conversations, sampling=sampling, json_schema=json_schema)
+
+    def generate(  # type: ignore[override]  # no **kwargs: distilabel reads this signature
+        self,
+        inputs: list[list[dict[str, str]]],
+        num_generations: int = 1,
+        max_new_tokens: int = 512,
+        temperature: float = 0.6,
+        top_p: float = 1.0,
+        frequency_penalty: float = 0.0,
+        seed: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """distilabel's entry point: chat inputs in, `GenerateOutput` dicts with token statistics out."""
+        sampling = SamplingConfig(
+            max_tokens=max_new_tokens,
+            n=num_generations,
+            temperature=temperature,
+            top_p=top_p,
+            frequency_penalty=frequency_penalty,
+            seed=seed,
+        )
+        outputs = []
+        for completions in self.chat(inputs, sampling=sampling):
+            outputs.append(
+                {
+                    "generations": [c.text for c in completions],
+                    "statistics": {
+                        "input_tokens": [c.prompt_tokens for c in completions],
+                        "output_tokens": [c.completion_tokens for c in completions],
+                    },
+                }
+            )
+        return outputs
+
+
+class StageTask(Task):
+    """An LLM stage (`translate`, `generate`, `judge`, `second_turn`) with the per-unit cache in front."""
+
+    stage: str
+    stage_config: str = Field(description="The stage block as JSON (parsed again in the worker).")
+    cache_dir: str
+    fingerprint: str
+    add_raw_output: bool = False
+    add_raw_input: bool = False
+
+    @property
+    def inputs(self) -> list[str]:
+        """Columns read: the instruction and earlier stage outputs."""
+        return ["row_index", *INSTRUCTION_COLUMNS]
+
+    @property
+    def outputs(self) -> list[str]:
+        """One JSON column named after the stage."""
+        return [self.stage]
+
+    def format_input(self, input: dict[str, Any]) -> ChatMessages:  # noqa: A002 — distilabel's name
+        """Unused: stages build their own prompts (required by distilabel's abstract base)."""
+        raise NotImplementedError("StageTask builds prompts in its stage function")
+
+    def format_output(self, output: str | None, input: dict[str, Any] | None = None) -> dict[str, Any]:  # noqa: A002
+        """Unused (see `format_input`)."""
+        raise NotImplementedError("StageTask parses outputs in its stage function")
+
+    def process(self, inputs: StepInput) -> Any:  # type: ignore[override]
+        """Serve the batch from the cache, or run the stage and cache it."""
+        rows = [PipelineRow.from_columns(r) for r in inputs]
+        config = stages.parse_config(self.stage, self.stage_config)
+        cache = StageCache(self.cache_dir, stage=self.stage, fingerprint=self.fingerprint)
+        key = cache.key([stages.view(self.stage, r, config) for r in rows])
+        outputs = cache.get(key, n_rows=len(rows))
+        if outputs is None:
+            results = stages.run_stage(self.stage, rows, model=self.llm, config=config)
+            outputs = [r.model_dump_json() for r in results]
+            cache.put(key, outputs)
+        yield [{**row, self.stage: out} for row, out in zip(inputs, outputs, strict=True)]
+
+
+class FlagsStep(GlobalStep):
+    """Empty and duplicate flags need every row, in input order: a global step."""
+
+    @property
+    def inputs(self) -> list[str]:
+        """Reads the translation."""
+        return ["row_index", "translate"]
+
+    @property
+    def outputs(self) -> list[str]:
+        """Writes the `flags` column."""
+        return ["flags"]
+
+    def process(self, inputs: StepInput) -> Any:  # type: ignore[override]
+        """Flag the whole input at once."""
+        flags = mark_flags(PipelineRow.from_columns(r) for r in inputs)
+        yield [{**row, "flags": f.model_dump_json()} for row, f in zip(inputs, flags, strict=True)]
+
+
+class SelectStep(Step):
+    """Best-of-n and DPO pair per row (pure, not cached: it costs nothing)."""
+
+    select_config: str = Field(description="The `select` block as JSON.")
+
+    @property
+    def inputs(self) -> list[str]:
+        """Reads the judge scores."""
+        return ["row_index", "judge"]
+
+    @property
+    def outputs(self) -> list[str]:
+        """Writes the `select` column."""
+        return ["select"]
+
+    def process(self, inputs: StepInput) -> Any:  # type: ignore[override]
+        """Select for the batch."""
+        config = SelectConfig.model_validate_json(self.select_config)
+        picks = select([PipelineRow.from_columns(r) for r in inputs], config=config)
+        yield [{**row, "select": p.model_dump_json()} for row, p in zip(inputs, picks, strict=True)]
+
+
+def to_rows(rows: Sequence[PipelineRow]) -> list[dict[str, Any]]:
+    """Flat distilabel rows for the generator step."""
+    return [r.to_columns() for r in rows]
