@@ -1,5 +1,104 @@
-"""CLI commands: release."""
+"""CLI commands: `lmsynth release` and `lmsynth verify`."""
 
 from __future__ import annotations
 
-from lmsynth.cli.app import app  # noqa: F401
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lmsynth import constants
+from lmsynth.cli.app import (
+    DryRunOpt,
+    ForceOpt,
+    FromOpt,
+    PassphraseFileOpt,
+    SourceOpt,
+    TargetOpt,
+    VersionArg,
+    app,
+    out,
+)
+from lmsynth.errors import ManifestError
+
+
+ManifestOpt = Annotated[
+    Path | None, typer.Option("--manifest", help="Release manifest (default: release/<VERSION>.yaml).")
+]
+RecordsOpt = Annotated[
+    list[str] | None,
+    typer.Option("--records", help="CONFIG=PATH: take a subset's records from PATH (repeatable)."),
+]
+OutOpt = Annotated[
+    Path | None, typer.Option("--out", help="Also keep the built tree in this folder (e.g. a dry run's artifact).")
+]
+
+
+@app.command(
+    "release",
+    epilog="Examples:\n\n  lmsynth release v0.5 --dry-run --out build/v0.5\n\n"
+    "  lmsynth release v0.5 --to hub --records gemma-3=runs/gemma-3 --passphrase-file key.txt",
+)
+def release_cmd(
+    version: VersionArg,
+    to: TargetOpt = None,
+    dry_run: DryRunOpt = False,
+    force: ForceOpt = False,
+    manifest: ManifestOpt = None,
+    records: RecordsOpt = None,
+    out_dir: OutOpt = None,
+    passphrase_file: PassphraseFileOpt = None,
+    source: SourceOpt = None,
+) -> None:
+    """Build release VERSION (Parquet, cards, figures, encrypted JA instructions, MANIFEST.json) and publish it."""
+    from lmsynth.progress import enabled
+    from lmsynth.release.build import build_release
+    from lmsynth.secrets import resolve_passphrase
+
+    passphrase = resolve_passphrase(passphrase_file=passphrase_file, source=source or str(constants.SAMPLE_SOURCE))
+    with enabled():
+        res = build_release(
+            version,
+            manifest_path=manifest,
+            target=to,
+            out_dir=out_dir,
+            dry_run=dry_run,
+            force=force,
+            passphrase=passphrase,
+            records_overrides=_parse_records(records or []),
+        )
+    counts = ", ".join(f"{k}={v.records:,}" for k, v in res.counts.items())
+    status = "Planned" if res.dry_run else ("Released" if res.created_commit or res.moved_tag else "Unchanged")
+    fields = {"tag": res.tag, "target": res.target, "commit": res.commit or "-", "files": res.files}
+    out.result(f"{status} {version}", **fields, bytes=f"{res.bytes:,}", records=counts, tree=res.out_dir or "-")
+
+
+@app.command("verify", epilog="Examples:\n\n  lmsynth verify v0.5 --from hub --passphrase-file key.txt")
+def verify_cmd(
+    version: VersionArg,
+    from_: FromOpt = None,
+    passphrase_file: PassphraseFileOpt = None,
+    source: SourceOpt = None,
+) -> None:
+    """Check release VERSION: files against MANIFEST.json, load_dataset per config, and (given a key) decryption."""
+    from lmsynth.release.verify import verify
+    from lmsynth.secrets import resolve_passphrase
+
+    wants_key = passphrase_file is not None or source is not None or constants.passphrase_from_env() is not None
+    passphrase = resolve_passphrase(passphrase_file=passphrase_file, source=source) if wants_key else None
+    res = verify(version, target=from_ or "hub", passphrase=passphrase)
+    rows = ", ".join(f"{k}={v:,}" for k, v in res.rows.items())
+    out.result(f"Verified {version}", target=res.target, files=res.files_checked, rows=rows, gated=res.gated_checked)
+
+
+# Private helpers
+
+
+def _parse_records(items: list[str]) -> dict[str, Path]:
+    parsed: dict[str, Path] = {}
+    for item in items:
+        config, sep, path = item.partition("=")
+        if not sep or not config or not path:
+            raise ManifestError("--records", None, None, f"expected CONFIG=PATH, got {item!r}")
+        parsed[config] = Path(path)
+    return parsed
