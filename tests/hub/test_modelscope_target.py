@@ -1,0 +1,86 @@
+"""The ModelScope target against the local stand-in, through the real `modelscope` client."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lmsynth.errors import HubAuthError, TagConflictError
+from lmsynth.targets import open_target
+from lmsynth.targets.modelscope import HF_CARD_COPY, ModelScopeTarget, modelscope_card
+from tests.hub.ms_server import MsState
+from tests.hub.trees import write_tree
+
+
+pytestmark = pytest.mark.hub
+
+REPO = "org/synth"
+
+
+def _tagged(state: MsState, tag: str) -> dict[str, str]:
+    repo = state.repo(REPO)
+    return {p: sha for p, (sha, _) in repo.commits[repo.tags[tag]].items()}
+
+
+class TestModelScope:
+    def test_create_upload_tag_list_download_round_trip(self, ms_hub: MsState, tmp_path: Path) -> None:
+        tree = write_tree(tmp_path / "v0.5")
+        target = open_target(f"ms://{REPO}")
+        result = target.publish(tree, tag="v0.5", message="Release v0.5")
+        assert result.created_commit and ms_hub.repo(REPO).tags["v0.5"] == result.commit
+        assert ms_hub.commits_on(REPO) == 2  # creation + one upload commit
+        assert ms_hub.repo(REPO).visibility == 5
+        out = target.download("v0.5", tmp_path / "out")
+        from lmsynth.hub.tree import check_tree, tree_files
+
+        assert tree_files(out) == tree_files(tree)
+        check_tree(out)  # every file, README.md included, matches MANIFEST.json again
+
+    def test_card_uses_modelscope_vocabulary(self, ms_hub: MsState, tmp_path: Path) -> None:
+        tree = write_tree(tmp_path / "v0.5")
+        ModelScopeTarget(REPO).publish(tree, tag="v0.5", message="v0.5")
+        card = ModelScopeTarget(REPO).fetch_file("README.md", revision="v0.5").decode()
+        meta = yaml.safe_load(card.split("---\n")[1])
+        assert meta["license"] == "Other" and meta["license_names"] == ["apache-2.0"]
+        assert meta["configs"][0]["config_name"] == "gemma3"
+        hf = ModelScopeTarget(REPO).fetch_file(HF_CARD_COPY, revision="v0.5")
+        assert hf == (tree / "README.md").read_bytes()
+        assert card == modelscope_card(tree)
+
+    def test_identical_rerelease_makes_no_commit_and_conflict_is_refused(
+        self, ms_hub: MsState, tmp_path: Path
+    ) -> None:
+        tree = write_tree(tmp_path / "v0.5")
+        ModelScopeTarget(REPO).publish(tree, tag="v0.5", message="v0.5")
+        again = ModelScopeTarget(REPO).publish(tree, tag="v0.5", message="v0.5")
+        assert not again.created_commit and ms_hub.commits_on(REPO) == 2
+        with pytest.raises(TagConflictError):
+            ModelScopeTarget(REPO).publish(write_tree(tmp_path / "b", seed="b"), tag="v0.5", message="x")
+
+    def test_v06_leaves_v05_unchanged(self, ms_hub: MsState, tmp_path: Path) -> None:
+        ModelScopeTarget(REPO).publish(write_tree(tmp_path / "a"), tag="v0.5", message="v0.5")
+        before = _tagged(ms_hub, "v0.5")
+        ModelScopeTarget(REPO).publish(write_tree(tmp_path / "b", version="v0.6", seed="b"), tag="v0.6", message="6")
+        assert _tagged(ms_hub, "v0.5") == before != _tagged(ms_hub, "v0.6")
+
+    def test_commit_failure_leaves_no_tag_and_rerun_completes(self, ms_hub: MsState, tmp_path: Path) -> None:
+        tree = write_tree(tmp_path / "v0.5")
+        ms_hub.inject("commit", 500, times=50)
+        with pytest.raises(Exception) as err:
+            ModelScopeTarget(REPO).publish(tree, tag="v0.5", message="v0.5")
+        assert "\n" not in str(err.value)
+        assert ms_hub.repo(REPO).tags == {}
+        ms_hub.faults.clear()
+        assert ModelScopeTarget(REPO).publish(tree, tag="v0.5", message="v0.5").created_commit
+        assert "v0.5" in ms_hub.repo(REPO).tags
+
+    def test_bad_token_is_one_line_without_the_token(
+        self, ms_hub: MsState, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        ms_hub.require_tokens("ms_only_valid")
+        monkeypatch.setenv("MODELSCOPE_API_TOKEN", "ms_planted_secret_4242")
+        with pytest.raises(HubAuthError) as err:
+            ModelScopeTarget(REPO).publish(write_tree(tmp_path / "v0.5"), tag="v0.5", message="v0.5")
+        assert "ms_planted_secret_4242" not in str(err.value) and "\n" not in str(err.value)
