@@ -25,7 +25,7 @@ from pydantic import Field, SecretStr, ValidationError
 
 from lmsynth import constants
 from lmsynth.config import StrictModel, dotted
-from lmsynth.errors import ChecksumError, PassphraseError, VerifyError
+from lmsynth.errors import ChecksumError, InputRecordError, PassphraseError, VerifyError
 from lmsynth.io import atomic_dir, open_text, parse_line, sha256_file, write_json, write_jsonl
 from lmsynth.progress import track
 from lmsynth.records import GatedInstruction, Message, SynthRecord
@@ -341,9 +341,18 @@ def _iter_public(tree: Path, subset: str) -> Iterator[SynthRecord]:
     fields = set(SynthRecord.model_fields)
     for shard in sorted((tree / layout.DATA_DIR / subset).glob("*.parquet")):
         pf = pq.ParquetFile(shard)
+        index = 0
         for batch in pf.iter_batches(batch_size=_BATCH):
             for row in batch.to_pylist():
-                yield SynthRecord.model_validate({k: v for k, v in row.items() if k in fields})
+                index += 1
+                # Parquet stores an absent value as null: let the model's default stand for it.
+                data = {k: v for k, v in row.items() if k in fields and v is not None}
+                try:
+                    yield SynthRecord.model_validate(data)
+                except ValidationError as e:
+                    first = e.errors()[0]
+                    where = f"{shard.relative_to(tree).as_posix()}: row {index}"
+                    raise InputRecordError(where, None, dotted(first["loc"]) or None, first["msg"]) from None
 
 
 def _merge_subset(store: _Store, tree: Path, subset: str, *, out: Path, gated: int) -> SubsetRecovery:

@@ -259,3 +259,180 @@ class TestRecover:
         run(tree, source, tmp_path / "out")
         line = (tmp_path / "out" / CONFIG / "recovered-00000.jsonl").read_text().splitlines()[0]
         assert RecoveredRecord.model_validate_json(line).conversation_id == "c2"
+
+
+# ---------------------------------------------------------------------------
+# Round trip on the bundled sample: build_release → LocalTarget → recover (key derived) → export → load_dataset
+# ---------------------------------------------------------------------------
+
+# Ids of the bundled sample; the JA texts, responses and scores below are written by hand for this test.
+A, B, C, D = (
+    "82bed0621b71aa0eb1b073b723f6df0d",  # English, not redacted
+    "5c441c4d0fb2e9c1eb90a01c6a6293d6",  # English, redacted (PII)
+    "dd6cef62e79e3a0216ddb2576ac02b44",  # English, not redacted
+    "4b57cdee28aa9139e3eaaf8b193429ec",  # duplicate of A's translation
+)
+FLAGGED = "8e0e1b8c9709bd7becb273ca78625927"  # moderation-flagged in the sample
+JA = {
+    A: "カウンターを表示するリアクトの部品を書いてください",
+    B: "私の名前と住所を使って短い自己紹介を書いてください",
+    C: "インフレの原因をやさしく説明してください",
+    FLAGGED: "戦闘の場面を生々しく描写してください",
+}
+SUBSET = "handmade"
+
+
+def synth(cid: str, ja: str, scores: list[float | None], **kw: object) -> dict:
+    return {
+        "conversation_id": cid,
+        "translated_conversation": [msg("user", ja)],
+        "synthesized_assistant_responses": [msg("assistant", f"回答{cid[:2]}-{i}") for i in range(len(scores))],
+        "synthesized_response_scoring_annotations": [
+            {
+                "response_token_length": 9,
+                "judgement": f"評価: [[{s}]]",
+                "repetition_flag": False,
+                "preference_score": s,
+            }
+            for s in scores
+        ],
+        **kw,
+    }
+
+
+HANDMADE = [
+    synth(A, JA[A], [6, 9, 2]),
+    synth(B, JA[B], [8, None]),
+    synth(
+        C,
+        JA[C],
+        [7, 7],
+        synthesized_multiturn_conversation=[
+            [
+                msg("user", JA[C]),
+                msg("assistant", "回答dd-0"),
+                msg("user", "もっと詳しく"),
+                msg("assistant", "回答dd-2"),
+            ]
+        ],
+    ),
+    synth(D, JA[A], [], duplicate_user_instruction_ja=A),
+]
+HANDMADE_UNSAFE = [
+    {"conversation_id": FLAGGED, "translated_conversation": [msg("user", JA[FLAGGED])]},
+]
+
+
+def english(cid: str) -> str:
+    """The sample's own first user turn (the input, read with plain json)."""
+    from lmsynth import constants
+
+    for line in constants.SAMPLE_SOURCE.read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        if row["conversation_id"] == cid:
+            return row["conversation"][0]["content"]
+    raise KeyError(cid)
+
+
+@pytest.fixture(scope="module")
+def released(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A local git hub holding v0.5 of one hand-written subset, encrypted with the sample's derived key."""
+    import yaml
+
+    from lmsynth import constants
+    from lmsynth.key import derive_key
+    from lmsynth.release.build import build_release
+
+    root = tmp_path_factory.mktemp("roundtrip")
+    run_dir = root / "run"
+    for sub, rows in (("records", HANDMADE), ("unsafe", HANDMADE_UNSAFE)):
+        (run_dir / sub).mkdir(parents=True)
+        (run_dir / sub / "records-00000.jsonl").write_text(
+            "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8"
+        )
+    manifest = yaml.safe_load((constants.RELEASE_DIR / "demo.yaml").read_text(encoding="utf-8"))
+    spec = manifest["subsets"][0]
+    spec.update(
+        config=SUBSET, records=str(run_dir), pipelines=[], multiturn=True, responses_per_instruction={"ja": 3, "en": 0}
+    )
+    spec.pop("prepared", None)
+    manifest["subsets"] = [spec]
+    manifest_path = root / "v0.5.yaml"
+    manifest_path.write_text(yaml.safe_dump(manifest, allow_unicode=True), encoding="utf-8")
+    hub = root / "hub"
+    build_release(
+        "v0.5", manifest_path=manifest_path, target=str(hub), passphrase=derive_key(str(constants.SAMPLE_SOURCE))
+    )
+    return hub
+
+
+def load_rows(out: Path, config: str) -> list[dict]:
+    from datasets import load_dataset
+
+    return list(load_dataset(str(out), config, split="train", cache_dir=str(out.parent / f"cache-{out.name}")))
+
+
+class TestRoundTrip:
+    def test_release_recover_export_load(self, released: Path, tmp_path: Path) -> None:
+        from lmsynth.export import export_dpo, export_sft
+
+        # Key derived from the bundled sample (no passphrase given, none in the environment).
+        res = recover(str(released), revision="v0.5", source=None, out_dir=tmp_path / "rec", passphrase=None)
+        sub = res.report.subsets[SUBSET]
+        assert (sub.public_rows, sub.written, sub.merged, sub.missing_in_source, sub.unsafe_included) == (
+            4,
+            4,
+            4,
+            0,
+            0,
+        )
+        recs = {r.conversation_id: r for r in iter_recovered(tmp_path / "rec" / SUBSET)}
+        assert recs[A].conversation[0].content == english(A)
+        assert recs[B].redacted is True and recs[A].redacted is False
+        assert recs[C].synthesized_multiturn_conversation[0][0].content == JA[C]
+
+        export_sft(tmp_path / "rec", out_dir=tmp_path / "sft")
+        assert load_rows(tmp_path / "sft", "sft") == [
+            {"messages": [msg("user", JA[A]), msg("assistant", "回答82-1")]},
+            {"messages": [msg("user", JA[B]), msg("assistant", "回答5c-0")]},
+            {"messages": [msg("user", JA[C]), msg("assistant", "回答dd-0")]},
+        ]
+        export_sft(tmp_path / "rec", out_dir=tmp_path / "sft_mt", field="multiturn", exclude_pii=True)
+        assert load_rows(tmp_path / "sft_mt", "sft") == [
+            {"messages": [msg("user", JA[A]), msg("assistant", "回答82-1")]},
+            {
+                "messages": [
+                    msg("user", JA[C]),
+                    msg("assistant", "回答dd-0"),
+                    msg("user", "もっと詳しく"),
+                    msg("assistant", "回答dd-2"),
+                ]
+            },
+        ]
+        export_dpo(tmp_path / "rec", out_dir=tmp_path / "dpo")
+        assert load_rows(tmp_path / "dpo", "dpo") == [
+            {
+                "prompt": [msg("user", JA[A])],
+                "chosen": [msg("assistant", "回答82-1")],
+                "rejected": [msg("assistant", "回答82-2")],
+                "score_chosen": 9.0,
+                "score_rejected": 2.0,
+            }
+        ]
+
+    def test_include_unsafe_from_a_real_release(self, released: Path, tmp_path: Path) -> None:
+        from lmsynth import constants
+        from lmsynth.key import derive_key
+
+        res = recover(
+            str(released),
+            revision="v0.5",
+            source=None,
+            out_dir=tmp_path / "rec",
+            passphrase=derive_key(str(constants.SAMPLE_SOURCE)),
+            include_unsafe=True,
+        )
+        assert res.report.subsets[SUBSET].unsafe_included == 1
+        last = list(iter_recovered(tmp_path / "rec" / SUBSET))[-1]
+        assert (last.conversation_id, last.translated_conversation[0].content) == (FLAGGED, JA[FLAGGED])
+        assert last.conversation[0].content == english(FLAGGED)
