@@ -23,7 +23,7 @@ import logging
 from collections import Counter
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 
 from lmsynth import constants
 from lmsynth.config import StrictModel
@@ -78,6 +78,7 @@ def prepare(
     out_dir: Path | str,
     languages: tuple[str, ...] | list[str] = DEFAULT_LANGUAGES,
     rules_path: Path | str | None = None,
+    token: SecretStr | None = None,
 ) -> PrepareResult:
     """Extract, filter and tag the first user turns of a source into `out_dir`.
 
@@ -86,6 +87,7 @@ def prepare(
         out_dir: output folder; replaced as a whole on success, untouched on failure.
         languages: LMSYS `language` values to keep.
         rules_path: template rules YAML (default: `constants.TEMPLATE_RULES`).
+        token: hub token when `source` is a gated hub dataset (None: the client's login or `HF_TOKEN`).
 
     Returns:
         Paths written and the counters.
@@ -100,7 +102,7 @@ def prepare(
     if not langs:
         raise ArgumentError("languages", "must name at least one language, e.g. Japanese,English")
     rules = load_rules(rules_path if rules_path is not None else constants.TEMPLATE_RULES)
-    src = source if isinstance(source, Source) else open_source(source)
+    src = source if isinstance(source, Source) else open_source(source, token=token)
     out_dir = Path(out_dir)
 
     counts: Counter[str] = Counter()

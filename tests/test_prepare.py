@@ -22,7 +22,8 @@ from lmsynth.prepare import (
 )
 from lmsynth.records import PREPARED_INSTRUCTIONS, PREPARED_UNSAFE, InstructionRecord
 from lmsynth.source import open_source
-from tests.test_source import make_row, write_rows
+from tests.hub.conftest import hf_hub, hf_standin  # noqa: F401  (fixtures for the hub test)
+from tests.test_source import upload_dataset, make_row, write_rows
 
 
 def flagged_row(cid: str, text: str, **kw: object) -> dict:
@@ -108,6 +109,22 @@ class TestPrepare:
         with pytest.raises(ArgumentError) as exc:
             prepare(None, out_dir=tmp_path / "out", languages=[" ", ""])
         assert str(exc.value) == "`languages` must name at least one language, e.g. Japanese,English"
+
+
+@pytest.mark.hub
+@pytest.mark.usefixtures("hf_hub")
+def test_prepare_streams_a_hub_dataset(tmp_path: Path) -> None:
+    from pydantic import SecretStr
+
+    rows = [json.loads(ln) for ln in small_source(tmp_path).read_text(encoding="utf-8").splitlines()]
+    upload_dataset(tmp_path, "org/lmsys-like", rows)
+    res = prepare("org/lmsys-like", out_dir=tmp_path / "out", token=SecretStr("hf_test_write_token_123456"))
+    local = prepare(str(tmp_path / "src.jsonl"), out_dir=tmp_path / "out-local")
+    assert res.instructions_path.read_bytes() == local.instructions_path.read_bytes()
+    assert res.stats.model_dump(exclude={"source", "source_fingerprint"}) == local.stats.model_dump(
+        exclude={"source", "source_fingerprint"}
+    )
+    assert res.stats.source == "org/lmsys-like"
 
 
 class TestAtomicOutput:

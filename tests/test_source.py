@@ -273,7 +273,7 @@ class TestHubSource:
     def test_streams_rows_with_row_numbers(self, tmp_path: Path) -> None:
         from pydantic import SecretStr
 
-        _upload(tmp_path, "org/chat", [make_row("a" * 32), make_row("b" * 32, text="second")])
+        upload_dataset(tmp_path, "org/chat", [make_row("a" * 32), make_row("b" * 32, text="second")])
         src = open_source("org/chat", token=SecretStr("hf_test_write_token_123456"))
         rows = list(src.rows())
         assert [(r.conversation.conversation_id, r.path, r.line) for r in rows] == [
@@ -285,7 +285,7 @@ class TestHubSource:
 
     def test_bad_row_names_dataset_row_and_field(self, tmp_path: Path) -> None:
         bad = make_row("b" * 32, redacted="maybe")
-        _upload(tmp_path, "org/bad", [make_row("a" * 32), bad])
+        upload_dataset(tmp_path, "org/bad", [make_row("a" * 32), bad])
         with pytest.raises(InputRowError) as exc:
             ids("org/bad")
         assert (
@@ -390,7 +390,7 @@ class TestBundledSample:
 # Private helpers
 
 
-def _upload(tmp_path: Path, repo_id: str, rows: list[dict]) -> None:
+def upload_dataset(tmp_path: Path, repo_id: str, rows: list[dict]) -> None:
     from huggingface_hub import CommitOperationAdd, HfApi
 
     api = HfApi(token="hf_test_write_token_123456")
