@@ -23,7 +23,7 @@ from lmsynth.prepare import (
 from lmsynth.records import PREPARED_INSTRUCTIONS, PREPARED_UNSAFE, InstructionRecord
 from lmsynth.source import open_source
 from tests.hub.conftest import hf_hub, hf_standin  # noqa: F401  (fixtures for the hub test)
-from tests.test_source import upload_dataset, make_row, write_rows
+from tests.test_source import make_row, upload_dataset, write_rows
 
 
 def flagged_row(cid: str, text: str, **kw: object) -> dict:
