@@ -15,7 +15,7 @@ import pytest
 from pydantic import SecretStr
 
 from lmsynth.crypto import encrypt_file
-from lmsynth.errors import ChecksumError, PassphraseError
+from lmsynth.errors import ChecksumError, ExportError, PassphraseError
 from lmsynth.io import sha256_file
 from lmsynth.recover import REPORT_FILE, RecoveredRecord, iter_recovered, recover
 from lmsynth.release import layout
@@ -436,3 +436,47 @@ class TestRoundTrip:
         last = list(iter_recovered(tmp_path / "rec" / SUBSET))[-1]
         assert (last.conversation_id, last.translated_conversation[0].content) == (FLAGGED, JA[FLAGGED])
         assert last.conversation[0].content == english(FLAGGED)
+
+
+class TestCli:
+    def test_recover_then_export_from_the_command_line(self, released: Path, tmp_path: Path) -> None:
+        from typer.testing import CliRunner
+
+        from lmsynth.cli import app
+
+        runner = CliRunner()
+        rec = runner.invoke(
+            app, ["recover", "--from", str(released), "--revision", "v0.5", "--out", str(tmp_path / "r")]
+        )
+        assert rec.exit_code == 0, rec.output
+        assert "Recovered v0.5" in rec.output and "4 written, 4 merged, 0 missing in source" in rec.output
+        sft = runner.invoke(app, ["export", "sft", "--input", str(tmp_path / "r"), "--out", str(tmp_path / "s")])
+        assert sft.exit_code == 0, sft.output
+        assert "rows: train 3" in sft.output
+        dpo = runner.invoke(
+            app, ["export", "dpo", "--input", str(tmp_path / "r"), "--out", str(tmp_path / "d"), "--min-margin", "8"]
+        )
+        # A's margin is 7, B has one usable score, C is a tie: nothing passes, nothing is written.
+        assert isinstance(dpo.exception, ExportError)
+        assert str(dpo.exception).startswith("no dpo rows passed the filters (dropped_below_min_margin 1, ")
+        assert not (tmp_path / "d").exists()
+
+    def test_wrong_passphrase_file_is_one_line_on_stderr(
+        self, released: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        from lmsynth.cli import main
+
+        secret = tmp_path / "key.txt"
+        secret.write_text("planted-wrong-secret\n", encoding="utf-8")
+        argv = ["lmsynth", "recover", "--from", str(released), "--out", str(tmp_path / "r")]
+        monkeypatch.setattr("sys.argv", [*argv, "--passphrase-file", str(secret)])
+        with pytest.raises(SystemExit) as exc:
+            main()
+        assert exc.value.code == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[0] == (
+            f"Error: the passphrase does not decrypt {layout.gated_path(SUBSET, unsafe=False)}; "
+            "derive it from the original dataset with `lmsynth key --source SRC`"
+        )
+        assert "planted-wrong-secret" not in "\n".join(err)
+        assert not (tmp_path / "r").exists()

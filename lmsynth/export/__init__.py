@@ -26,6 +26,7 @@ from lmsynth.export.rows import (
     DROP_EMPTY,
     DROP_PII,
     DROP_TEMPLATE,
+    KEPT,
     DPORow,
     ExportFilters,
     SFTField,
@@ -248,6 +249,10 @@ def _export(
             for cid, row in rows:
                 writer.add(split_of(cid, test_size=filters.test_size, seed=filters.seed), row)
         files = writer.files
+        if not sum(writer.rows.values()):
+            # `datasets` cannot load a config whose only split is empty: refuse rather than write that.
+            dropped = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()) if k != KEPT)
+            raise ExportError(f"no {config} rows passed the filters ({dropped}); nothing written to {out_dir}")
         card = render_card(
             config=config,
             rows=writer.rows,
