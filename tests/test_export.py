@@ -283,3 +283,66 @@ class TestExportDpo:
     def test_negative_margin_refused(self, recovered: Path, tmp_path: Path) -> None:
         with pytest.raises(ExportError, match="`min_margin`"):
             export_dpo(recovered, out_dir=tmp_path / "out", min_margin=-1)
+
+
+# Runs in a child process with its own Hub stand-in: the hub clients read HF_ENDPOINT once, at import, and
+# the session's stand-in fixtures belong to tests/hub/.
+PUSH_SCRIPT = r"""
+import json, os, sys
+from pathlib import Path
+from tests.hub.hf_server import HubStandIn
+hub = HubStandIn().start()
+os.environ.update(HF_ENDPOINT=hub.endpoint, HF_HUB_DISABLE_XET="1", HF_TOKEN="hf_test_write_token_123456")
+from datasets import load_dataset
+from lmsynth.export.publish import publish_export
+out, tag = Path(sys.argv[1]), sys.argv[2]
+pub = publish_export(out, target_uri="hf://me/sft-ja", tag=tag, private=True)
+commits = hub.state.commits_on("me/sft-ja")
+again = publish_export(out, target_uri="hf://me/sft-ja", tag=tag, private=True)
+ds = load_dataset("me/sft-ja", "sft", revision=tag, cache_dir=str(out.parent / "push-cache"))
+repo = hub.state.repo("me/sft-ja")
+print(json.dumps({
+    "created": pub.created_commit, "tag_at_commit": repo.tags[tag] == pub.commit, "private": repo.private,
+    "again_created": again.created_commit, "same_commits": hub.state.commits_on("me/sft-ja") == commits,
+    "rows": {k: len(v) for k, v in ds.items()},
+}))
+hub.stop()
+"""
+
+
+@pytest.mark.hub
+class TestPush:
+    def test_push_private_to_the_hub_and_load_at_the_tag(self, recovered: Path, tmp_path: Path) -> None:
+        import json
+        import subprocess
+        import sys
+
+        from lmsynth.export import export_tag
+
+        res = export_sft(recovered, out_dir=tmp_path / "out", test_size=0.5, seed=3)
+        root = Path(__file__).resolve().parent.parent
+        proc = subprocess.run(
+            [sys.executable, "-c", PUSH_SCRIPT, str(res.out_dir), export_tag(res)],
+            capture_output=True,
+            text=True,
+            cwd=root,
+            timeout=120,
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        got = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert got == {
+            "created": True,
+            "tag_at_commit": True,
+            "private": True,
+            "again_created": False,
+            "same_commits": True,
+            "rows": {"train": res.rows["train"], "test": res.rows["test"]},
+        }
+        assert export_tag(res) == "sft-v0.5"
+
+    def test_private_refused_where_visibility_is_not_supported(self, recovered: Path, tmp_path: Path) -> None:
+        from lmsynth.export.publish import publish_export
+
+        res = export_sft(recovered, out_dir=tmp_path / "out")
+        with pytest.raises(ExportError, match="`--private` is supported for hf:// targets"):
+            publish_export(res.out_dir, target_uri="ms://me/sft-ja", tag="sft-v0.5", private=True)
