@@ -133,6 +133,8 @@ class ModelScopeTarget:
                 self._step("upload the release", lambda: self._upload(api, stage, message))
             created = True
         commit = self._step("read the head", lambda: self._tags(api, branches=True).get(BRANCH))
+        # The client may split or retry an upload over several commits: tag only a head holding every file.
+        self._step("check the upload", lambda: self._check_remote(api, tree, commit or BRANCH))
         self._step("tag the release", lambda: self._tag(api, tag, commit or BRANCH))
         return PublishResult(target=self.uri, tag=tag, commit=commit, created_commit=created)
 
@@ -183,6 +185,19 @@ class ModelScopeTarget:
         heads, tags = detail
         refs = heads if branches else tags
         return {r.get("Revision"): r.get("CommitId") or r.get("Revision") for r in refs}
+
+    def _check_remote(self, api, tree: Path, revision: str) -> None:
+        from lmsynth.io import sha256_file
+        from lmsynth.release.manifest import ChecksumManifest
+
+        manifest = ChecksumManifest.model_validate_json((tree / MANIFEST_FILE).read_bytes())
+        remote = {f.path: f.sha256 for f in api._api.list_repo_files(self.repo_id, REPO_TYPE, revision=revision)}
+        expected = {p: e.sha256 for p, e in manifest.files.items() if p != INDEX_CARD}
+        expected[HF_CARD_COPY] = sha256_file(tree / INDEX_CARD)
+        expected[MANIFEST_FILE] = sha256_file(tree / MANIFEST_FILE)
+        missing = sorted(p for p, sha in expected.items() if remote.get(p) != sha)
+        if missing:
+            raise TargetError(self.uri, f"upload incomplete ({len(missing)} files differ, e.g. {missing[0]}); rerun")
 
     def _list(self, api, revision: str) -> list[str]:
         files = api._api.list_repo_files(self.repo_id, REPO_TYPE, revision=revision)

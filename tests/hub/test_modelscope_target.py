@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lmsynth.errors import HubAuthError, TagConflictError
+from lmsynth.errors import HubAuthError, HubRateLimitError, TagConflictError
+from lmsynth.hub.retry import RetryPolicy
 from lmsynth.targets import open_target
 from lmsynth.targets.modelscope import HF_CARD_COPY, ModelScopeTarget, modelscope_card
 from tests.hub.ms_server import MsState
@@ -65,16 +66,25 @@ class TestModelScope:
         ModelScopeTarget(REPO).publish(write_tree(tmp_path / "b", version="v0.6", seed="b"), tag="v0.6", message="6")
         assert _tagged(ms_hub, "v0.5") == before != _tagged(ms_hub, "v0.6")
 
-    def test_commit_failure_leaves_no_tag_and_rerun_completes(self, ms_hub: MsState, tmp_path: Path) -> None:
+    def test_one_500_on_the_commit_is_retried(self, ms_hub: MsState, tmp_path: Path) -> None:
+        ms_hub.inject("commit", 500, times=1)
+        result = ModelScopeTarget(REPO).publish(write_tree(tmp_path / "v0.5"), tag="v0.5", message="v0.5")
+        assert ms_hub.repo(REPO).tags["v0.5"] == result.commit
+        assert len([p for m, p in ms_hub.requests if m == "POST" and "/commit/" in p]) >= 2
+
+    def test_failure_before_the_tag_leaves_no_tag_and_rerun_completes(self, ms_hub: MsState, tmp_path: Path) -> None:
         tree = write_tree(tmp_path / "v0.5")
-        ms_hub.inject("commit", 500, times=50)
-        with pytest.raises(Exception) as err:
-            ModelScopeTarget(REPO).publish(tree, tag="v0.5", message="v0.5")
-        assert "\n" not in str(err.value)
+        ms_hub.inject("tag", 503, times=50)
+        with pytest.raises(HubRateLimitError) as err:
+            ModelScopeTarget(REPO, retry=RetryPolicy(attempts=2, base_delay_s=0)).publish(
+                tree, tag="v0.5", message="x"
+            )
+        assert "\n" not in str(err.value) and "HTTP 503" in str(err.value)
         assert ms_hub.repo(REPO).tags == {}
         ms_hub.faults.clear()
-        assert ModelScopeTarget(REPO).publish(tree, tag="v0.5", message="v0.5").created_commit
-        assert "v0.5" in ms_hub.repo(REPO).tags
+        rerun = ModelScopeTarget(REPO).publish(tree, tag="v0.5", message="v0.5")
+        assert not rerun.created_commit and ms_hub.commits_on(REPO) == 2
+        assert ms_hub.repo(REPO).tags["v0.5"] == rerun.commit
 
     def test_bad_token_is_one_line_without_the_token(
         self, ms_hub: MsState, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
