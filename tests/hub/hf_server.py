@@ -243,6 +243,10 @@ class _Handler(BaseHTTPRequestHandler):
             pass
 
     def _route(self, method: str, path: str):  # noqa: C901 — one flat routing table
+        if path == "/_standin/stats":
+            return "stats", lambda body: self._json(
+                {"/".join(k): len(r.commits) - 1 for k, r in self.state.repos.items()}  # minus the creation commit
+            )
         if path == "/api/whoami-v2":
             return "whoami", self._whoami
         if path == "/api/repos/create" and method == "POST":
