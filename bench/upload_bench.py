@@ -39,7 +39,8 @@ def main() -> None:
         tree = _write_tree(tmp / "tree", mb=args.mb, shards=args.shards)
         size = sum(p.stat().st_size for p in tree.rglob("*.parquet"))
         print(
-            f"release tree: {size / 1e6:.0f} MB of Parquet in {args.shards} shards (built in {time.perf_counter() - t0:.1f}s)"
+            f"release tree: {size / 1e6:.0f} MB of Parquet in {args.shards} shards",
+            f"(built in {time.perf_counter() - t0:.1f}s)",
         )
         (tmp / "blobs").mkdir()
         server = subprocess.Popen(
