@@ -102,7 +102,6 @@ PassphraseFileOpt = Annotated[
 # Ordered: subclasses before their parents, the root last.
 ERROR_FORMATTERS: dict[type[Exception], Callable[[Exception], str]] = {
     errors.TagConflictError: str,
-    errors.HubAuthError: lambda e: f"{e} (set HF_TOKEN / MODELSCOPE_API_TOKEN or log in, with write access)",
     errors.MissingDependencyError: str,
     errors.LmsynthError: str,
 }
