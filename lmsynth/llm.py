@@ -87,7 +87,11 @@ class OpenAIModelConfig(StrictModel):
 
 
 class FakeModelConfig(StrictModel):
-    """Scripted replies for tests and dry runs: `replies` cycled per prompt, else an echo of the last turn."""
+    """Scripted replies for tests and dry runs: `replies` cycled per prompt, else an echo of the last turn.
+
+    A reply may contain `{last_line}`, replaced by the last non-empty line of the prompt (e.g. the instruction
+    at the end of a translation prompt), so different prompts get different replies.
+    """
 
     backend: Literal["fake"] = "fake"
     model: str = "fake"
@@ -341,6 +345,8 @@ class FakeChatModel:
             for _ in range(sampling.n):
                 replies = self.config.replies
                 text = replies[self.calls % len(replies)] if replies else f"echo: {prompt}"
+                last_line = next((ln for ln in reversed(prompt.splitlines()) if ln.strip()), "")
+                text = text.replace("{last_line}", last_line.strip())
                 self.calls += 1
                 tokens = len(text.split())
                 completions.append(

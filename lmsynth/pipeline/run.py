@@ -236,6 +236,8 @@ def execute(
     """
     if not rows:
         return []
+    # A killed run leaves distilabel's working folder behind; lmsynth resumes from its own cache, not that one.
+    shutil.rmtree(work_dir, ignore_errors=True)
     pipeline = build_pipeline(config, rows, cache_root=cache_root, work_dir=work_dir)
     # One engine at a time: stages with in-process vLLM engines run one after another.
     engines = sum(isinstance(config.model_for(s), VllmModelConfig) for s in config.stages() if s in LLM_STAGES)

@@ -12,6 +12,7 @@ from typing import Any
 from pydantic import BaseModel, TypeAdapter
 
 from lmsynth.llm import ChatModel
+from lmsynth.pipeline.cache import StageCache
 from lmsynth.pipeline.generate import GenerateConfig, generate, wants_english
 from lmsynth.pipeline.judge import JudgeConfig, judge
 from lmsynth.pipeline.rows import PipelineRow
@@ -32,6 +33,18 @@ def view(stage: str, row: PipelineRow, config: Any) -> dict[str, Any]:
 def run_stage(stage: str, rows: Sequence[PipelineRow], *, model: ChatModel, config: Any) -> Sequence[BaseModel]:
     """Run one LLM stage on a batch."""
     return _FUNCTIONS[stage](rows, model=model, config=config)
+
+
+def run_unit(
+    stage: str, rows: Sequence[PipelineRow], *, model: ChatModel, config: Any, cache: StageCache
+) -> list[str]:
+    """One cache unit: the stage outputs (JSON) for `rows`, from the cache or computed and then cached."""
+    key = cache.key([view(stage, r, config) for r in rows])
+    outputs = cache.get(key, n_rows=len(rows))
+    if outputs is None:
+        outputs = [r.model_dump_json() for r in run_stage(stage, rows, model=model, config=config)]
+        cache.put(key, outputs)
+    return outputs
 
 
 # ---------------------------------------------------------------------------

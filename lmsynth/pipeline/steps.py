@@ -145,12 +145,7 @@ class StageTask(Task):
         rows = [PipelineRow.from_columns(r) for r in inputs]
         config = stages.parse_config(self.stage, self.stage_config)
         cache = StageCache(self.cache_dir, stage=self.stage, fingerprint=self.fingerprint)
-        key = cache.key([stages.view(self.stage, r, config) for r in rows])
-        outputs = cache.get(key, n_rows=len(rows))
-        if outputs is None:
-            results = stages.run_stage(self.stage, rows, model=self.llm, config=config)
-            outputs = [r.model_dump_json() for r in results]
-            cache.put(key, outputs)
+        outputs = stages.run_unit(self.stage, rows, model=self.llm, config=config, cache=cache)
         yield [{**row, self.stage: out} for row, out in zip(inputs, outputs, strict=True)]
 
 

@@ -1,0 +1,112 @@
+"""`lmsynth run` end to end through distilabel with the fake backend: folder contract, resume, kill."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from lmsynth.pipeline.run import RunInfo, run_pipeline
+from lmsynth.records import SynthRecord, iter_synth_records
+from tests.pipeline.factories import make_record, write_fake_pipeline, write_prepared
+
+
+def prepared(tmp_path: Path, n: int = 6) -> Path:
+    records = [make_record(i) for i in range(n)]
+    records[1] = make_record(1, language="Japanese", instruction="日本語の質問")
+    records[2] = make_record(2, instruction="Question number 0?")  # translates like c0: a duplicate
+    records[3] = make_record(3, instruction="", is_template_instruction="company introduction")
+    unsafe = [make_record(90, instruction="Something flagged")]
+    return write_prepared(tmp_path / "prep", records, unsafe)
+
+
+def calls(log: Path) -> list[str]:
+    return [json.loads(line)["prompt"] for line in log.read_text().splitlines()] if log.exists() else []
+
+
+@pytest.mark.timeout(300)
+def test_run_writes_the_folder_contract_and_resumes(tmp_path: Path) -> None:
+    pipe, log = write_fake_pipeline(tmp_path)
+    prep = prepared(tmp_path)
+    result = run_pipeline(pipe, input_dir=prep, out_dir=tmp_path / "out")
+    records = list(iter_synth_records(tmp_path / "out"))
+    assert [r.conversation_id for r in records] == [f"c{i}" for i in range(6)]
+    by_id = {r.conversation_id: r for r in records}
+    # Japanese passes through; English is translated (the fake echoes its reply).
+    assert by_id["c1"].translated_conversation[0].content == "日本語の質問"
+    assert by_id["c2"].duplicate_user_instruction_ja == "c0"
+    assert by_id["c3"].empty_user_instruction_ja and by_id["c3"].is_template_instruction == "company introduction"
+    for skipped in ("c2", "c3"):
+        assert by_id[skipped].synthesized_assistant_responses == []
+    good = by_id["c4"]
+    assert len(good.synthesized_assistant_responses) == 2
+    assert [a.preference_score for a in good.synthesized_response_scoring_annotations] == [7.0, 7.0]
+    assert good.synthesized_assistant_responses_en and by_id["c1"].synthesized_assistant_responses_en is None
+    # Unsafe: translated, never answered.
+    unsafe = list(iter_synth_records(tmp_path / "out" / "unsafe"))
+    assert [u.conversation_id for u in unsafe] == ["c90"]
+    assert unsafe[0].translated_conversation and unsafe[0].synthesized_assistant_responses == []
+    # Nothing internal leaks into the records.
+    text = (tmp_path / "out" / "records" / "part-00000.jsonl").read_text()
+    assert "distilabel_metadata" not in text and "Translate the following" not in text
+    assert set(json.loads(text.splitlines()[0])) == set(SynthRecord.model_fields)
+    info = RunInfo.model_validate_json((tmp_path / "out" / "run.json").read_text())
+    assert info.pipeline == "fake" and info.fingerprint == result.fingerprint
+    assert info.counts.instructions == 6 and info.counts.unsafe == 1 and info.counts.duplicate == 1
+    assert info.tokens["generate"].completion_tokens > 0 and info.generator.backend == "fake"
+    assert result.units_reused == {"translate": 0, "generate": 0, "judge": 0}
+    n_calls = len(calls(log))
+    # The same command again: every unit from the cache, no model call, same records.
+    again = run_pipeline(pipe, input_dir=prep, out_dir=tmp_path / "out")
+    assert len(calls(log)) == n_calls
+    assert sum(again.units_generated.values()) == 0
+    assert list(iter_synth_records(tmp_path / "out")) == records
+
+
+def run_cli(pipe: Path, prep: Path, out: Path, cache: Path, log: Path) -> subprocess.Popen:
+    env = {**os.environ, "LMSYNTH_CACHE": str(cache)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "lmsynth", "run", str(pipe), "--input", str(prep), "--out", str(out)],
+        env=env,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+@pytest.mark.timeout(300)
+def test_sigkill_midway_then_rerun_resumes(tmp_path: Path) -> None:
+    pipe, log = write_fake_pipeline(tmp_path, batch_size=2, sleep_s=0.3)
+    prep = write_prepared(tmp_path / "prep", [make_record(i) for i in range(12)])
+    cache = tmp_path / "cache"
+    proc = run_cli(pipe, prep, tmp_path / "out", cache, tmp_path / "first.log")
+    deadline = time.time() + 120
+    gen_dir = cache / "generate"
+    while time.time() < deadline and not (gen_dir.exists() and len(list(gen_dir.rglob("*.json"))) >= 2):
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "out" / "run.json").exists()
+    done = {
+        p: p.read_bytes() for p in cache.rglob("*.json") if p.parent.parent.name in ("translate", "generate", "judge")
+    }
+    assert done, "nothing finished before the kill"
+    first_calls = calls(log)
+    rerun = run_cli(pipe, prep, tmp_path / "out", cache, tmp_path / "rerun.log")
+    assert rerun.wait(timeout=240) == 0, (tmp_path / "rerun.log").read_text()[-3000:]
+    # No duplicated and no missing records.
+    ids = [r.conversation_id for r in iter_synth_records(tmp_path / "out")]
+    assert ids == [f"c{i}" for i in range(12)]
+    # Finished units were not regenerated: their files are untouched and their prompts were not sent again.
+    for path, content in done.items():
+        assert path.read_bytes() == content
+    second_calls = calls(log)[len(first_calls) :]
+    total_prompts = 12 + 12 + 12 * 2 + 12  # translate + generate JA + judge 2 per row + generate EN
+    assert len(second_calls) < total_prompts
+    assert len(first_calls) + len(second_calls) >= total_prompts
