@@ -1,15 +1,16 @@
-"""Merge the run folders of a sharded run (`lmsynth run --shard I/N`) into one run folder.
+"""Merge the run folders of a sharded run (`run_shard`, `lmsynth run --shard I/N`) into one run folder.
 
-A shard run folder follows the run contract of `lmsynth.records` (`records/`, `unsafe/`, `run.json`) and
-its `run.json` says which shard it is (`"shard": "2/3"`) and which pipeline/config `fingerprint` made it.
-`run.json` is written last, so a folder without it is a shard that did not finish.
+A shard run folder follows the run contract of `lmsynth.records` (`records/`, `unsafe/`, `run.json`) plus
+`shard.json` (`ShardInfo`: which slice, and the fingerprint of the whole run), written before the shard
+starts. `run.json` is written last, so a folder with `shard.json` and no `run.json` is a shard that did not
+finish.
 
 `gather` refuses, naming the shards at fault, unless the folders are exactly shards 1..N of one run with one
 fingerprint, each finished, and each record sits in the shard its `conversation_id` hashes to. It then
 writes the records in a deterministic order — the prepared input's order when the input folder is given or
-recorded in `run.json` (`"input"`), else by `conversation_id` — so that the gathered folder equals what one
-unsharded run writes. Records are indexed first and copied byte for byte afterwards, so memory holds the
-index, not the records.
+recorded in `shard.json` — else by `conversation_id`, and a `run.json` whose counts and token totals are
+the shards' sums, so that the gathered folder equals what one unsharded run writes. Records are indexed
+first and copied byte for byte afterwards, so memory holds the index, not the records.
 """
 
 from __future__ import annotations
@@ -20,12 +21,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel
 
-from lmsynth.config import StrictModel, dotted
-from lmsynth.errors import InputRecordError, ShardSetError, ShardSpecError
+from lmsynth.config import StrictModel
+from lmsynth.errors import ShardSetError
 from lmsynth.io import atomic_dir, open_text, parse_line, write_json
-from lmsynth.pipeline.shard import ShardSpec, in_shard
+from lmsynth.pipeline.shard import SHARD_FILE, ShardInfo, in_shard, read_shard_info
 from lmsynth.pipeline.telemetry import RUN_REPORT_FILE, merge_reports, read_report, write_report
 from lmsynth.progress import track
 from lmsynth.records import (
@@ -41,28 +42,7 @@ from lmsynth.records import (
 
 logger = logging.getLogger(__name__)
 
-RECORDS_PER_FILE = 10_000  # records per `records/records-NNNNN.jsonl` of the gathered folder
-
-
-class ShardRunInfo(BaseModel):
-    """The part of a shard's `run.json` that gather checks; other keys are carried over untouched."""
-
-    model_config = ConfigDict(extra="allow", frozen=True)
-
-    fingerprint: str
-    pipeline: str | None = None
-    shard: ShardSpec | None = None
-    input: str | None = None
-
-    @field_validator("shard", mode="before")
-    @classmethod
-    def _parse_shard(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            try:
-                return ShardSpec.parse(value, option="shard")
-            except ShardSpecError as e:
-                raise ValueError(str(e)) from e
-        return value
+RECORDS_PER_FILE = 10_000  # records per `records/part-NNNNN.jsonl`, as `lmsynth run` names them of the gathered folder
 
 
 class GatherResult(StrictModel):
@@ -103,8 +83,8 @@ def gather(shard_dirs: list[Path | str], *, out_dir: Path | str, input_dir: Path
 
     # 1. Every folder is a finished shard of the same run, and shards 1..N each appear once.
     infos = _check_shard_set(dirs)
-    count = next(iter(infos.values())).shard.count  # type: ignore[union-attr]
-    ordered = sorted(dirs, key=lambda d: infos[d].shard.index)  # type: ignore[union-attr]
+    count = next(iter(infos.values())).shard.count
+    ordered = sorted(dirs, key=lambda d: infos[d].shard.index)
 
     # 2. The order to write: the prepared input's, else conversation_id.
     source = Path(input_dir) if input_dir is not None else _recorded_input(infos.values())
@@ -134,49 +114,29 @@ def gather(shard_dirs: list[Path | str], *, out_dir: Path | str, input_dir: Path
     )
 
 
-def read_shard_info(run_dir: Path | str) -> ShardRunInfo | None:
-    """A run folder's `run.json` as gather sees it; None when the run has not finished (no `run.json`).
-
-    Raises:
-        InputRecordError: `run.json` is not JSON or lacks a valid `fingerprint` / `shard`.
-    """
-    path = Path(run_dir) / RUN_INFO_FILE
-    if not path.is_file():
-        return None
-    try:
-        return ShardRunInfo.model_validate_json(path.read_text(encoding="utf-8"))
-    except ValidationError as e:
-        first = e.errors()[0]
-        raise InputRecordError(path, None, dotted(first["loc"]) or None, first["msg"]) from e
-
-
 # Private helpers
 
 # Run sub-folder → the prepared file that gives its input order.
 _SUBSETS = {RUN_RECORDS_DIR: PREPARED_INSTRUCTIONS, RUN_UNSAFE_DIR: PREPARED_UNSAFE}
 
 
-def _check_shard_set(dirs: list[Path]) -> dict[Path, ShardRunInfo]:
+def _check_shard_set(dirs: list[Path]) -> dict[Path, ShardInfo]:
     missing_dirs = [str(d) for d in dirs if not d.is_dir()]
     if missing_dirs:
         raise ShardSetError("missing", missing_dirs, f"not a folder: {', '.join(missing_dirs)}")
     infos = {d: read_shard_info(d) for d in dirs}
-    unfinished = [str(d) for d, info in infos.items() if info is None]
+    unsharded = [str(d) for d, i in infos.items() if i is None]
+    if unsharded:
+        raise ShardSetError("invalid", unsharded, f"not a shard run folder (no {SHARD_FILE}): {', '.join(unsharded)}")
+    done: dict[Path, ShardInfo] = {d: i for d, i in infos.items() if i is not None}
+    unfinished = [str(d) for d in done if not (d / RUN_INFO_FILE).is_file()]
     if unfinished:
         raise ShardSetError(
             "unfinished",
             unfinished,
-            f"unfinished shard run (no {RUN_INFO_FILE}; rerun the same `lmsynth run --shard` command to resume): "
+            f"unfinished shard run (no {RUN_INFO_FILE}; rerun its `--shard` command to resume): "
             + ", ".join(unfinished),
         )
-    done: dict[Path, ShardRunInfo] = {d: i for d, i in infos.items() if i is not None}
-    unsharded = [str(d) for d, i in done.items() if i.shard is None]
-    if unsharded and len(dirs) > 1:
-        raise ShardSetError("invalid", unsharded, f"not a shard run (no `shard` in {RUN_INFO_FILE}): {unsharded}")
-    for d, i in done.items():
-        if i.shard is None:
-            done[d] = i.model_copy(update={"shard": ShardSpec(index=1, count=1)})
-
     fingerprints = {i.fingerprint for i in done.values()}
     if len(fingerprints) > 1:
         listing = "; ".join(f"{d} ({i.shard}) has {i.fingerprint[:12]}" for d, i in done.items())
@@ -185,7 +145,7 @@ def _check_shard_set(dirs: list[Path]) -> dict[Path, ShardRunInfo]:
             [str(d) for d in done],
             f"shards come from different pipeline/config fingerprints: {listing}",
         )
-    counts = {i.shard.count for i in done.values()}  # type: ignore[union-attr]
+    counts = {i.shard.count for i in done.values()}
     if len(counts) > 1:
         listing = ", ".join(f"{d} is {i.shard}" for d, i in done.items())
         raise ShardSetError("mismatch", [str(d) for d in done], f"shards of different splits: {listing}")
@@ -193,7 +153,7 @@ def _check_shard_set(dirs: list[Path]) -> dict[Path, ShardRunInfo]:
     count = counts.pop()
     by_index: dict[int, list[Path]] = {}
     for d, i in done.items():
-        by_index.setdefault(i.shard.index, []).append(d)  # type: ignore[union-attr]
+        by_index.setdefault(i.shard.index, []).append(d)
     dups = {k: v for k, v in by_index.items() if len(v) > 1}
     if dups:
         listing = "; ".join(f"{k}/{count} in {', '.join(map(str, v))}" for k, v in sorted(dups.items()))
@@ -205,7 +165,7 @@ def _check_shard_set(dirs: list[Path]) -> dict[Path, ShardRunInfo]:
 
 
 def _recorded_input(infos: Any) -> Path | None:
-    recorded = {i.input for i in infos if i.input}
+    recorded = {i.input_dir for i in infos if i.input_dir}
     if len(recorded) == 1:
         path = Path(recorded.pop())
         if (path / PREPARED_INSTRUCTIONS).is_file():
@@ -233,7 +193,7 @@ _Entry = tuple[tuple, Path, int, int]
 
 
 def _index_records(
-    dirs: list[Path], infos: dict[Path, ShardRunInfo], sub: str, positions: dict[str, int] | None
+    dirs: list[Path], infos: dict[Path, ShardInfo], sub: str, positions: dict[str, int] | None
 ) -> list[_Entry]:
     entries: list[_Entry] = []
     seen: dict[str, Path] = {}
@@ -285,14 +245,14 @@ def _copy_in_order(entries: list[_Entry], dest: Path) -> int:
             if n % RECORDS_PER_FILE == 0:
                 if out is not None:
                     out.close()
-                out = open(dest / f"records-{n // RECORDS_PER_FILE:05d}.jsonl", "wb")
+                out = open(dest / f"part-{n // RECORDS_PER_FILE:05d}.jsonl", "wb")
             if f not in handles:
                 handles[f] = _open_for_seek(f)
             src = handles[f]
             src.seek(offset)
             out.write(src.read(length).rstrip(b"\n") + b"\n")
         if out is None:  # an empty subset still gets its (empty) first file, as a run writes it
-            open(dest / "records-00000.jsonl", "wb").close()
+            open(dest / "part-00000.jsonl", "wb").close()
     finally:
         if out is not None:
             out.close()
@@ -309,15 +269,25 @@ def _open_for_seek(path: Path) -> Any:
     return open(path, "rb")
 
 
-def _gathered_info(dirs: list[Path], infos: list[ShardRunInfo]) -> dict[str, Any]:
-    # The first shard's run.json, keys kept as the runner wrote them, minus the shard; counts summed.
-    data = json.loads((dirs[0] / RUN_INFO_FILE).read_text(encoding="utf-8"))
-    data.pop("shard", None)
-    counts = [json.loads((d / RUN_INFO_FILE).read_text(encoding="utf-8")).get("counts") for d in dirs]
-    if all(isinstance(c, dict) for c in counts):
-        keys = sorted(set().union(*counts))
-        data["counts"] = {
-            k: sum(c.get(k, 0) for c in counts) for k in keys if all(isinstance(c.get(k, 0), int) for c in counts)
-        }
-    data["gathered_from"] = [{"shard": str(i.shard), "path": str(d)} for i, d in zip(infos, dirs, strict=True)]
+def _gathered_info(dirs: list[Path], infos: list[ShardInfo]) -> dict[str, Any]:
+    # The first shard's run.json as the runner wrote it, with the whole run's identity and summed totals:
+    # the same run.json one unsharded run writes.
+    shard_runs = [json.loads((d / RUN_INFO_FILE).read_text(encoding="utf-8")) for d in dirs]
+    data = dict(shard_runs[0])
+    data["fingerprint"] = infos[0].fingerprint
+    if "input_digest" in data:
+        data["input_digest"] = infos[0].input_digest
+    for key in ("counts", "tokens"):
+        if all(isinstance(r.get(key), dict) for r in shard_runs):
+            data[key] = _sum_nested([r[key] for r in shard_runs])
     return data
+
+
+def _sum_nested(values: list[Any]) -> Any:
+    """Add numbers leaf by leaf over dicts of the same shape (counts, per-stage token usage)."""
+    if all(isinstance(v, dict) for v in values):
+        keys = sorted(set().union(*values))
+        return {k: _sum_nested([v[k] for v in values if k in v]) for k in keys}
+    if all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+        return sum(values)
+    return values[0]

@@ -11,18 +11,29 @@ record once and `lmsynth gather` can check that they do.
 from __future__ import annotations
 
 import hashlib
+import logging
+import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 from pydantic import Field, model_validator
 
 from lmsynth.config import StrictModel
 from lmsynth.errors import ShardSpecError
+from lmsynth.io import parse_line, write_json
+
+
+if TYPE_CHECKING:
+    from lmsynth.pipeline.run import RunResult
 
 
 T = TypeVar("T")
 
+logger = logging.getLogger(__name__)
+
 SHARD_OPTION = "--shard"
+SHARD_FILE = "shard.json"  # in a shard's run folder, written before the run starts
 
 
 class ShardSpec(StrictModel):
@@ -88,3 +99,89 @@ def select_shard(items: Iterable[T], spec: ShardSpec | None, *, key: Callable[[T
     for item in items:
         if in_shard(key(item), spec):
             yield item
+
+
+class ShardInfo(StrictModel):
+    """`shard.json`: which slice a run folder holds, and the identity of the whole run it is a slice of.
+
+    It is written before the shard runs (so a killed shard is still recognisable) and `run.json` is written
+    last, so gather can tell an unfinished shard from a missing one.
+    """
+
+    shard: ShardSpec
+    pipeline: str
+    fingerprint: str = Field(description="The whole run's fingerprint: config and every input row (not the slice).")
+    input_digest: str = Field(description="Digest of the whole input, as an unsharded run records it.")
+    input_dir: str | None = Field(None, description="The prepared folder read; gather takes its record order.")
+
+
+def write_shard_info(run_dir: Path | str, info: ShardInfo) -> Path:
+    """Write `shard.json` into `run_dir` atomically."""
+    path = Path(run_dir) / SHARD_FILE
+    write_json(path, info.model_dump(mode="json"))
+    return path
+
+
+def read_shard_info(run_dir: Path | str) -> ShardInfo | None:
+    """A run folder's `shard.json`, or None for a folder that is not a shard.
+
+    Raises:
+        InputRecordError: `shard.json` does not validate (names the file and field).
+    """
+    path = Path(run_dir) / SHARD_FILE
+    if not path.is_file():
+        return None
+    return parse_line(path.read_text(encoding="utf-8"), ShardInfo, path=path, lineno=None)
+
+
+def run_shard(
+    pipeline_path: Path | str,
+    *,
+    input_dir: Path | str,
+    out_dir: Path | str,
+    shard: ShardSpec,
+    cache_dir: Path | None = None,
+) -> RunResult:
+    """Run one slice of a pipeline run, for array jobs; rerunning the same call resumes that slice alone.
+
+    Args:
+        pipeline_path: The pipeline YAML.
+        input_dir: The whole prepared input (every shard reads all of it and keeps its slice).
+        out_dir: This shard's run folder (`shard.json`, `records/`, `unsafe/`, `run_report.json`, `run.json`).
+        shard: Which slice.
+        cache_dir: The cache root (default `constants.CACHE_DIR`); shards may share it.
+
+    Returns:
+        The run result of the slice.
+
+    Raises:
+        ConfigError, InputRecordError, PipelineError: as `run_pipeline`.
+    """
+    from lmsynth.fingerprint import digest_rows
+    from lmsynth.pipeline.config import load_pipeline_config, run_fingerprint
+    from lmsynth.pipeline.run import load_rows, run_pipeline
+    from lmsynth.pipeline.telemetry import Telemetry, report_from_run, write_report
+
+    config = load_pipeline_config(pipeline_path)
+    whole = digest_rows(r.record for r in load_rows(Path(input_dir), limit=config.limit))
+    info = ShardInfo(
+        shard=shard,
+        pipeline=config.name,
+        fingerprint=run_fingerprint(config, input_digest=whole),
+        input_digest=whole,
+        input_dir=str(Path(input_dir).resolve()),
+    )
+    write_shard_info(out_dir, info)
+    telemetry = Telemetry()
+    started = time.monotonic()
+    result = run_pipeline(
+        pipeline_path,
+        input_dir=input_dir,
+        out_dir=out_dir,
+        config=config,
+        cache_dir=cache_dir,
+        row_filter=lambda rec: in_shard(rec.conversation_id, shard),
+    )
+    logger.info("Shard %s finished in %.1f s", shard, time.monotonic() - started)
+    write_report(out_dir, report_from_run(out_dir, telemetry=telemetry, shard=str(shard)))
+    return result

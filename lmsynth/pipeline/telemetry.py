@@ -302,6 +302,59 @@ def read_report(run_dir: Path | str) -> RunReport:
     return parse_line(path.read_text(encoding="utf-8"), RunReport, path=path, lineno=None)
 
 
+def report_from_run(run_dir: Path | str, *, telemetry: Telemetry, shard: str | None = None) -> RunReport:
+    """The report of a finished run folder: token and request totals from its `run.json`, times from `telemetry`.
+
+    `run.json` sums each stage's usage over every row of the output, so the totals agree with the records
+    (a row served from the cache counts what it cost when it was made). Batch times come from the events
+    the steps appended, when they did.
+
+    Raises:
+        InputRecordError: `run.json` is missing or lacks `tokens` / `counts`.
+    """
+    import json
+
+    from lmsynth.records import RUN_INFO_FILE
+
+    path = Path(run_dir) / RUN_INFO_FILE
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+        tokens, counts = info["tokens"], info["counts"]
+    except OSError as e:
+        raise InputRecordError(path, None, None, f"cannot read: {e.strerror or e}") from e
+    except (ValueError, KeyError, TypeError) as e:
+        raise InputRecordError(path, None, "tokens", f"not a run.json with `tokens` and `counts` ({e})") from e
+    live = telemetry.report(instructions=0)
+    generations = {
+        "generate": counts.get("responses_ja", 0) + counts.get("responses_en", 0),
+    }
+    failures = {"judge": counts.get("judge_failures", 0)}
+    steps = [
+        StepReport(
+            step=stage,
+            batches=live.step(stage).batches,
+            requests=usage.get("requests", 0),
+            generations=generations.get(stage, usage.get("requests", 0)),
+            input_tokens=usage.get("prompt_tokens", 0),
+            output_tokens=usage.get("completion_tokens", 0),
+            failures=failures.get(stage, 0),
+            retries=live.step(stage).retries,
+            busy_s=live.step(stage).busy_s,
+        )
+        for stage, usage in sorted(tokens.items())
+    ]
+    return live.model_copy(
+        update={
+            "pipeline": info.get("pipeline"),
+            "fingerprint": info.get("fingerprint"),
+            "shard": shard,
+            "instructions": counts.get("instructions", 0),
+            "records": counts.get("instructions", 0),
+            "steps": steps,
+        }
+    )
+
+
 def merge_reports(reports: list[RunReport]) -> RunReport:
     """One report for shard runs done side by side: counts and GPU-hours add up, wall time is the longest.
 

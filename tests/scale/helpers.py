@@ -5,14 +5,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lmsynth.pipeline.shard import ShardSpec, in_shard
+from lmsynth.pipeline.shard import ShardInfo, ShardSpec, in_shard, write_shard_info
 from lmsynth.pipeline.telemetry import RunReport, StepReport, write_report
 from lmsynth.records import RUN_INFO_FILE, RUN_RECORDS_DIR, RUN_UNSAFE_DIR, iter_synth_records
 from lmsynth.testing import write_run_dir
 
 
-def split_run(run_dir: Path, out_root: Path, count: int, *, with_report: bool = True) -> list[Path]:
-    """Write shards 1..count of `run_dir` under `out_root`, as `lmsynth run --shard I/N` would."""
+def split_run(
+    run_dir: Path, out_root: Path, count: int, *, with_report: bool = True, input_dir: Path | None = None
+) -> list[Path]:
+    """Write shards 1..count of `run_dir` under `out_root`, as `run_shard` would."""
     info = json.loads((run_dir / RUN_INFO_FILE).read_text())
     dirs = []
     for index in range(1, count + 1):
@@ -21,7 +23,7 @@ def split_run(run_dir: Path, out_root: Path, count: int, *, with_report: bool = 
         for sub in (RUN_RECORDS_DIR, RUN_UNSAFE_DIR):
             recs = [r for r in iter_synth_records(run_dir / sub) if in_shard(r.conversation_id, spec)]
             (d / sub).mkdir(parents=True)
-            (d / sub / "records-00000.jsonl").write_text("".join(r.model_dump_json() + "\n" for r in recs))
+            (d / sub / "part-00000.jsonl").write_text("".join(r.model_dump_json() + "\n" for r in recs))
         n = sum(1 for _ in iter_synth_records(d))
         if with_report:
             tokens = sum(
@@ -31,8 +33,17 @@ def split_run(run_dir: Path, out_root: Path, count: int, *, with_report: bool = 
             )
             step = StepReport(step="generate", batches=1, requests=n, generations=n, output_tokens=tokens, busy_s=1.0)
             write_report(d, RunReport(instructions=n, records=n, wall_time_s=2.0 + index, steps=[step]))
-        shard_info = dict(info, shard=str(spec), counts={"records": n})
-        (d / RUN_INFO_FILE).write_text(json.dumps(shard_info))
+        write_shard_info(
+            d,
+            ShardInfo(
+                shard=spec,
+                pipeline=info["pipeline"],
+                fingerprint=info["fingerprint"],
+                input_digest="whole-input",
+                input_dir=str(input_dir) if input_dir else None,
+            ),
+        )
+        (d / RUN_INFO_FILE).write_text(json.dumps(dict(info, fingerprint=f"slice-{index}", counts={"records": n})))
         dirs.append(d)
     return dirs
 

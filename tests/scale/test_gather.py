@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from lmsynth.cli import app
 from lmsynth.errors import InputRecordError, ShardSetError
 from lmsynth.pipeline.gather import gather
+from lmsynth.pipeline.shard import SHARD_FILE
 from lmsynth.pipeline.telemetry import read_report
 from lmsynth.records import RUN_INFO_FILE, RUN_RECORDS_DIR, RUN_UNSAFE_DIR, iter_synth_records
 from lmsynth.testing import write_prepared_dir
@@ -44,7 +45,7 @@ class TestGatherEqualsUnsharded:
     def test_records_are_copied_byte_for_byte(self, whole: Path, shards: list[Path], tmp_path: Path) -> None:
         prepared = write_prepared_dir(tmp_path / "prepared", 60, unsafe_n=5)
         gather(shards, out_dir=tmp_path / "out", input_dir=prepared)
-        got = (tmp_path / "out" / RUN_RECORDS_DIR / "records-00000.jsonl").read_text()
+        got = (tmp_path / "out" / RUN_RECORDS_DIR / "part-00000.jsonl").read_text()
         assert got == "".join(r.model_dump_json() + "\n" for r in iter_synth_records(whole))
 
     def test_without_input_order_is_by_conversation_id(self, whole: Path, shards: list[Path], tmp_path: Path) -> None:
@@ -52,21 +53,19 @@ class TestGatherEqualsUnsharded:
         assert res.order == "conversation_id"
         assert ids(tmp_path / "out") == sorted(ids(whole))
 
-    def test_recorded_input_is_used(self, whole: Path, shards: list[Path], tmp_path: Path) -> None:
+    def test_recorded_input_is_used(self, whole: Path, tmp_path: Path) -> None:
         prepared = write_prepared_dir(tmp_path / "prepared", 60, unsafe_n=5)
-        for d in shards:
-            info = json.loads((d / RUN_INFO_FILE).read_text())
-            (d / RUN_INFO_FILE).write_text(json.dumps(dict(info, input=str(prepared))))
+        shards = split_run(whole, tmp_path / "recorded", 3, input_dir=prepared)
         assert gather(shards, out_dir=tmp_path / "out").order == "input"
         assert ids(tmp_path / "out") == ids(whole)
 
     def test_run_info_and_report_are_merged(self, whole: Path, shards: list[Path], tmp_path: Path) -> None:
         gather(shards, out_dir=tmp_path / "out")
         info = json.loads((tmp_path / "out" / RUN_INFO_FILE).read_text())
-        assert "shard" not in info
+        # The whole run's identity (from shard.json), not a slice's; totals summed; no shard marker left.
         assert info["fingerprint"] == json.loads((whole / RUN_INFO_FILE).read_text())["fingerprint"]
         assert info["counts"] == {"records": 60}
-        assert [g["shard"] for g in info["gathered_from"]] == ["1/3", "2/3", "3/3"]
+        assert not (tmp_path / "out" / "shard.json").exists()
         rep = read_report(tmp_path / "out")
         shard_reps = [read_report(d) for d in shards]
         assert rep.records == 60 and rep.runs == 3
@@ -78,7 +77,7 @@ class TestGatherEqualsUnsharded:
         (out / RUN_RECORDS_DIR).mkdir(parents=True)
         (out / RUN_RECORDS_DIR / "records-00099.jsonl").write_text("stale\n")
         gather(shards, out_dir=out)
-        assert sorted(p.name for p in (out / RUN_RECORDS_DIR).iterdir()) == ["records-00000.jsonl"]
+        assert sorted(p.name for p in (out / RUN_RECORDS_DIR).iterdir()) == ["part-00000.jsonl"]
 
 
 class TestRefusals:
@@ -101,8 +100,8 @@ class TestRefusals:
         assert err.value.shards == [str(shards[2])]
 
     def test_other_fingerprint_is_named(self, shards: list[Path], tmp_path: Path) -> None:
-        info = json.loads((shards[0] / RUN_INFO_FILE).read_text())
-        (shards[0] / RUN_INFO_FILE).write_text(json.dumps(dict(info, fingerprint="f" * 64)))
+        info = json.loads((shards[0] / SHARD_FILE).read_text())
+        (shards[0] / SHARD_FILE).write_text(json.dumps(dict(info, fingerprint="f" * 64)))
         with pytest.raises(ShardSetError, match="different pipeline/config fingerprints") as err:
             gather(shards, out_dir=tmp_path / "out")
         assert err.value.reason == "mismatch"
@@ -114,27 +113,32 @@ class TestRefusals:
             gather([shards[0], shards[1], other[1]], out_dir=tmp_path / "out")
 
     def test_record_in_the_wrong_shard_is_refused(self, shards: list[Path], tmp_path: Path) -> None:
-        moved = (shards[1] / RUN_RECORDS_DIR / "records-00000.jsonl").read_text().splitlines()[0]
-        with open(shards[0] / RUN_RECORDS_DIR / "records-00000.jsonl", "a") as f:
+        moved = (shards[1] / RUN_RECORDS_DIR / "part-00000.jsonl").read_text().splitlines()[0]
+        with open(shards[0] / RUN_RECORDS_DIR / "part-00000.jsonl", "a") as f:
             f.write(moved + "\n")
         with pytest.raises(ShardSetError, match="does not belong to shard 1/3|also in"):
             gather(shards, out_dir=tmp_path / "out")
 
     def test_bad_record_names_file_line_and_field(self, shards: list[Path], tmp_path: Path) -> None:
-        path = shards[0] / RUN_RECORDS_DIR / "records-00000.jsonl"
+        path = shards[0] / RUN_RECORDS_DIR / "part-00000.jsonl"
         lines = path.read_text().splitlines()
         rec = json.loads(lines[1])
         rec["empty_user_instruction_ja"] = "maybe"
         path.write_text("\n".join([lines[0], json.dumps(rec), *lines[2:]]) + "\n")
-        with pytest.raises(InputRecordError, match=r"records-00000.jsonl: line 2: field `empty_user_instruction_ja`"):
+        with pytest.raises(InputRecordError, match=r"part-00000.jsonl: line 2: field `empty_user_instruction_ja`"):
             gather(shards, out_dir=tmp_path / "out")
         assert not (tmp_path / "out").exists()
 
-    def test_bad_shard_value_in_run_json(self, shards: list[Path], tmp_path: Path) -> None:
-        info = json.loads((shards[0] / RUN_INFO_FILE).read_text())
-        (shards[0] / RUN_INFO_FILE).write_text(json.dumps(dict(info, shard="4/3")))
-        with pytest.raises(InputRecordError, match=r"run.json: field `shard`"):
+    def test_bad_shard_value_in_shard_json(self, shards: list[Path], tmp_path: Path) -> None:
+        info = json.loads((shards[0] / SHARD_FILE).read_text())
+        (shards[0] / SHARD_FILE).write_text(json.dumps(dict(info, shard={"index": 4, "count": 3})))
+        with pytest.raises(InputRecordError, match=r"shard.json: field `shard`: Value error, shard index 4"):
             gather(shards, out_dir=tmp_path / "out")
+
+    def test_folder_that_is_not_a_shard(self, whole: Path, shards: list[Path], tmp_path: Path) -> None:
+        with pytest.raises(ShardSetError, match=r"not a shard run folder \(no shard.json\)") as err:
+            gather([*shards, whole], out_dir=tmp_path / "out")
+        assert err.value.shards == [str(whole)]
 
 
 class TestCli:
