@@ -268,6 +268,7 @@ def plan_release(
                     shards=out.shards,
                     figures=fig_paths,
                     gated_paths=list(gated_paths.values()),
+                    shard_bytes=sum((tree / p).stat().st_size for p in out.shards),
                 )
             )
             infos[spec.config] = SubsetInfo(

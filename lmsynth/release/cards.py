@@ -42,6 +42,26 @@ class CardConfig(StrictModel):
     default: bool | None = None
 
 
+class SplitInfo(StrictModel):
+    """One split of a `dataset_info` entry."""
+
+    name: str
+    num_examples: int
+
+
+class ConfigInfo(StrictModel):
+    """One `dataset_info` entry: row counts and Parquet bytes of a config.
+
+    Besides informing the Hub, it makes `datasets`' cache key of a local folder change with the content:
+    that key hashes the card's configs and dataset_info, not the files, so without it a re-released folder
+    would load stale cached rows.
+    """
+
+    config_name: str
+    splits: list[SplitInfo]
+    download_size: int
+
+
 class CardMetadata(StrictModel):
     """The YAML header of a card (Hub dataset-card vocabulary)."""
 
@@ -55,6 +75,7 @@ class CardMetadata(StrictModel):
     pretty_name: str
     tags: list[str] = Field(default_factory=list)
     configs: list[CardConfig]
+    dataset_info: list[ConfigInfo] | None = None
 
     def to_yaml(self) -> str:
         """The header text between the `---` lines."""
@@ -87,6 +108,7 @@ class SubsetCardData:
     shards: list[str]
     figures: list[str]
     gated_paths: list[str]
+    shard_bytes: int = 0
 
     @property
     def card(self) -> str:
@@ -128,6 +150,14 @@ def card_metadata(
                 default=True if i == 0 else None,
             )
             for i, s in enumerate(subsets)
+        ],
+        dataset_info=[
+            ConfigInfo(
+                config_name=s.spec.config,
+                splits=[SplitInfo(name=layout.SPLIT, num_examples=s.counts.records)],
+                download_size=s.shard_bytes,
+            )
+            for s in subsets
         ],
     )
 

@@ -67,6 +67,8 @@ class GatedIndex:
 
         if not self._strings or len(data) < MIN_BYTES:
             return None
+        if isinstance(data, memoryview) and data.format != "B":
+            data = data.cast("B")  # Arrow buffers are signed chars: compare bytes as unsigned
         keys, ids, offs = self._index()
         for start in range(0, len(data), CHUNK):
             # Overlap chunks so that an occurrence across a chunk border is still seen.

@@ -30,6 +30,7 @@ from lmsynth.release.manifest import SubsetCounts, SubsetSpec
 
 
 ROWS_PER_GROUP = 1_000
+GROUP_BYTES = 64 * 2**20  # a row group also ends at this much input JSON (bounds memory for long records)
 SHARD_BYTES = 512 * 2**20
 SPILL_LINES = 50_000
 # Histogram bins of the figures: scores 0–10 in unit steps, token lengths up to 4,096 in steps of 128.
@@ -135,10 +136,13 @@ def write_subset(
     parts: list[Path] = []
     writer = sink = None
     batch: list[bytes] = []
+    batch_bytes = 0
+    group_bytes = max(1, min(GROUP_BYTES, shard_bytes // 4))
     multiturn: list[list[list[dict]] | None] = []
 
     def flush() -> None:
-        nonlocal writer, sink, failed
+        nonlocal writer, sink, failed, batch_bytes
+        batch_bytes = 0
         if not batch:
             return
         data = b"".join(batch)
@@ -185,7 +189,8 @@ def write_subset(
         )
         default_sorter.add(rec.conversation_id, gated.model_dump_json())
         batch.append(raw if raw.endswith(b"\n") else raw + b"\n")
-        if len(batch) >= rows_per_group:
+        batch_bytes += len(raw)
+        if len(batch) >= rows_per_group or batch_bytes >= group_bytes:
             flush()
     flush()
     if writer is not None:
@@ -262,7 +267,7 @@ def _iter_lines(records: Path) -> Iterator[tuple[Path, int, bytes, SynthRecord]]
                 text = line.decode("utf-8")
             except UnicodeDecodeError as e:
                 raise InputRecordError(path, lineno, None, f"not UTF-8 ({e.reason})") from e
-            yield path, lineno, line, parse_line(text, SynthRecord, path=path, lineno=lineno)
+            yield path, lineno, line, parse_line(text.rstrip("\r\n"), SynthRecord, path=path, lineno=lineno)
 
 
 def _check_fields(spec: SubsetSpec, rec: SynthRecord, path: Path, lineno: int) -> None:

@@ -108,12 +108,18 @@ class LocalTarget:
         return dest
 
     def load_dataset_args(self, tag: str) -> tuple[str, dict]:
-        """The folder itself when `tag` is its checked-out HEAD, else a cached checkout of `tag`."""
+        """The folder itself when `tag` is its checked-out HEAD, else a cached checkout of `tag`.
+
+        `datasets` keys its cache of a local folder on the folder name and the config, not on the files'
+        content, so a re-released folder would load stale rows: the kwargs carry a `cache_dir` per tree.
+        """
         commit = self._rev(f"refs/tags/{tag}^{{commit}}")
         if commit is None:
             raise TargetError(self.uri, f"no release tagged `{tag}`")
+        tree_id = self._rev(f"{commit}^{{tree}}") or commit
+        kwargs = {"cache_dir": str(constants.CACHE_DIR / "datasets" / tree_id[:16])}
         if commit == self._rev("HEAD") and not self._git("status", "--porcelain", "--untracked-files=no").strip():
-            return str(self.path), {}
+            return str(self.path), kwargs
         dest = constants.CACHE_DIR / "checkouts" / f"{self.path.name}-{tag}-{commit[:12]}"
         if not dest.is_dir():
             tmp = Path(tempfile.mkdtemp(prefix=".checkout-", dir=_mkdir(dest.parent)))
@@ -122,7 +128,7 @@ class LocalTarget:
                 os.replace(tmp, dest)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
-        return str(dest), {}
+        return str(dest), kwargs
 
     # -- Extras -----------------------------------------------------------------------------------------
 
