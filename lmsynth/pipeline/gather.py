@@ -11,21 +11,27 @@ writes the records in a deterministic order — the prepared input's order when 
 recorded in `shard.json` — else by `conversation_id`, and a `run.json` whose counts and token totals are
 the shards' sums, so that the gathered folder equals what one unsharded run writes. Records are indexed
 first and copied byte for byte afterwards, so memory holds the index, not the records.
+
+Duplicates across shards: each shard flags exact duplicates of the translated instruction only among its own
+rows, so a duplicate whose first occurrence sits in another shard comes back answered. In input order,
+gather points it at the first occurrence and drops its Japanese responses, as one unsharded run would have
+skipped them (the tokens spent on them stay in the token totals: they were spent). `counts` follow.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import BaseModel
 
 from lmsynth.config import StrictModel
 from lmsynth.errors import ShardSetError
-from lmsynth.io import atomic_dir, open_text, parse_line, write_json
+from lmsynth.io import atomic_dir, dump_json_line, open_text, parse_line, write_json
 from lmsynth.pipeline.shard import SHARD_FILE, ShardInfo, in_shard, read_shard_info
 from lmsynth.pipeline.telemetry import RUN_REPORT_FILE, merge_reports, read_report, write_report
 from lmsynth.progress import track
@@ -90,14 +96,20 @@ def gather(shard_dirs: list[Path | str], *, out_dir: Path | str, input_dir: Path
     source = Path(input_dir) if input_dir is not None else _recorded_input(infos.values())
     positions = {sub: _input_positions(source, name) for sub, name in _SUBSETS.items()} if source else None
 
-    # 3. Index every record (validated, in its right shard, seen once), then copy in order.
+    # 3. Index every record (validated, in its right shard, seen once), then copy in order, resolving
+    #    duplicates across shards when the order is the input's.
+    if positions is None:
+        logger.warning("No input order: duplicates across shards stay unresolved (pass the prepared folder)")
     with atomic_dir(out) as tmp:
-        totals = {}
+        totals: dict[str, int] = {}
+        changes: dict[str, int] = {}
         for sub in _SUBSETS:
             index = _index_records(ordered, infos, sub, positions[sub] if positions else None)
-            totals[sub] = _copy_in_order(index, tmp / sub)
+            totals[sub], delta = _copy_in_order(index, tmp / sub, reflag=positions is not None)
+            if sub == RUN_RECORDS_DIR:
+                changes = delta
         first = infos[ordered[0]]
-        write_json(tmp / RUN_INFO_FILE, _gathered_info(ordered, [infos[d] for d in ordered]))
+        write_json(tmp / RUN_INFO_FILE, _gathered_info(ordered, [infos[d] for d in ordered], changes))
         reports = [d / RUN_REPORT_FILE for d in ordered]
         if all(r.is_file() for r in reports):
             write_report(tmp, merge_reports([read_report(d) for d in ordered]))
@@ -188,8 +200,14 @@ def _iter_models(path: Path, model: type[BaseModel]) -> Iterator[Any]:
                 yield parse_line(line, model, path=path, lineno=lineno)
 
 
-# One index entry: (sort key, file, byte offset or line text for gzip, length).
-_Entry = tuple[tuple, Path, int, int]
+class _Entry(NamedTuple):
+    key: tuple
+    path: Path
+    offset: int  # in the uncompressed stream
+    length: int
+    cid: str
+    text: str | None  # sha256 of the stripped translated instruction; None when empty
+    duplicate_of: str | None
 
 
 def _index_records(
@@ -218,8 +236,12 @@ def _index_records(
                 key = (0, positions[cid], cid)
             else:  # not in the given input: after the known ones, by id
                 key = (1, 0, cid)
-            entries.append((key, f, offset, len(line.encode("utf-8"))))
-    entries.sort(key=lambda e: e[0])
+            ja = rec.translated_conversation[0].content.strip() if rec.translated_conversation else ""
+            text = hashlib.sha256(ja.encode("utf-8")).hexdigest() if ja else None
+            entries.append(
+                _Entry(key, f, offset, len(line.encode("utf-8")), cid, text, rec.duplicate_user_instruction_ja)
+            )
+    entries.sort(key=lambda e: e.key)
     return entries
 
 
@@ -236,21 +258,27 @@ def _lines_with_offsets(path: Path) -> Iterator[tuple[int, int, str]]:
             offset += len(line)
 
 
-def _copy_in_order(entries: list[_Entry], dest: Path) -> int:
+def _copy_in_order(entries: list[_Entry], dest: Path, *, reflag: bool) -> tuple[int, dict[str, int]]:
     dest.mkdir(parents=True, exist_ok=True)
     handles: dict[Path, Any] = {}
+    first: dict[str, str] = {}
+    delta = {"duplicate": 0, "responses_ja": 0, "judge_failures": 0, "multiturn": 0}
     out = None
     try:
-        for n, (_key, f, offset, length) in enumerate(entries):
+        for n, e in enumerate(entries):
             if n % RECORDS_PER_FILE == 0:
                 if out is not None:
                     out.close()
                 out = open(dest / f"part-{n // RECORDS_PER_FILE:05d}.jsonl", "wb")
-            if f not in handles:
-                handles[f] = _open_for_seek(f)
-            src = handles[f]
-            src.seek(offset)
-            out.write(src.read(length).rstrip(b"\n") + b"\n")
+            if e.path not in handles:
+                handles[e.path] = _open_for_seek(e.path)
+            src = handles[e.path]
+            src.seek(e.offset)
+            line = src.read(e.length).rstrip(b"\n")
+            original = first.setdefault(e.text, e.cid) if e.text is not None else None
+            if reflag and original not in (None, e.cid) and e.duplicate_of != original:
+                line = _as_duplicate(line, original, delta, newly=e.duplicate_of is None).encode("utf-8")
+            out.write(line + b"\n")
         if out is None:  # an empty subset still gets its (empty) first file, as a run writes it
             open(dest / "part-00000.jsonl", "wb").close()
     finally:
@@ -258,7 +286,26 @@ def _copy_in_order(entries: list[_Entry], dest: Path) -> int:
             out.close()
         for h in handles.values():
             h.close()
-    return len(entries)
+    return len(entries), delta
+
+
+def _as_duplicate(line: bytes, original: str, delta: dict[str, int], *, newly: bool) -> str:
+    # What the pipeline writes for a duplicate: no Japanese responses (nor a 2-turn conversation built on
+    # them); English responses, made from the English original, stay.
+    rec = SynthRecord.model_validate_json(line)
+    delta["duplicate"] += newly
+    delta["responses_ja"] -= len(rec.synthesized_assistant_responses)
+    delta["judge_failures"] -= sum(a.preference_score is None for a in rec.synthesized_response_scoring_annotations)
+    delta["multiturn"] -= bool(rec.synthesized_multiturn_conversation)
+    rec = rec.model_copy(
+        update={
+            "duplicate_user_instruction_ja": original,
+            "synthesized_assistant_responses": [],
+            "synthesized_response_scoring_annotations": [],
+            "synthesized_multiturn_conversation": [] if rec.synthesized_multiturn_conversation is not None else None,
+        }
+    )
+    return dump_json_line(rec)
 
 
 def _open_for_seek(path: Path) -> Any:
@@ -269,7 +316,7 @@ def _open_for_seek(path: Path) -> Any:
     return open(path, "rb")
 
 
-def _gathered_info(dirs: list[Path], infos: list[ShardInfo]) -> dict[str, Any]:
+def _gathered_info(dirs: list[Path], infos: list[ShardInfo], changes: dict[str, int]) -> dict[str, Any]:
     # The first shard's run.json as the runner wrote it, with the whole run's identity and summed totals:
     # the same run.json one unsharded run writes.
     shard_runs = [json.loads((d / RUN_INFO_FILE).read_text(encoding="utf-8")) for d in dirs]
@@ -280,6 +327,11 @@ def _gathered_info(dirs: list[Path], infos: list[ShardInfo]) -> dict[str, Any]:
     for key in ("counts", "tokens"):
         if all(isinstance(r.get(key), dict) for r in shard_runs):
             data[key] = _sum_nested([r[key] for r in shard_runs])
+    counts = data.get("counts")
+    if isinstance(counts, dict):
+        for key, change in changes.items():
+            if key in counts and change:
+                counts[key] = max(counts[key] + change, 0)
     return data
 
 

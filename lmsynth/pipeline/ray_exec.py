@@ -1,0 +1,223 @@
+"""Run a built distilabel pipeline on a Ray cluster through distilabel's own Ray execution.
+
+Nothing here schedules work: `pipeline.ray(...)` turns each step replica into a Ray actor. What this module
+adds is what distilabel 1.5.3 leaves to the user:
+
+1. The cluster: a fresh local one (`address="local"`, `num_cpus`, no dashboard, usage stats off) or an
+   existing one (`address`, and then no `num_cpus`: Ray refuses it when connecting). Ray is initialised
+   here, before distilabel's `_init_ray`, which then finds it running and reuses it.
+2. GPUs: an LLM step's actor asks for `tensor_parallel_size` GPUs (`StepResources(gpus=tp)`), taken from
+   the pipeline YAML. Ray places one actor on one node, so the tensor-parallel group is packed on one node
+   and vLLM inside the actor sees exactly those GPUs. (distilabel's placement groups only cover its own
+   `vLLM` class, which lmsynth does not use.)
+3. A check of the requested CPUs and GPUs against `ray.cluster_resources()` before anything runs: asking
+   for more than the cluster has does not fail in Ray, it waits forever ("pending demand").
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from pydantic import Field, model_validator
+
+from lmsynth.config import StrictModel
+from lmsynth.errors import RayResourceError, require
+
+
+if TYPE_CHECKING:
+    from distilabel.distiset import Distiset
+    from distilabel.pipeline import Pipeline
+
+
+logger = logging.getLogger(__name__)
+
+
+class RayOptions(StrictModel):
+    """Where and how big: a new local cluster (`num_cpus`) or an existing one (`address`)."""
+
+    address: str | None = Field(
+        None, description="Existing cluster: `auto`, `HOST:6379` or `ray://HOST:10001`. None starts a local one."
+    )
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of the local cluster (default: all of this machine).")
+    num_gpus: int | None = Field(None, ge=0, description="GPUs of the local cluster (default: all visible).")
+    temp_dir: str | None = Field(None, description="Ray's session folder for a local cluster (keep the path short).")
+
+    @model_validator(mode="after")
+    def _no_sizes_when_connecting(self) -> RayOptions:
+        if self.address is not None and (self.num_cpus is not None or self.num_gpus is not None):
+            raise ValueError("`num_cpus`/`num_gpus` size a new local cluster; leave them out with `address`")
+        return self
+
+
+class StepDemand(StrictModel):
+    """What one step asks of the cluster."""
+
+    step: str
+    replicas: int
+    cpus: float = Field(description="Per replica; 0 when the step does not reserve CPUs.")
+    gpus: float = Field(description="Per replica.")
+
+
+class ResourcePlan(StrictModel):
+    """What the whole pipeline asks of the cluster while all its steps are loaded."""
+
+    steps: list[StepDemand]
+
+    @property
+    def cpus(self) -> float:
+        """CPUs reserved over all replicas."""
+        return sum(s.cpus * s.replicas for s in self.steps)
+
+    @property
+    def gpus(self) -> float:
+        """GPUs reserved over all replicas."""
+        return sum(s.gpus * s.replicas for s in self.steps)
+
+
+def ray_init_kwargs(options: RayOptions) -> dict[str, Any]:
+    """The `ray.init` keyword arguments for `options` (never `num_cpus` when connecting to a cluster)."""
+    if options.address is not None:
+        return {"address": options.address, "log_to_driver": False}
+    kwargs: dict[str, Any] = {"address": "local", "include_dashboard": False, "log_to_driver": False}
+    if options.num_cpus is not None:
+        kwargs["num_cpus"] = options.num_cpus
+    if options.num_gpus is not None:
+        kwargs["num_gpus"] = options.num_gpus
+    if options.temp_dir is not None:
+        kwargs["_temp_dir"] = options.temp_dir
+    return kwargs
+
+
+def apply_tensor_parallel(pipeline: Pipeline, tensor_parallel: Mapping[str, int]) -> None:
+    """Make each named LLM step's actor ask for its tensor-parallel GPUs (`StepResources.gpus`).
+
+    Args:
+        pipeline: The built pipeline (changed in place).
+        tensor_parallel: Step name → `tensor_parallel_size` from the pipeline YAML; sizes of 0 (CPU or a
+            server backend) leave the step without GPUs.
+
+    Raises:
+        ValueError: a name is not a step of the pipeline.
+    """
+    steps = _steps(pipeline)
+    unknown = sorted(set(tensor_parallel) - set(steps))
+    if unknown:
+        raise ValueError(f"`tensor_parallel` names steps the pipeline does not have: {unknown}")
+    for name, tp in tensor_parallel.items():
+        if tp > 0:
+            steps[name].resources.gpus = tp
+
+
+def plan_resources(pipeline: Pipeline) -> ResourcePlan:
+    """What the pipeline's steps reserve (replicas × CPUs/GPUs), read from their `StepResources`."""
+    return ResourcePlan(
+        steps=[
+            StepDemand(
+                step=name,
+                replicas=step.resources.replicas,
+                cpus=step.resources.cpus or 0,
+                gpus=step.resources.gpus or 0,
+            )
+            for name, step in _steps(pipeline).items()
+        ]
+    )
+
+
+def check_resources(plan: ResourcePlan, *, total: Mapping[str, float], per_node: list[Mapping[str, float]]) -> None:
+    """Refuse a plan the cluster cannot hold, instead of letting Ray wait for it forever.
+
+    Args:
+        plan: What the pipeline reserves.
+        total: `ray.cluster_resources()`.
+        per_node: Each alive node's resources (`ray.nodes()[i]["Resources"]`): one actor sits on one node.
+
+    Raises:
+        RayResourceError: all replicas together, or one replica on the biggest node, need more CPUs or GPUs.
+    """
+    for resource, need in (("CPU", plan.cpus), ("GPU", plan.gpus)):
+        have = float(total.get(resource, 0))
+        if need > have:
+            asks = ", ".join(
+                f"{s.step} {s.replicas}×{getattr(s, resource.lower() + 's'):g}"
+                for s in plan.steps
+                if getattr(s, resource.lower() + "s")
+            )
+            raise RayResourceError(
+                resource,
+                need,
+                have,
+                f"the pipeline reserves {need:g} {resource}s ({asks}) but the Ray cluster has {have:g}; "
+                "lower replicas or tensor_parallel_size, or use a bigger cluster",
+            )
+        biggest = max((float(n.get(resource, 0)) for n in per_node), default=0.0)
+        for s in plan.steps:
+            one = getattr(s, resource.lower() + "s")
+            if one > biggest:
+                raise RayResourceError(
+                    resource,
+                    one,
+                    biggest,
+                    f"step `{s.step}` needs {one:g} {resource}s on one node but the biggest node has {biggest:g}",
+                )
+
+
+def run_on_ray(
+    pipeline: Pipeline,
+    *,
+    options: RayOptions,
+    tensor_parallel: Mapping[str, int] | None = None,
+    parameters: dict[str, Any] | None = None,
+    use_cache: bool = True,
+) -> Distiset:
+    """Run `pipeline` with distilabel's Ray execution and return its `Distiset`.
+
+    Args:
+        pipeline: A built (not yet run) distilabel pipeline.
+        options: The cluster to start or join.
+        tensor_parallel: Step name → GPUs per replica (the YAML's `tensor_parallel_size`), see
+            `apply_tensor_parallel`.
+        parameters: distilabel runtime parameters, as for `Pipeline.run`.
+        use_cache: Reuse distilabel's cache (resume), as for `Pipeline.run`.
+
+    Returns:
+        The `Distiset` distilabel builds from the leaf steps' outputs.
+
+    Raises:
+        MissingDependencyError: Ray is not installed (the `ray` extra).
+        RayResourceError: the pipeline reserves more than the cluster has (checked before running).
+    """
+    require("ray", extra="ray")
+    import ray
+
+    # Ray reads these when it starts: no usage report leaves the machine.
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if tensor_parallel:
+        apply_tensor_parallel(pipeline, tensor_parallel)
+    plan = plan_resources(pipeline)
+    kwargs = ray_init_kwargs(options)
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(**kwargs)
+    try:
+        nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive", True)]
+        check_resources(plan, total=ray.cluster_resources(), per_node=nodes)
+        logger.info("Ray cluster %s; pipeline reserves %g CPUs, %g GPUs", nodes, plan.cpus, plan.gpus)
+        # `address` stays out of the kwargs handed to distilabel: Ray is already up, and distilabel's
+        # head-node path would add a pip runtime_env that installs packages on the workers.
+        ray_pipeline = pipeline.ray(ray_init_kwargs={k: v for k, v in kwargs.items() if k != "address"})
+        return ray_pipeline.run(parameters=parameters, use_cache=use_cache)
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+# Private helpers
+
+
+def _steps(pipeline: Pipeline) -> dict[str, Any]:
+    from distilabel.constants import STEP_ATTR_NAME
+
+    return {name: pipeline.dag.get_step(name)[STEP_ATTR_NAME] for name in pipeline.dag}
