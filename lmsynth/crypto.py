@@ -25,6 +25,9 @@ from lmsynth.io import atomic_path
 
 
 CIPHER = "AES256"
+# An explicit key-derivation strength: the strongest iteration count OpenPGP allows, with SHA-256. Leaving it
+# to gpg makes the agent calibrate it on every call (seconds each on a busy machine).
+S2K_ARGS = ("--s2k-digest-algo", "SHA256", "--s2k-count", "65011712")
 # Hint shown with a wrong passphrase: the key is derived from the gated original dataset.
 KEY_HINT = "derive it from the original dataset with `lmsynth key --source SRC`"
 
@@ -54,7 +57,7 @@ def encrypt_file(src: Path | str, dst: Path | str, *, passphrase: SecretStr) -> 
             passphrase=secret,
             armor=False,
             output=str(tmp),
-            extra_args=["--no-symkey-cache", "--compress-algo", "none"],
+            extra_args=["--no-symkey-cache", "--compress-algo", "none", *S2K_ARGS],
         )
         if not res.ok:
             raise EncryptionError(f"{src}: gpg could not encrypt ({_status(res)})")

@@ -18,6 +18,7 @@ very short instructions ("hi", "こんにちは") occur everywhere in ordinary t
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -33,16 +34,20 @@ CHUNK = 8 * 2**20  # bytes of text hashed at once
 _A = 0x9E3779B97F4A7C15
 _B = 0xC2B2AE3D27D4EB4F
 _M = 2**64 - 1
+_BITMAP_MASK = 2**24 - 1  # 16 MiB of flags, whatever the number of gated strings
 
 
 class GatedIndex:
     """The gated strings, indexed by the hashes of their first `STRIDE` windows."""
 
     def __init__(self) -> None:
-        self._strings: list[bytes] = []
-        self._hashes: list[int] = []
-        self._ids: list[int] = []
-        self._offsets: list[int] = []
+        # Compact, because it holds every gated string of a release: one byte blob plus typed arrays.
+        self._blob = bytearray()
+        self._starts = array("q", [0])
+        self._hashes = array("Q")
+        self._ids = array("q")
+        self._offsets = array("q")
+        self._seen: set[int] = set()
         self._sorted = None
 
     def add(self, text: str) -> None:
@@ -50,8 +55,13 @@ class GatedIndex:
         data = text.encode("utf-8")
         if len(data) < MIN_BYTES:
             return
-        sid = len(self._strings)
-        self._strings.append(data)
+        key = hash(data)  # the same instruction in several subsets is indexed once
+        if key in self._seen:
+            return
+        self._seen.add(key)
+        sid = len(self._starts) - 1
+        self._blob += data
+        self._starts.append(len(self._blob))
         for off in range(len(data) - WINDOW - STRIDE + 1, len(data) - WINDOW + 1):
             self._hashes.append(_hash(data[off : off + WINDOW]))
             self._ids.append(sid)
@@ -59,27 +69,34 @@ class GatedIndex:
         self._sorted = None
 
     def __len__(self) -> int:
-        return len(self._strings)
+        return len(self._starts) - 1
+
+    def _string(self, sid: int) -> bytes:
+        return bytes(self._blob[self._starts[sid] : self._starts[sid + 1]])
 
     def find(self, data: bytes | memoryview) -> bytes | None:
         """The first gated string found in `data`, or None."""
         import numpy as np
 
-        if not self._strings or len(data) < MIN_BYTES:
+        if not len(self) or len(data) < MIN_BYTES:
             return None
         if isinstance(data, memoryview) and data.format != "B":
             data = data.cast("B")  # Arrow buffers are signed chars: compare bytes as unsigned
-        keys, ids, offs = self._index()
+        keys, ids, offs, bitmap = self._index()
         for start in range(0, len(data), CHUNK):
             # Overlap chunks so that an occurrence across a chunk border is still seen.
             piece = data[start : start + CHUNK + MIN_BYTES]
             hashes = _sampled_hashes(piece)
-            pos = np.searchsorted(keys, hashes)
+            # A bitmap of the keys' low bits rejects almost every window before the binary search.
+            maybe = np.nonzero(bitmap[hashes & np.uint64(_BITMAP_MASK)])[0]
+            if not len(maybe):
+                continue
+            pos = np.searchsorted(keys, hashes[maybe])
             pos[pos >= len(keys)] = 0
-            for j in np.nonzero(keys[pos] == hashes)[0]:
-                k = int(pos[j])
+            for j in maybe[keys[pos] == hashes[maybe]]:
+                k = int(np.searchsorted(keys, hashes[j]))
                 while k < len(keys) and keys[k] == hashes[j]:
-                    s = self._strings[int(ids[k])]
+                    s = self._string(int(ids[k]))
                     begin = start + int(j) * STRIDE - int(offs[k])
                     if begin >= 0 and data[begin : begin + len(s)] == s:
                         return s
@@ -90,12 +107,15 @@ class GatedIndex:
         import numpy as np
 
         if self._sorted is None:
-            keys = np.array(self._hashes, dtype=np.uint64)
+            keys = np.frombuffer(self._hashes, dtype=np.uint64)
             order = np.argsort(keys, kind="stable")
+            bitmap = np.zeros(_BITMAP_MASK + 1, dtype=bool)
+            bitmap[keys & np.uint64(_BITMAP_MASK)] = True
             self._sorted = (
                 keys[order],
-                np.array(self._ids, dtype=np.int64)[order],
-                np.array(self._offsets, dtype=np.int64)[order],
+                np.frombuffer(self._ids, dtype=np.int64)[order],
+                np.frombuffer(self._offsets, dtype=np.int64)[order],
+                bitmap,
             )
         return self._sorted
 
@@ -111,7 +131,9 @@ def scan_tree(tree: Path, index: GatedIndex) -> int:
     files = sorted(p for p in tree.rglob("*") if p.is_file() and not layout.is_encrypted(p.as_posix()))
     for path in track(files, "Leak guard", unit="files"):
         rel = path.relative_to(tree).as_posix()
-        if index.find(path.read_bytes()) is not None:
+        # Parquet data pages are compressed: their values are scanned decoded below, the footer raw here.
+        raw = _parquet_footer(path) if path.suffix == ".parquet" else path.read_bytes()
+        if index.find(raw) is not None:
             raise LeakError(rel, "contains gated instruction text; refusing to publish")
         if path.suffix == ".parquet":
             for blob in _parquet_strings(path):
@@ -140,6 +162,19 @@ def _sampled_hashes(data: bytes | memoryview):  # noqa: ANN202
     w0, w1 = words[:-1], words[1:]
     with np.errstate(over="ignore"):
         return w0 * np.uint64(_A) + (w1 ^ (w1 >> np.uint64(29))) * np.uint64(_B)
+
+
+def _parquet_footer(path: Path) -> bytes:
+    """The uncompressed footer of a Parquet file (schema, key-value metadata)."""
+    with open(path, "rb") as f:
+        f.seek(0, 2)
+        size = f.tell()
+        if size < 12:
+            return b""
+        f.seek(size - 8)
+        length = int.from_bytes(f.read(4), "little")
+        f.seek(max(0, size - 8 - length))
+        return f.read(length)
 
 
 def _parquet_strings(path: Path) -> Iterable[bytes]:

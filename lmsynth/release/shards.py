@@ -132,7 +132,7 @@ def write_subset(
     length_hist = np.zeros(LENGTH_BINS, dtype=np.int64)
     failed = 0
     default_sorter = _ExternalSort(work / f"{spec.config}.default")
-    seen: dict[str, tuple[str, int]] = {}
+    seen: set[int] = set()  # 8-byte digests of the ids: duplicates are confirmed by a rescan
     parts: list[Path] = []
     writer = sink = None
     batch: list[bytes] = []
@@ -169,12 +169,17 @@ def write_subset(
             writer = sink = None
 
     for path, lineno, raw, rec in track(_iter_lines(records), f"Reading {spec.config}", unit="records"):
-        if rec.conversation_id in seen:
-            first = seen[rec.conversation_id]
-            raise InputRecordError(
-                path, lineno, "conversation_id", f"duplicate of {first[0]} line {first[1]} ({rec.conversation_id})"
-            )
-        seen[rec.conversation_id] = (path.name, lineno)
+        digest = _id_digest(rec.conversation_id)
+        if digest in seen:
+            first = _first_occurrence(records, rec.conversation_id, before=(path, lineno))
+            if first is not None:
+                raise InputRecordError(
+                    path,
+                    lineno,
+                    "conversation_id",
+                    f"duplicate of {first[0].name} line {first[1]} ({rec.conversation_id})",
+                )
+        seen.add(digest)
         _check_fields(spec, rec, path, lineno)
         counts["records"] += 1
         counts["instructions_ja"] += not rec.empty_user_instruction_ja and rec.duplicate_user_instruction_ja is None
@@ -247,6 +252,23 @@ def sha256_lines_gz(path: Path) -> str:
 
 
 # Private helpers
+
+
+def _id_digest(conversation_id: str) -> int:
+    return int.from_bytes(hashlib.blake2b(conversation_id.encode(), digest_size=8).digest(), "little")
+
+
+def _first_occurrence(records: Path, conversation_id: str, *, before: tuple[Path, int]) -> tuple[Path, int] | None:
+    """Where `conversation_id` first appears before `before` (None: the digest collided, not the id)."""
+    needle = json.dumps(conversation_id)
+    for path in input_files(records):
+        for lineno, line in _numbered(path):
+            if (path, lineno) == before:
+                return None
+            text = line.decode("utf-8", errors="replace")
+            if needle in text and json.loads(text).get("conversation_id") == conversation_id:
+                return path, lineno
+    return None
 
 
 def _numbered(path: Path) -> Iterator[tuple[int, bytes]]:

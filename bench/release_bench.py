@@ -1,0 +1,119 @@
+"""Release build benchmark: records/s, MB/s and peak RSS at 20k and 100k v0.5-shaped records, against a naive baseline.
+
+The input is a synthetic v0.5 run folder (`lmsynth.testing.write_run_dir`: 10 JA responses of realistic length
+per record, scoring annotations, empty and duplicate instructions). Each measurement runs in a fresh Python
+process, so peak RSS (`ru_maxrss`) belongs to that build alone:
+
+- `lmsynth`: `build_release(..., dry_run=True)` — the whole build: validation, Parquet shards, gated
+  files sorted, gzipped and encrypted, figures, cards, leak guard, MANIFEST.json (no publish).
+- `baseline`: read the same JSONL, build a `datasets.Dataset` in memory and call `to_parquet` (public fields only).
+
+MB/s is input JSONL bytes per second. Usage:
+
+    python bench/release_bench.py [--sizes 20000 100000] [--work DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+CHILD_LMSYNTH = r"""
+import json, resource, sys, time, yaml
+from pathlib import Path
+from pydantic import SecretStr
+from lmsynth.release.build import build_release
+run, work = Path(sys.argv[1]), Path(sys.argv[2])
+manifest = yaml.safe_load((Path(sys.argv[3]) / "release" / "v0.5.yaml").read_text())
+manifest["subsets"] = [s for s in manifest["subsets"] if s["config"] == "gemma-3"]
+manifest["subsets"][0].update(records=str(run), prepared=None, pipelines=[])
+(work / "m.yaml").write_text(yaml.safe_dump(manifest, allow_unicode=True))
+t = time.perf_counter()
+res = build_release("v0.5", manifest_path=work / "m.yaml", target=str(work / "hub"), dry_run=True,
+                    passphrase=SecretStr("bench-passphrase"))
+elapsed = time.perf_counter() - t
+rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(json.dumps({"seconds": elapsed, "rss": rss, "records": res.counts["gemma-3"].records, "out_bytes": res.bytes}))
+"""
+
+CHILD_BASELINE = r"""
+import json, resource, sys, time
+from pathlib import Path
+import datasets
+datasets.disable_progress_bars()
+run, work = Path(sys.argv[1]), Path(sys.argv[2])
+t = time.perf_counter()
+rows = []
+for f in sorted((run / "records").glob("*.jsonl")):
+    with open(f, encoding="utf-8") as fh:
+        for line in fh:
+            rec = json.loads(line)
+            rec.pop("translated_conversation", None)
+            rows.append(rec)
+ds = datasets.Dataset.from_list(rows)
+ds.to_parquet(str(work / "baseline.parquet"))
+elapsed = time.perf_counter() - t
+rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(json.dumps({"seconds": elapsed, "rss": rss, "records": len(ds), "out_bytes": (work / "baseline.parquet").stat().st_size}))
+"""
+
+
+def main() -> None:
+    """Generate the inputs, run every measurement in a fresh process, print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[20_000, 100_000])
+    parser.add_argument("--work", type=Path, default=None, help="Keep inputs here (default: a temporary folder).")
+    args = parser.parse_args()
+    from lmsynth.testing import write_run_dir
+
+    work_root = args.work or Path(tempfile.mkdtemp(prefix="lmsynth-bench-"))
+    rows = []
+    for n in args.sizes:
+        run = work_root / f"run-{n}"
+        if not (run / "run.json").is_file():
+            print(f"writing {n:,} synthetic v0.5 records to {run} ...", file=sys.stderr, flush=True)
+            write_run_dir(run, n, shape="v0.5", seed=0, unsafe_n=n // 100)
+        in_bytes = sum(f.stat().st_size for f in (run / "records").glob("*.jsonl"))
+        for name, code in (("lmsynth", CHILD_LMSYNTH), ("baseline", CHILD_BASELINE)):
+            work = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=work_root))
+            print(f"{name} at {n:,} ...", file=sys.stderr, flush=True)
+            proc = subprocess.run(
+                [sys.executable, "-c", code, str(run), str(work), str(ROOT)],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            if proc.returncode != 0:
+                sys.exit(f"{name} at {n} failed:\n{proc.stderr[-3000:]}")
+            m = json.loads(proc.stdout.strip().splitlines()[-1])
+            rows.append(
+                (
+                    name,
+                    n,
+                    m["seconds"],
+                    m["records"] / m["seconds"],
+                    in_bytes / m["seconds"] / 1e6,
+                    m["rss"],
+                    m["out_bytes"],
+                )
+            )
+            subprocess.run(["rm", "-rf", str(work)], check=False)
+    print(
+        f"\n{'build':<9} {'records':>8} {'input MB':>9} {'seconds':>8} {'records/s':>10} {'MB/s':>7} {'peak RSS MiB':>13} {'output MB':>11}"
+    )
+    for name, n, secs, rps, mbs, rss, out in rows:
+        in_mb = sum(f.stat().st_size for f in (work_root / f"run-{n}" / "records").glob("*.jsonl")) / 1e6
+        print(
+            f"{name:<9} {n:>8,} {in_mb:>9.0f} {secs:>8.1f} {rps:>10,.0f} {mbs:>7.1f} {rss / 2**20:>13.0f} {out / 1e6:>11.1f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
