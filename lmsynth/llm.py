@@ -162,6 +162,8 @@ class VllmChatModel:
             "dtype": c.dtype,
             "tensor_parallel_size": c.tensor_parallel_size,
             "enforce_eager": c.enforce_eager,
+            # Compact JSON for structured outputs (the per-request flag is ignored by the xgrammar backend).
+            "structured_outputs_config": {"backend": "xgrammar", "disable_any_whitespace": True},
         }
         optional = {
             "max_model_len": c.max_model_len,
@@ -209,7 +211,10 @@ class VllmChatModel:
             top_p=sampling.top_p,
             frequency_penalty=sampling.frequency_penalty,
             seed=sampling.seed,
-            structured_outputs=StructuredOutputsParams(json=json_schema) if json_schema else None,
+            # No free whitespace: a weak model can otherwise pad the JSON until max_tokens cuts it off.
+            structured_outputs=(
+                StructuredOutputsParams(json=json_schema, disable_any_whitespace=True) if json_schema else None
+            ),
         )
         outputs = self._llm.chat(list(conversations), sampling_params=params, use_tqdm=False)
         result = []
