@@ -32,7 +32,9 @@ from lmsynth.pipeline.config import (
     run_fingerprint,
     stage_fingerprint,
 )
+from lmsynth.pipeline.ray_exec import RayOptions
 from lmsynth.pipeline.rows import PipelineRow, Usage
+from lmsynth.pipeline.telemetry import Telemetry, report_from_run, write_report
 from lmsynth.records import (
     PREPARED_INSTRUCTIONS,
     PREPARED_UNSAFE,
@@ -107,6 +109,7 @@ def run_pipeline(
     row_filter: RowFilter | None = None,
     config: PipelineConfig | None = None,
     cache_dir: Path | None = None,
+    ray: RayOptions | None = None,
 ) -> RunResult:
     """Run a pipeline on a prepared folder and write the run folder.
 
@@ -117,6 +120,7 @@ def run_pipeline(
         row_filter: keep only instructions for which this returns True (e.g. one shard of many).
         config: an already loaded config (overrides reading `pipeline_path`).
         cache_dir: the cache root (default `constants.CACHE_DIR`).
+        ray: run the steps on this Ray cluster (`lmsynth.pipeline.ray_exec`) instead of local processes.
 
     Returns:
         Counts, fingerprint, `RunInfo` and cache statistics.
@@ -135,7 +139,8 @@ def run_pipeline(
     # 1. Run the stages (cached units are reused inside the steps).
     stage_fps = {s: stage_fingerprint(config, s) for s in config.stages()}
     before = {s: set(StageCache(cache_root, stage=s, fingerprint=f).units()) for s, f in stage_fps.items()}
-    finished = execute(config, rows, cache_root=cache_root, work_dir=cache_root / "distilabel" / fp[:16])
+    telemetry = Telemetry()
+    finished = execute(config, rows, cache_root=cache_root, work_dir=cache_root / "distilabel" / fp[:16], ray=ray)
     after = {s: set(StageCache(cache_root, stage=s, fingerprint=f).units()) for s, f in stage_fps.items()}
     generated = {s: len(after[s] - before[s]) for s in before if s in LLM_STAGES}
     total_units = {s: len(after[s]) for s in generated}
@@ -149,6 +154,7 @@ def run_pipeline(
     _write_shards(out_dir / RUN_RECORDS_DIR, safe, per_file=config.shard_records)
     _write_shards(out_dir / RUN_UNSAFE_DIR, unsafe, per_file=config.shard_records)
     write_json(out_dir / RUN_INFO_FILE, info.model_dump(mode="json"))
+    write_report(out_dir, report_from_run(out_dir, telemetry=telemetry))
     return RunResult(
         out_dir=out_dir,
         records=len(safe),
@@ -226,7 +232,12 @@ def build_pipeline(config: PipelineConfig, rows: Sequence[PipelineRow], *, cache
 
 
 def execute(
-    config: PipelineConfig, rows: Sequence[PipelineRow], *, cache_root: Path, work_dir: Path
+    config: PipelineConfig,
+    rows: Sequence[PipelineRow],
+    *,
+    cache_root: Path,
+    work_dir: Path,
+    ray: RayOptions | None = None,
 ) -> list[PipelineRow]:
     """Build and run the pipeline; return every row with its stage outputs, in input order.
 
@@ -242,7 +253,14 @@ def execute(
     # One engine at a time: stages with in-process vLLM engines run one after another.
     engines = sum(isinstance(config.model_for(s), VllmModelConfig) for s in config.stages() if s in LLM_STAGES)
     try:
-        distiset = pipeline.run(use_cache=False, load_groups="sequential_step_execution" if engines > 1 else None)
+        load_groups = "sequential_step_execution" if engines > 1 else None
+        if ray is not None:
+            from lmsynth.pipeline.ray_exec import run_on_ray, tensor_parallel_of
+
+            tp = tensor_parallel_of(config)
+            distiset = run_on_ray(pipeline, options=ray, tensor_parallel=tp, use_cache=False, load_groups=load_groups)
+        else:
+            distiset = pipeline.run(use_cache=False, load_groups=load_groups)
         out = list(_distiset_rows(distiset))
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
