@@ -25,6 +25,7 @@ from lmsynth.io import parse_line, write_json
 
 
 if TYPE_CHECKING:
+    from lmsynth.pipeline.ray_exec import RayOptions
     from lmsynth.pipeline.run import RunResult
 
 
@@ -141,6 +142,7 @@ def run_shard(
     out_dir: Path | str,
     shard: ShardSpec,
     cache_dir: Path | None = None,
+    ray: RayOptions | None = None,
 ) -> RunResult:
     """Run one slice of a pipeline run, for array jobs; rerunning the same call resumes that slice alone.
 
@@ -150,6 +152,7 @@ def run_shard(
         out_dir: This shard's run folder (`shard.json`, `records/`, `unsafe/`, `run_report.json`, `run.json`).
         shard: Which slice.
         cache_dir: The cache root (default `constants.CACHE_DIR`); shards may share it.
+        ray: Run the slice's steps on this Ray cluster.
 
     Returns:
         The run result of the slice.
@@ -181,6 +184,7 @@ def run_shard(
         config=config,
         cache_dir=cache_dir,
         row_filter=lambda rec: in_shard(rec.conversation_id, shard),
+        ray=ray,
     )
     logger.info("Shard %s finished in %.1f s", shard, time.monotonic() - started)
     write_report(out_dir, report_from_run(out_dir, telemetry=telemetry, shard=str(shard)))

@@ -144,3 +144,40 @@ def test_killed_shard_resumes_alone(tmp_path: Path) -> None:
     res = gather([tmp_path / "shard-1-2", shard2], out_dir=tmp_path / "out")
     assert [r.conversation_id for r in iter_synth_records(tmp_path / "out")] == [f"c{i}" for i in range(18)]
     assert res.records == 18
+
+
+@pytest.mark.timeout(600)
+def test_cli_run_shards_then_gather(tmp_path: Path) -> None:
+    pipe, _ = write_fake_pipeline(tmp_path, batch_size=4)
+    prep = prepared_with_cross_shard_duplicate(tmp_path)
+    env = {**os.environ, "LMSYNTH_CACHE": str(tmp_path / "cache")}
+    lmsynth = [sys.executable, "-m", "lmsynth"]
+    for spec in ("1/2", "2/2"):
+        out = tmp_path / f"s{spec[0]}"
+        res = subprocess.run(
+            [*lmsynth, "run", str(pipe), "--input", str(prep), "--out", str(out), "--shard", spec],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        assert res.returncode == 0, res.stderr[-3000:]
+        assert (out / "run_report.json").is_file() and read_shard_info(out).shard == ShardSpec.parse(spec)
+    res = subprocess.run(
+        [*lmsynth, "gather", str(tmp_path / "s2"), str(tmp_path / "s1"), "--out", str(tmp_path / "all")],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 0, res.stderr
+    assert "records: 12" in res.stdout and "order: input" in res.stdout
+    assert len(list(iter_synth_records(tmp_path / "all"))) == N
+
+
+def test_cli_bad_shard_is_one_line(tmp_path: Path) -> None:
+    res = subprocess.run(
+        [sys.executable, "-m", "lmsynth", "run", "x.yaml", "--input", "p", "--out", "o", "--shard", "4/3"],
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 1
+    assert res.stderr.splitlines()[0] == "Error: `--shard` '4/3': the shard index I must be between 1 and 3"
