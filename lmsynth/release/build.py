@@ -223,7 +223,7 @@ def plan_release(
         if s.prepared is not None and not s.prepared.is_dir():
             raise ManifestError("manifest", s.config, "prepared", f"{s.prepared}: no such folder")
         for p in s.pipelines:
-            if not p.exists():
+            if not _project_file(p).exists():
                 raise ManifestError("manifest", s.config, "pipelines", f"{p}: no such file or folder")
     prev_manifest = _previous_manifest(previous)
 
@@ -251,7 +251,8 @@ def plan_release(
             for which, (plain, n) in out.gated.items():
                 rel = layout.gated_path(spec.config, unsafe=which == "unsafe")
                 gated_paths[which] = rel
-                _index_gated(index, plain)
+                if which == "unsafe" or "unsafe" not in out.gated:  # +unsafe holds every default line too
+                    _index_gated(index, plain)
                 entry, was_reused = _encrypt_or_reuse(
                     plain, tree / rel, rel=rel, records=n, passphrase=passphrase, previous=previous, prev=prev_manifest
                 )
@@ -336,6 +337,14 @@ def _links(uri: str, version: str) -> tuple[str, str, str | None]:
     return "", uri.removeprefix("file://"), None
 
 
+def _project_file(path: Path) -> Path:
+    """A relative pipeline path from the current folder, else from the project (for runs started elsewhere)."""
+    if path.is_absolute() or path.exists():
+        return path
+    fallback = constants.PROJECT_ROOT / path
+    return fallback if fallback.exists() else path
+
+
 def _mkdir(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     return path
@@ -403,7 +412,7 @@ def _index_prepared(index: object, prepared: Path) -> None:
 def _copy_pipelines(manifest: ReleaseManifest, tree: Path) -> dict[str, str]:
     hashes: dict[str, str] = {}
     for spec in manifest.subsets:
-        for src in spec.pipelines:
+        for src in map(_project_file, spec.pipelines):
             items = sorted(p for p in src.rglob("*") if p.is_file()) if src.is_dir() else [src]
             for item in items:
                 rel = f"{layout.PIPELINES_DIR}/{item.relative_to(src.parent).as_posix()}"

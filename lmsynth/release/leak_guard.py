@@ -33,7 +33,6 @@ CHUNK = 8 * 2**20  # bytes of text hashed at once
 
 _A = 0x9E3779B97F4A7C15
 _B = 0xC2B2AE3D27D4EB4F
-_M = 2**64 - 1
 _BITMAP_MASK = 2**24 - 1  # 16 MiB of flags, whatever the number of gated strings
 
 
@@ -44,9 +43,6 @@ class GatedIndex:
         # Compact, because it holds every gated string of a release: one byte blob plus typed arrays.
         self._blob = bytearray()
         self._starts = array("q", [0])
-        self._hashes = array("Q")
-        self._ids = array("q")
-        self._offsets = array("q")
         self._seen: set[int] = set()
         self._sorted = None
 
@@ -59,13 +55,8 @@ class GatedIndex:
         if key in self._seen:
             return
         self._seen.add(key)
-        sid = len(self._starts) - 1
         self._blob += data
         self._starts.append(len(self._blob))
-        for off in range(len(data) - WINDOW - STRIDE + 1, len(data) - WINDOW + 1):
-            self._hashes.append(_hash(data[off : off + WINDOW]))
-            self._ids.append(sid)
-            self._offsets.append(off)
         self._sorted = None
 
     def __len__(self) -> int:
@@ -107,16 +98,19 @@ class GatedIndex:
         import numpy as np
 
         if self._sorted is None:
-            keys = np.frombuffer(self._hashes, dtype=np.uint64)
+            # The last STRIDE windows of every string, hashed all at once.
+            starts = np.frombuffer(self._starts, dtype=np.int64)
+            ends = starts[1:]
+            shift = np.arange(-(WINDOW + STRIDE - 1), -WINDOW + 1, dtype=np.int64)
+            pos = (ends[:, None] + shift[None, :]).ravel()
+            ids = np.repeat(np.arange(len(ends), dtype=np.int64), STRIDE)
+            offs = pos - starts[ids]
+            blob = np.frombuffer(bytes(self._blob), dtype=np.uint8)
+            keys = _hash_at(blob, pos)
             order = np.argsort(keys, kind="stable")
             bitmap = np.zeros(_BITMAP_MASK + 1, dtype=bool)
             bitmap[keys & np.uint64(_BITMAP_MASK)] = True
-            self._sorted = (
-                keys[order],
-                np.frombuffer(self._ids, dtype=np.int64)[order],
-                np.frombuffer(self._offsets, dtype=np.int64)[order],
-                bitmap,
-            )
+            self._sorted = (keys[order], ids[order], offs[order], bitmap)
         return self._sorted
 
 
@@ -145,10 +139,19 @@ def scan_tree(tree: Path, index: GatedIndex) -> int:
 # Private helpers
 
 
-def _hash(window: bytes) -> int:
-    w0 = int.from_bytes(window[:8], "little")
-    w1 = int.from_bytes(window[8:16], "little")
-    return (w0 * _A + (w1 ^ (w1 >> 29)) * _B) & _M
+def _hash_at(blob, pos):  # noqa: ANN001, ANN202
+    """`_sampled_hashes`' hash of the 16-byte windows of `blob` starting at the (unaligned) positions `pos`."""
+    import numpy as np
+
+    def word(at):  # noqa: ANN001, ANN202
+        w = np.zeros(len(at), dtype=np.uint64)
+        for k in range(8):
+            w |= blob[at + k].astype(np.uint64) << np.uint64(8 * k)
+        return w
+
+    w0, w1 = word(pos), word(pos + 8)
+    with np.errstate(over="ignore"):
+        return w0 * np.uint64(_A) + (w1 ^ (w1 >> np.uint64(29))) * np.uint64(_B)
 
 
 def _sampled_hashes(data: bytes | memoryview):  # noqa: ANN202
@@ -196,8 +199,10 @@ def _parquet_strings(path: Path) -> Iterable[bytes]:
     import numpy as np
 
     pf = pq.ParquetFile(path)
-    for batch in pf.iter_batches(batch_size=2_000):
-        for col in batch.columns:
+    # One row group and one column at a time: memory stays at one column chunk.
+    for rg in range(pf.num_row_groups):
+        for name in pf.schema_arrow.names:
+            col = pf.read_row_group(rg, columns=[name]).column(0).combine_chunks()
             for arr in strings(col):
                 # The values' bytes, back to back, without copying: a match that spans two adjacent values
                 # is reported too (the safe side; it does not happen by chance).

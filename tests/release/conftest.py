@@ -41,6 +41,7 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Project:
     pipelines.mkdir()
     for s in data["subsets"]:
         (pipelines / f"{s['config']}.yaml").write_text(f"name: {s['config']}\nn: {s['generation']['n']}\n")
+        s["pipelines"] = [f"pipelines/{s['config']}.yaml"]
         write_run_dir(tmp_path / s["records"], N, shape=SHAPES[s["config"]], seed=7, unsafe_n=4)
     write_run_dir(tmp_path / "runs" / "unused", N, seed=7, unsafe_n=4, prepared=tmp_path / "runs" / "prepared")
     manifest = tmp_path / "v0.5.yaml"
