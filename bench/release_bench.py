@@ -61,7 +61,8 @@ ds = datasets.Dataset.from_list(rows)
 ds.to_parquet(str(work / "baseline.parquet"))
 elapsed = time.perf_counter() - t
 rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-print(json.dumps({"seconds": elapsed, "rss": rss, "records": len(ds), "out_bytes": (work / "baseline.parquet").stat().st_size}))
+out_bytes = (work / "baseline.parquet").stat().st_size
+print(json.dumps({"seconds": elapsed, "rss": rss, "records": len(ds), "out_bytes": out_bytes}))
 """
 
 
@@ -105,14 +106,12 @@ def main() -> None:
                 )
             )
             subprocess.run(["rm", "-rf", str(work)], check=False)
-    print(
-        f"\n{'build':<9} {'records':>8} {'input MB':>9} {'seconds':>8} {'records/s':>10} {'MB/s':>7} {'peak RSS MiB':>13} {'output MB':>11}"
-    )
+    header = ("build", "records", "input MB", "seconds", "records/s", "MB/s", "peak RSS MiB", "output MB")
+    print("\n{:<9} {:>8} {:>9} {:>8} {:>10} {:>7} {:>13} {:>11}".format(*header))
     for name, n, secs, rps, mbs, rss, out in rows:
         in_mb = sum(f.stat().st_size for f in (work_root / f"run-{n}" / "records").glob("*.jsonl")) / 1e6
-        print(
-            f"{name:<9} {n:>8,} {in_mb:>9.0f} {secs:>8.1f} {rps:>10,.0f} {mbs:>7.1f} {rss / 2**20:>13.0f} {out / 1e6:>11.1f}"
-        )
+        cells = (name, f"{n:,}", f"{in_mb:.0f}", f"{secs:.1f}", f"{rps:,.0f}", f"{mbs:.1f}", f"{rss / 2**20:.0f}")
+        print("{:<9} {:>8} {:>9} {:>8} {:>10} {:>7} {:>13}".format(*cells), f"{out / 1e6:>11.1f}")
 
 
 if __name__ == "__main__":
