@@ -79,6 +79,7 @@ def verify_cmd(
     from_: FromOpt = None,
     passphrase_file: PassphraseFileOpt = None,
     source: SourceOpt = None,
+    manifest: ManifestOpt = None,
 ) -> None:
     """Check release VERSION: files against MANIFEST.json, load_dataset per config, and (given a key) decryption."""
     from lmsynth.release.verify import verify
@@ -86,12 +87,46 @@ def verify_cmd(
 
     wants_key = passphrase_file is not None or source is not None or constants.passphrase_from_env() is not None
     passphrase = resolve_passphrase(passphrase_file=passphrase_file, source=source) if wants_key else None
-    res = verify(version, target=from_ or "hub", passphrase=passphrase)
+    res = verify(version, target=_resolve_target(version, from_, manifest), passphrase=passphrase)
     rows = ", ".join(f"{k}={v:,}" for k, v in res.rows.items())
     out.result(f"Verified {version}", target=res.target, files=res.files_checked, rows=rows, gated=res.gated_checked)
 
 
+@app.command(
+    "publish",
+    epilog="Examples:\n\n  lmsynth release v0.5 --dry-run --out build/v0.5\n\n"
+    "  lmsynth publish build/v0.5 --to hf --tag v0.5",
+)
+def publish_cmd(
+    tree: Annotated[Path, typer.Argument(help="A built release tree (MANIFEST.json at its root).")],
+    tag: Annotated[str, typer.Option("--tag", help="Version tag to create, e.g. v0.5.")],
+    to: TargetOpt = None,
+    force: ForceOpt = False,
+    manifest: ManifestOpt = None,
+) -> None:
+    """Publish an already-built release tree exactly as it is (checksums checked first), then tag it.
+
+    \b
+    This is the second half of a reviewed release: `release --dry-run --out DIR` builds and checks the tree,
+    `publish DIR` uploads those very bytes. Target names (local, hf, ms) come from release/<TAG>.yaml.
+    """
+    from lmsynth.hub.publish import publish_tree
+
+    res = publish_tree(tree, to=_resolve_target(tag, to, manifest), tag=tag, force=force)
+    status = "Published" if res.created_commit or res.moved_tag else "Unchanged"
+    out.result(f"{status} {tag}", target=res.target, commit=res.commit or "-")
+
+
 # Private helpers
+
+
+def _resolve_target(version: str, name: str | None, manifest: Path | None) -> str:
+    """A target URI from `--to/--from`: a manifest name (local, hf, ms) or a URI; default: the manifest's."""
+    if name is not None and name not in ("local", "hf", "ms"):
+        return name
+    from lmsynth.release.manifest import load_manifest
+
+    return load_manifest(manifest or constants.RELEASE_DIR / f"{version}.yaml").targets.resolve(name)
 
 
 def _parse_records(items: list[str]) -> dict[str, Path]:
