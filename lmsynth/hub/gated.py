@@ -11,28 +11,17 @@ from __future__ import annotations
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Literal
 
 import yaml
-from pydantic import Field
 
-from lmsynth.config import StrictModel
 from lmsynth.errors import TargetError
 from lmsynth.hub.retry import with_retries
 from lmsynth.hub.tree import tree_files
 from lmsynth.io import sha256_file
 from lmsynth.release.layout import INDEX_CARD, MANIFEST_FILE
+from lmsynth.release.manifest import GatedRepoSpec
 from lmsynth.targets.base import PublishResult
 from lmsynth.targets.hf import REPO_TYPE, HfTarget, get_hf_api, parse_repo_id
-
-
-class GatedRepoSpec(StrictModel):
-    """The release manifest's `gated_repo:` switch."""
-
-    repo: str = Field(pattern=r"^hf://", description="hf://ORG/NAME of the gated repo (not the public one).")
-    prompt: str = Field(min_length=1, description="`extra_gated_prompt`: the terms users accept.")
-    fields: dict[str, str | dict] = Field(default_factory=dict, description="`extra_gated_fields` of the form.")
-    mode: Literal["auto", "manual"] = Field("manual", description="Approval of access requests.")
 
 
 def gated_card(spec: GatedRepoSpec, *, metadata: dict | None = None, body: str = "") -> str:

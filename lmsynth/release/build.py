@@ -134,6 +134,8 @@ def build_release(
 
     staging_root = _mkdir(constants.CACHE_DIR / "staging")
     staging = Path(tempfile.mkdtemp(prefix=f"{version}-", dir=staging_root))
+    # Plaintext JA instructions for a Hub-gated repo, when the manifest asks for one (private, 0700).
+    gated_plain = Path(tempfile.mkdtemp(prefix="lmsynth-gated-repo-")) if manifest.gated_repo and not dry_run else None
     try:
         plan = plan_release(
             manifest,
@@ -145,6 +147,7 @@ def build_release(
             load_path=load_path,
             revision=revision,
             shard_bytes=shard_bytes,
+            keep_gated=gated_plain,
         )
         kept = None
         if out_dir is not None:
@@ -167,9 +170,13 @@ def build_release(
         if dry_run:
             return ReleaseResult(**common)
         pub = tgt.publish(staging, tag=version, message=f"Release {version}", force=force)
+        if manifest.gated_repo is not None:
+            _publish_gated_repo(manifest, gated_plain, version=version)
         return ReleaseResult(**common, commit=pub.commit, created_commit=pub.created_commit, moved_tag=pub.moved_tag)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if gated_plain is not None:
+            shutil.rmtree(gated_plain, ignore_errors=True)
 
 
 def plan_release(
@@ -183,6 +190,7 @@ def plan_release(
     load_path: str = ".",
     revision: str | None = None,
     shard_bytes: int | None = None,
+    keep_gated: Path | None = None,
 ) -> ReleasePlan:
     """Build the release tree of `manifest` into the empty folder `tree` and leak-check it.
 
@@ -197,6 +205,7 @@ def plan_release(
         load_path: What `load_dataset` is given in the cards' examples.
         revision: The `revision=` of the cards' examples.
         shard_bytes: Parquet shard rotation size.
+        keep_gated: Keep the gated plaintexts (`.jsonl.gz`) here for a Hub-gated repo instead of deleting them.
 
     Returns:
         The plan: every file with sha256 and size, counts, reused ciphertexts.
@@ -259,7 +268,11 @@ def plan_release(
                 gated_entries[rel] = entry
                 if was_reused:
                     reused.append(rel)
-                plain.unlink()
+                if keep_gated is not None:
+                    _mkdir((keep_gated / rel).parent)
+                    shutil.move(plain, keep_gated / rel.removesuffix(".gpg"))
+                else:
+                    plain.unlink()
             if spec.prepared is not None:
                 _index_prepared(index, spec.prepared)
             built.append(
@@ -324,6 +337,15 @@ def source_fingerprint(passphrase: SecretStr) -> str:
 
 
 # Private helpers
+
+
+def _publish_gated_repo(manifest: ReleaseManifest, plain_tree: Path, *, version: str) -> None:
+    """Send the plaintext JA instructions to the manifest's gated repo (gating on before the upload)."""
+    from lmsynth.hub.gated import publish_gated_repo
+
+    lic = manifest.instructions_license
+    metadata = {"license": "other", "license_name": lic.name, "license_link": lic.link, "language": ["ja"]}
+    publish_gated_repo(plain_tree, spec=manifest.gated_repo, tag=version, metadata=metadata)
 
 
 def _links(uri: str, version: str) -> tuple[str, str, str | None]:

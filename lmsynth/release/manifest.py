@@ -134,6 +134,15 @@ class TargetsSpec(StrictModel):
         return key
 
 
+class GatedRepoSpec(StrictModel):
+    """The release manifest's `gated_repo:` switch."""
+
+    repo: str = Field(pattern=r"^hf://", description="hf://ORG/NAME of the gated repo (not the public one).")
+    prompt: str = Field(min_length=1, description="`extra_gated_prompt`: the terms users accept.")
+    fields: dict[str, str | dict] = Field(default_factory=dict, description="`extra_gated_fields` of the form.")
+    mode: Literal["auto", "manual"] = Field("manual", description="Approval of access requests.")
+
+
 class ReleaseManifest(StrictModel):
     """`release/<version>.yaml`: everything a release is made of, except the records themselves."""
 
@@ -147,6 +156,9 @@ class ReleaseManifest(StrictModel):
     instructions_license: LicenseSpec = Field(description="License of the gated JA instructions.")
     scripts_license: LicenseSpec = Field(description="License of the pipeline definitions and scripts.")
     subsets: list[SubsetSpec] = Field(min_length=1)
+    gated_repo: GatedRepoSpec | None = Field(
+        None, description="Also publish the JA instructions in plaintext to a separate, Hub-gated repo."
+    )
 
     @field_validator("subsets")
     @classmethod

@@ -130,6 +130,8 @@ class HfTarget:
                 lambda: snapshot_download(self.repo_id, repo_type=REPO_TYPE, revision=tag, local_dir=tmp),
             )
             shutil.rmtree(tmp / ".cache", ignore_errors=True)
+            for name in HUB_OWNED:  # the Hub's own files are not part of the release tree
+                (tmp / name).unlink(missing_ok=True)
         return dest
 
     def load_dataset_args(self, tag: str) -> tuple[str, dict]:

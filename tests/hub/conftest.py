@@ -50,3 +50,7 @@ def ms_hub(ms_standin: MsStandIn, monkeypatch: pytest.MonkeyPatch, tmp_path_fact
     monkeypatch.setenv("LMSYNTH_HUB_RETRY_BASE_S", "0.01")
     yield ms_standin.state
     ms_standin.state.reset()
+
+
+# The release tests' project folder (real v0.5 manifest over synthetic runs), for releases to the stand-ins.
+from tests.release.conftest import project  # noqa: E402, F401
