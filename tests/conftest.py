@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 
@@ -17,6 +19,16 @@ def isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.M
     import lmsynth.constants as constants
 
     monkeypatch.setattr(constants, "CACHE_DIR", home / "cache")
+
+
+@pytest.fixture(autouse=True)
+def isolated_logging() -> None:
+    """Drop root-logger handlers a test (or a library it ran) installed: they hold that test's captured stderr."""
+    root = logging.getLogger()
+    before = list(root.handlers)
+    yield
+    for handler in [h for h in root.handlers if h not in before]:
+        root.removeHandler(handler)
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -99,6 +99,18 @@ PassphraseFileOpt = Annotated[
 ]
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Logs to whatever `sys.stderr` is when a record is emitted, not the stream seen at start-up."""
+
+    @property
+    def stream(self):  # noqa: ANN201
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: object) -> None:
+        pass
+
+
 # Ordered: subclasses before their parents, the root last.
 ERROR_FORMATTERS: dict[type[Exception], Callable[[Exception], str]] = {
     errors.TagConflictError: str,
@@ -110,7 +122,9 @@ ERROR_FORMATTERS: dict[type[Exception], Callable[[Exception], str]] = {
 def main() -> None:
     """Console entry point: run the app and turn lmsynth errors into one line on stderr."""
     logging.basicConfig(
-        level=logging.DEBUG if constants.DEBUG else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+        level=logging.DEBUG if constants.DEBUG else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+        handlers=[_StderrHandler()],
     )
     try:
         app()
