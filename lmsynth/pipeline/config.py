@@ -57,7 +57,9 @@ class PipelineConfig(StrictModel):
     def stages(self) -> list[str]:
         """The stages this pipeline runs, in order."""
         order = ["translate", "flags", "generate", "judge", "select", "second_turn"]
-        return [s for s in order if s in ("flags", "select") or getattr(self, s) is not None]
+        # `select` ranks judge scores, so it runs only with a judge.
+        keep = {"flags": True, "select": self.judge is not None}
+        return [s for s in order if keep.get(s, getattr(self, s, None) is not None)]
 
     def model_for(self, stage: str) -> Any:
         """The model config a stage uses."""

@@ -55,11 +55,8 @@ class ChatModelLLM(LLM):
         return self.backend_config.revision
 
     def load(self) -> None:
-        """Open and load the backend once per process."""
+        """Prepare logging only: the backend starts on the first `chat`, so a fully cached stage starts no engine."""
         super().load()
-        if self._model is None:
-            self._model = open_chat_model(self.backend_config)
-            self._model.load()
 
     def unload(self) -> None:
         """Close the backend (shuts a vLLM engine down)."""
@@ -76,7 +73,8 @@ class ChatModelLLM(LLM):
     ) -> list[list[Completion]]:
         """Delegate to the loaded backend."""
         if self._model is None:
-            self.load()
+            self._model = open_chat_model(self.backend_config)
+            self._model.load()
         return self._model.chat(conversations, sampling=sampling, json_schema=json_schema)
 
     def generate(  # type: ignore[override]  # no **kwargs: distilabel reads this signature
