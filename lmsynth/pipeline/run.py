@@ -9,6 +9,7 @@ the same command after a crash or kill resumes instead of starting over.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -34,7 +35,7 @@ from lmsynth.pipeline.config import (
 )
 from lmsynth.pipeline.ray_exec import RayOptions
 from lmsynth.pipeline.rows import PipelineRow, Usage
-from lmsynth.pipeline.telemetry import Telemetry, report_from_run, write_report
+from lmsynth.pipeline.telemetry import Telemetry, report_from_run, visible_gpu_count, write_report
 from lmsynth.records import (
     PREPARED_INSTRUCTIONS,
     PREPARED_UNSAFE,
@@ -139,8 +140,13 @@ def run_pipeline(
     # 1. Run the stages (cached units are reused inside the steps).
     stage_fps = {s: stage_fingerprint(config, s) for s in config.stages()}
     before = {s: set(StageCache(cache_root, stage=s, fingerprint=f).units()) for s, f in stage_fps.items()}
-    telemetry = Telemetry()
-    finished = execute(config, rows, cache_root=cache_root, work_dir=cache_root / "distilabel" / fp[:16], ray=ray)
+    work_dir = cache_root / "distilabel" / fp[:16]
+    events_dir = cache_root / "telemetry" / fp[:16]
+    shutil.rmtree(events_dir, ignore_errors=True)  # events of a killed earlier attempt would count twice
+    llm_stages = [s for s in config.stages() if s in LLM_STAGES]
+    telemetry = Telemetry(total_requests=len(rows) * len(llm_stages), gpus=_gpus(config))
+    with telemetry.follow(events_dir), telemetry.display(f"Running {config.name}"):
+        finished = execute(config, rows, cache_root=cache_root, work_dir=work_dir, ray=ray, events_dir=events_dir)
     after = {s: set(StageCache(cache_root, stage=s, fingerprint=f).units()) for s, f in stage_fps.items()}
     generated = {s: len(after[s] - before[s]) for s in before if s in LLM_STAGES}
     total_units = {s: len(after[s]) for s in generated}
@@ -197,7 +203,14 @@ def load_rows(input_dir: Path, *, limit: int | None = None, row_filter: RowFilte
     return [PipelineRow(row_index=i, record=r) for i, r in enumerate(records)]
 
 
-def build_pipeline(config: PipelineConfig, rows: Sequence[PipelineRow], *, cache_root: Path, work_dir: Path) -> Any:
+def build_pipeline(
+    config: PipelineConfig,
+    rows: Sequence[PipelineRow],
+    *,
+    cache_root: Path,
+    work_dir: Path,
+    events_dir: Path | None = None,
+) -> Any:
     """The distilabel Pipeline for `config` over `rows` (not run): load → translate → flags → generate → ….
 
     Every step batch is one cache unit of `config.batch_size` rows; STACK: keep it ≥ max_num_seqs / n so
@@ -223,6 +236,7 @@ def build_pipeline(config: PipelineConfig, rows: Sequence[PipelineRow], *, cache
                     stage_config=getattr(config, stage).model_dump_json(),
                     cache_dir=str(cache_root),
                     fingerprint=stage_fingerprint(config, stage),
+                    events_dir=str(events_dir) if events_dir is not None else None,
                     llm=ChatModelLLM(backend_config=config.model_for(stage)),
                     input_batch_size=bs,
                 )
@@ -238,6 +252,7 @@ def execute(
     cache_root: Path,
     work_dir: Path,
     ray: RayOptions | None = None,
+    events_dir: Path | None = None,
 ) -> list[PipelineRow]:
     """Build and run the pipeline; return every row with its stage outputs, in input order.
 
@@ -247,9 +262,10 @@ def execute(
     """
     if not rows:
         return []
+    _quiet_libraries()
     # A killed run leaves distilabel's working folder behind; lmsynth resumes from its own cache, not that one.
     shutil.rmtree(work_dir, ignore_errors=True)
-    pipeline = build_pipeline(config, rows, cache_root=cache_root, work_dir=work_dir)
+    pipeline = build_pipeline(config, rows, cache_root=cache_root, work_dir=work_dir, events_dir=events_dir)
     # One engine at a time: stages with in-process vLLM engines run one after another.
     engines = sum(isinstance(config.model_for(s), VllmModelConfig) for s in config.stages() if s in LLM_STAGES)
     try:
@@ -270,6 +286,23 @@ def execute(
 # ---------------------------------------------------------------------------
 # Private helpers
 # ---------------------------------------------------------------------------
+
+
+def _quiet_libraries() -> None:
+    """distilabel and vLLM log every batch and engine detail at INFO; the run shows a progress bar instead.
+
+    Set in the environment because the step and engine processes read it when they start.
+    """
+    if not constants.DEBUG:
+        os.environ.setdefault("DISTILABEL_LOG_LEVEL", "WARNING")
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+
+
+def _gpus(config: PipelineConfig) -> int:
+    """GPUs the run holds: visible ones when any stage runs an in-process vLLM engine, else none."""
+    if not any(isinstance(config.model_for(s), VllmModelConfig) for s in config.stages() if s in LLM_STAGES):
+        return 0
+    return visible_gpu_count()
 
 
 def _distiset_rows(distiset: Any) -> Iterator[dict[str, Any]]:

@@ -7,6 +7,7 @@ calling the model, which is what makes reruns resume and changed rows regenerate
 
 # No `from __future__ import annotations`: distilabel inspects `StepInput` hints at run time.
 
+import time
 from collections.abc import Sequence
 from typing import Annotated, Any
 
@@ -29,6 +30,7 @@ from lmsynth.pipeline.cache import StageCache
 from lmsynth.pipeline.flags import mark_flags
 from lmsynth.pipeline.rows import INSTRUCTION_COLUMNS, PipelineRow
 from lmsynth.pipeline.select import SelectConfig, select
+from lmsynth.pipeline.telemetry import MeteredChatModel, append_event
 
 
 class ChatModelLLM(LLM):
@@ -117,6 +119,7 @@ class StageTask(Task):
     stage_config: str = Field(description="The stage block as JSON (parsed again in the worker).")
     cache_dir: str
     fingerprint: str
+    events_dir: str | None = Field(None, description="Folder for per-batch telemetry events (None: no events).")
     add_raw_output: bool = False
     add_raw_input: bool = False
 
@@ -143,7 +146,11 @@ class StageTask(Task):
         rows = [PipelineRow.from_columns(r) for r in inputs]
         config = stages.parse_config(self.stage, self.stage_config)
         cache = StageCache(self.cache_dir, stage=self.stage, fingerprint=self.fingerprint)
-        outputs = stages.run_unit(self.stage, rows, model=self.llm, config=config, cache=cache)
+        model = MeteredChatModel(self.llm)
+        started = time.monotonic()
+        outputs = stages.run_unit(self.stage, rows, model=model, config=config, cache=cache)
+        if self.events_dir is not None:
+            append_event(self.events_dir, model.event(self.stage, rows=len(rows), seconds=time.monotonic() - started))
         yield [{**row, self.stage: out} for row, out in zip(inputs, outputs, strict=True)]
 
 

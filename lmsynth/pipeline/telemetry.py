@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field
 
@@ -81,6 +82,7 @@ class BatchEvent(StrictModel):
     """One LLM batch, as a step process reports it (one line of an events file)."""
 
     step: str
+    rows: int = Field(0, ge=0, description="Rows this batch finished for its step, served from the cache or not.")
     requests: int = Field(ge=0)
     generations: int = Field(0, ge=0)
     input_tokens: int = Field(0, ge=0)
@@ -88,6 +90,47 @@ class BatchEvent(StrictModel):
     failures: int = Field(0, ge=0)
     retries: int = Field(0, ge=0)
     seconds: float = Field(0.0, ge=0)
+
+
+class MeteredChatModel:
+    """A `ChatModel` wrapper that counts what one batch asked of the model, for a `BatchEvent`."""
+
+    def __init__(self, model: Any) -> None:
+        """Wrap `model` (anything with the `ChatModel` protocol)."""
+        self.model = model
+        self.model_id = model.model_id
+        self.revision = model.revision
+        self.requests = self.generations = self.input_tokens = self.output_tokens = 0
+
+    def load(self) -> None:
+        """Start the wrapped model."""
+        self.model.load()
+
+    def close(self) -> None:
+        """Release the wrapped model."""
+        self.model.close()
+
+    def chat(self, conversations: Any, **kwargs: Any) -> list[list[Any]]:
+        """Call the wrapped model and add its usage to the counters."""
+        out = self.model.chat(conversations, **kwargs)
+        self.requests += len(conversations)
+        for completions in out:
+            self.generations += len(completions)
+            self.input_tokens += completions[0].prompt_tokens if completions else 0
+            self.output_tokens += sum(c.completion_tokens for c in completions)
+        return out
+
+    def event(self, step: str, *, rows: int, seconds: float) -> BatchEvent:
+        """The counters as one event of `step`."""
+        return BatchEvent(
+            step=step,
+            rows=rows,
+            requests=self.requests,
+            generations=self.generations,
+            input_tokens=self.input_tokens,
+            output_tokens=self.output_tokens,
+            seconds=round(seconds, 6),
+        )
 
 
 def visible_gpu_count() -> int:
@@ -187,7 +230,8 @@ class Telemetry:
             )
             advance = self._advance
         if advance is not None:
-            advance(event.requests, rate=self.rate_text())
+            # The bar counts rows through steps (cached rows too), so its ETA holds on a resumed run.
+            advance(event.rows or event.requests, rate=self.rate_text())
 
     def ingest(self, events_dir: Path | str) -> int:
         """Record the events appended to `events_dir` since the last call; return how many were new.

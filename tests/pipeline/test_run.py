@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from lmsynth.pipeline.run import RunInfo, run_pipeline
+from lmsynth.pipeline.telemetry import read_report
 from lmsynth.records import SynthRecord, iter_synth_records
 from tests.pipeline.factories import make_record, write_fake_pipeline, write_prepared
 
@@ -61,6 +62,10 @@ def test_run_writes_the_folder_contract_and_resumes(tmp_path: Path) -> None:
     assert info.counts.instructions == 6 and info.counts.unsafe == 1 and info.counts.duplicate == 1
     assert info.tokens["generate"].completion_tokens > 0 and info.generator.backend == "fake"
     assert result.units_reused == {"translate": 0, "generate": 0, "judge": 0}
+    # The steps' per-batch events reached the report: batches and busy time per LLM step.
+    report = read_report(tmp_path / "out")
+    assert {"translate", "generate", "judge"} <= {s.step for s in report.steps if s.batches >= 1}
+    assert report.step("generate").busy_s > 0 and report.gpus == 0
     n_calls = len(calls(log))
     # The same command again: every unit from the cache, no model call, same records.
     again = run_pipeline(pipe, input_dir=prep, out_dir=tmp_path / "out")
