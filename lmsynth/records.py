@@ -6,7 +6,7 @@ Data flows one way: `SourceConversation` (LMSYS-Chat-1M schema) → `Instruction
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -131,6 +131,23 @@ class GatedInstruction(StrictModel):
 
     conversation_id: str = Field(min_length=1)
     translated_conversation: list[Message]
+
+
+# Gated strings shorter than this (UTF-8 bytes) are not treated as leaks: "hi" or "Translate to French"
+# occur in any text. The leak guard searches every longer one; generated text never quotes one.
+GATED_MIN_BYTES = 24
+QUOTE_PLACEHOLDER = "[…]"
+
+
+def redact_quotes(text: str, gated: Sequence[str]) -> str:
+    """`text` with verbatim quotes of the gated strings (≥ `GATED_MIN_BYTES`) replaced by `QUOTE_PLACEHOLDER`.
+
+    Models echo the question ("You asked: …"); published text must not carry the gated instruction.
+    """
+    for g in gated:
+        if len(g.encode("utf-8")) >= GATED_MIN_BYTES and g in text:
+            text = text.replace(g, QUOTE_PLACEHOLDER)
+    return text
 
 
 # The public fields of a SynthRecord: everything except the gated translation.

@@ -1,13 +1,15 @@
 """Turn finished pipeline rows into SPEC §3 `SynthRecord`s: only the schema's fields leave the pipeline.
 
 distilabel's metadata, prompts, raw outputs and lmsynth's own bookkeeping (usage, selection indices) stay
-behind: a SynthRecord is built field by field, never from the row dict.
+behind: a SynthRecord is built field by field, never from the row dict. Generated text that quotes the
+gated instruction (JA translation or English original) verbatim gets the quote replaced, so that the public
+release never carries it (the release's leak guard would refuse it).
 """
 
 from __future__ import annotations
 
 from lmsynth.pipeline.rows import PipelineRow
-from lmsynth.records import Message, ScoringAnnotation, SynthRecord
+from lmsynth.records import Message, ScoringAnnotation, SynthRecord, redact_quotes
 
 
 def to_synth_record(row: PipelineRow, *, english: bool, multiturn: bool) -> SynthRecord:
@@ -22,18 +24,27 @@ def to_synth_record(row: PipelineRow, *, english: bool, multiturn: bool) -> Synt
     if row.record.flagged:
         return base
     gen, judged = row.generate, row.judge
-    responses = gen.responses_ja if gen else []
+    gated = [row.instruction_ja, row.record.instruction]
+
+    def public(text: str) -> str:
+        return redact_quotes(text, gated)
+
+    responses = [public(t) for t in gen.responses_ja] if gen else []
     annotations = [
         ScoringAnnotation(
             response_token_length=gen.token_lengths[k],
-            judgement=judged.judgements[k] if judged and k < len(judged.judgements) else "",
+            judgement=public(judged.judgements[k]) if judged and k < len(judged.judgements) else "",
             repetition_flag=gen.repetition_flags[k],
             preference_score=judged.scores[k] if judged and k < len(judged.scores) else None,
         )
         for k in range(len(responses))
     ]
-    en = gen.responses_en if (english and gen and gen.responses_en is not None) else None
+    en = [public(t) for t in gen.responses_en] if (english and gen and gen.responses_en is not None) else None
     conversation = row.second_turn.conversation if row.second_turn else None
+    if conversation:  # the first user turn IS the instruction (blanked by the release); later turns are generated
+        conversation = conversation[:1] + [
+            m.model_copy(update={"content": public(m.content)}) for m in conversation[1:]
+        ]
     return base.model_copy(
         update={
             "synthesized_assistant_responses": [Message(role="assistant", content=t) for t in responses],

@@ -28,11 +28,20 @@ JUDGE_SAMPLING = SamplingConfig(n=1, temperature=0.0, top_p=1.0, max_tokens=1024
 ASPECTS: tuple[str, ...] = ("instruction_following", "honesty", "truthfulness", "helpfulness")
 # Aspects whose answers carry `Type` ids and a second rationale (UltraFeedback's templates).
 TYPED_ASPECTS = frozenset({"truthfulness", "helpfulness"})
-RATIONALE_RATING_SCHEMA = {
-    "type": "object",
-    "properties": {"rationale": {"type": "string"}, "rating": {"type": "number"}},
-    "required": ["rationale", "rating"],
-}
+# A bounded rationale keeps the JSON closed within `max_tokens`, so small judges still yield a rating.
+RATIONALE_MAX_CHARS = 400
+
+
+def rationale_rating_schema(low: float, high: float) -> dict:
+    """JSON schema of a structured single-answer judgement: a short rationale and an integer rating in range."""
+    return {
+        "type": "object",
+        "properties": {
+            "rationale": {"type": "string", "maxLength": RATIONALE_MAX_CHARS},
+            "rating": {"type": "integer", "minimum": int(low), "maximum": int(high)},
+        },
+        "required": ["rationale", "rating"],
+    }
 
 
 class SingleJudgeConfig(StrictModel):
@@ -150,7 +159,7 @@ def _judge_single(rows: Sequence[PipelineRow], *, model: ChatModel, config: Sing
         build_single_messages(rows[i].instruction_ja, rows[i].generate.responses_ja[k], template=template)
         for i, k in jobs
     ]
-    schema = RATIONALE_RATING_SCHEMA if config.structured_output else None
+    schema = rationale_rating_schema(config.min_score, config.max_score) if config.structured_output else None
     replies = model.chat(prompts, sampling=config.sampling.model_copy(update={"n": 1}), json_schema=schema)
     outputs = [JudgeOutput() for _ in rows]
     for (i, _), completions in zip(jobs, replies, strict=True):

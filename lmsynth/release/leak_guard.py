@@ -23,12 +23,14 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from lmsynth.errors import LeakError
+from lmsynth.records import GATED_MIN_BYTES
 from lmsynth.release import layout
 
 
 WINDOW = 16
 STRIDE = 8  # the word size: the sampled hash reads aligned 64-bit words
-MIN_BYTES = WINDOW + STRIDE  # ≥ WINDOW + STRIDE - 1 guarantees a sampled window inside any occurrence
+MIN_BYTES = GATED_MIN_BYTES  # ≥ WINDOW + STRIDE - 1 guarantees a sampled window inside any occurrence
+assert MIN_BYTES >= WINDOW + STRIDE - 1
 CHUNK = 8 * 2**20  # bytes of text hashed at once
 
 _A = 0x9E3779B97F4A7C15

@@ -1,0 +1,37 @@
+"""Generated text never carries the gated instruction verbatim into a SynthRecord."""
+
+from __future__ import annotations
+
+from lmsynth.pipeline.assemble import to_synth_record
+from lmsynth.pipeline.rows import GenerateOutput, JudgeOutput, PipelineRow, TranslateOutput
+from lmsynth.records import QUOTE_PLACEHOLDER, InstructionRecord, redact_quotes
+
+
+EN = "Write a short poem about the autumn leaves falling in the park."
+JA = "公園に落ちる秋の葉についての短い詩を書いてください。"
+
+
+def test_redact_quotes_replaces_long_quotes_only() -> None:
+    assert redact_quotes(f"You asked: {EN} Here it is.", [EN]) == f"You asked: {QUOTE_PLACEHOLDER} Here it is."
+    assert redact_quotes("hi there, hi", ["hi"]) == "hi there, hi"  # too short to be a leak
+
+
+def test_responses_judgements_and_en_answers_are_redacted() -> None:
+    row = PipelineRow(
+        row_index=0,
+        record=InstructionRecord(conversation_id="c0", language="English", instruction=EN, redacted=False),
+        translate=TranslateOutput(instruction_ja=JA, translated=True),
+        generate=GenerateOutput(
+            responses_ja=[f"{JA}\n秋の葉", "落ち葉"],
+            token_lengths=[10, 3],
+            repetition_flags=[False, False],
+            responses_en=[f'"{EN}" Leaves fall.'],
+        ),
+        judge=JudgeOutput(judgements=[f"The question was: {EN}", "ok"], scores=[6.0, 3.0]),
+    )
+    rec = to_synth_record(row, english=True, multiturn=False)
+    assert rec.translated_conversation[0].content == JA  # the gated field keeps it (encrypted by the release)
+    assert rec.synthesized_assistant_responses[0].content == f"{QUOTE_PLACEHOLDER}\n秋の葉"
+    assert rec.synthesized_assistant_responses_en[0].content == f'"{QUOTE_PLACEHOLDER}" Leaves fall.'
+    assert rec.synthesized_response_scoring_annotations[0].judgement == f"The question was: {QUOTE_PLACEHOLDER}"
+    assert rec.synthesized_response_scoring_annotations[1].preference_score == 3.0
