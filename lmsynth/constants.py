@@ -30,6 +30,14 @@ PASSPHRASE_ENV = "LMSYNTH_PASSPHRASE"
 DEBUG = _is_true(os.environ.get("LMSYNTH_DEBUG"))
 
 
+OPENAI_API_KEY_ENV = "OPENAI_API_KEY"
+
+
+def openai_api_key_from_env() -> str | None:
+    """The key for OpenAI-compatible servers (`backend: openai`), when they require one."""
+    return os.environ.get(OPENAI_API_KEY_ENV) or None
+
+
 def passphrase_from_env() -> str | None:
     """The passphrase from `LMSYNTH_PASSPHRASE`, read at call time so tests can set it."""
     return os.environ.get(PASSPHRASE_ENV) or None

@@ -128,7 +128,10 @@ def open_chat_model(config: VllmModelConfig | OpenAIModelConfig | FakeModelConfi
     if isinstance(config, VllmModelConfig):
         return VllmChatModel(config)
     if isinstance(config, OpenAIModelConfig):
-        return OpenAIChatModel(config)
+        from lmsynth import constants
+
+        key = constants.openai_api_key_from_env()
+        return OpenAIChatModel(config, api_key=SecretStr(key) if key else None)
     return FakeChatModel(config)
 
 

