@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -27,16 +27,26 @@ def load_yaml(path: Path | str, model: type[M]) -> M:
         ConfigError: the file is missing, is not YAML, or does not validate.
     """
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise ConfigError(path, None, f"cannot read: {e.strerror or e}") from e
-    except yaml.YAMLError as e:
-        raise ConfigError(path, None, f"not valid YAML: {str(e).splitlines()[0]}") from e
+    data = read_yaml(path)
     try:
         return model.model_validate(data if data is not None else {}, context={"path": path})
     except ValidationError as e:
         raise config_error_from(path, e) from e
+
+
+def read_yaml(path: Path | str) -> Any:
+    """The parsed YAML of `path`, unvalidated.
+
+    Raises:
+        ConfigError: the file is missing or is not YAML.
+    """
+    path = Path(path)
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ConfigError(path, None, f"cannot read: {e.strerror or e}") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(path, None, f"not valid YAML: {str(e).splitlines()[0]}") from e
 
 
 def config_error_from(path: Path | str, err: ValidationError) -> ConfigError:

@@ -16,10 +16,9 @@ import re
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from lmsynth.config import StrictModel, dotted
+from lmsynth.config import StrictModel, dotted, read_yaml
 from lmsynth.errors import ConfigError, ManifestError
 
 
@@ -188,12 +187,7 @@ def load_manifest(path: Path | str) -> ReleaseManifest:
         ConfigError: the file is missing, not YAML, or invalid outside the subsets.
     """
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise ConfigError(path, None, f"cannot read: {e.strerror or e}") from e
-    except yaml.YAMLError as e:
-        raise ConfigError(path, None, f"not valid YAML: {str(e).splitlines()[0]}") from e
+    data = read_yaml(path)
     if not isinstance(data, dict):
         raise ConfigError(path, None, "a release manifest is a mapping")
     _check_licenses_present(path, data)
