@@ -1,3 +1,5 @@
+"""`python -m lmsynth` runs the CLI."""
+
 from lmsynth.cli import main
 
 

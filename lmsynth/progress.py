@@ -75,7 +75,7 @@ def track(items: Iterable[T], description: str, *, total: int | None = None, uni
 
 @contextlib.contextmanager
 def task(description: str, *, total: float | None = None) -> Iterator[callable]:
-    """A bar advanced by hand: `with task("Generating", total=n) as advance: advance(k, rate=...)`."""
+    """A bar advanced by hand: the block receives `advance(k, rate=...)`."""
     if _progress is None:
         yield lambda k=1, **fields: None
         return

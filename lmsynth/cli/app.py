@@ -58,6 +58,7 @@ class Output:
             self.stdout.print(f"  {key}: {value}", markup=False)
 
     def info(self, message: str) -> None:
+        """A message for the person at the terminal (stderr)."""
         self.stderr.print(message, markup=False)
 
     def raw(self, text: str) -> None:
@@ -66,6 +67,7 @@ class Output:
         sys.stdout.flush()
 
     def error(self, message: str) -> None:
+        """`Error: <message>` on stderr."""
         self.stderr.print(f"Error: {message}", markup=False)
 
 

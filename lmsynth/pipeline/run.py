@@ -289,7 +289,7 @@ def execute(
 
 
 def _quiet_libraries() -> None:
-    """distilabel and vLLM log every batch and engine detail at INFO; the run shows a progress bar instead.
+    """Quiet distilabel and vLLM (INFO on every batch and engine detail): the run shows a progress bar instead.
 
     Set in the environment because the step and engine processes read it when they start.
     """

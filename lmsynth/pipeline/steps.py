@@ -89,7 +89,7 @@ class ChatModelLLM(LLM):
         frequency_penalty: float = 0.0,
         seed: int | None = None,
     ) -> list[dict[str, Any]]:
-        """distilabel's entry point: chat inputs in, `GenerateOutput` dicts with token statistics out."""
+        """The entry point distilabel calls: chat inputs in, `GenerateOutput` dicts with token statistics out."""
         sampling = SamplingConfig(
             max_tokens=max_new_tokens,
             n=num_generations,
