@@ -7,7 +7,6 @@ calling the model, which is what makes reruns resume and changed rows regenerate
 
 # No `from __future__ import annotations`: distilabel inspects `StepInput` hints at run time.
 
-import time
 from collections.abc import Sequence
 from typing import Annotated, Any
 
@@ -73,11 +72,15 @@ class ChatModelLLM(LLM):
     def chat(
         self, conversations: Sequence[ChatMessages], *, sampling: SamplingConfig, json_schema: dict | None = None
     ) -> list[list[Completion]]:
-        """Delegate to the loaded backend."""
+        """Delegate to the backend, starting it on first use."""
+        self.start()
+        return self._model.chat(conversations, sampling=sampling, json_schema=json_schema)
+
+    def start(self) -> None:
+        """Open and load the backend once (an engine starts here, on the first batch that needs it)."""
         if self._model is None:
             self._model = open_chat_model(self.backend_config)
             self._model.load()
-        return self._model.chat(conversations, sampling=sampling, json_schema=json_schema)
 
     def generate(  # type: ignore[override]  # no **kwargs: distilabel reads this signature
         self,
@@ -147,10 +150,9 @@ class StageTask(Task):
         config = stages.parse_config(self.stage, self.stage_config)
         cache = StageCache(self.cache_dir, stage=self.stage, fingerprint=self.fingerprint)
         model = MeteredChatModel(self.llm)
-        started = time.monotonic()
         outputs = stages.run_unit(self.stage, rows, model=model, config=config, cache=cache)
         if self.events_dir is not None:
-            append_event(self.events_dir, model.event(self.stage, rows=len(rows), seconds=time.monotonic() - started))
+            append_event(self.events_dir, model.event(self.stage, rows=len(rows)))
         yield [{**row, self.stage: out} for row, out in zip(inputs, outputs, strict=True)]
 
 

@@ -44,7 +44,10 @@ class StepReport(StrictModel):
     output_tokens: int = Field(0, ge=0, description="Generated tokens over all outputs.")
     failures: int = Field(0, ge=0, description="Outputs that were None or could not be parsed.")
     retries: int = Field(0, ge=0, description="Requests sent again after an error (server backend).")
-    busy_s: float = Field(0.0, ge=0, description="Seconds spent inside this step's batches.")
+    busy_s: float = Field(0.0, ge=0, description="Seconds spent inside this step's model calls.")
+    span_s: float = Field(
+        0.0, ge=0, description="Seconds from the step's first model call to the end of its last (hand-offs included)."
+    )
 
 
 class RunReport(StrictModel):
@@ -89,7 +92,9 @@ class BatchEvent(StrictModel):
     output_tokens: int = Field(0, ge=0)
     failures: int = Field(0, ge=0)
     retries: int = Field(0, ge=0)
-    seconds: float = Field(0.0, ge=0)
+    seconds: float = Field(0.0, ge=0, description="Time inside model calls (engine start excluded).")
+    started_at: float | None = Field(None, description="Epoch seconds when the first model call began.")
+    ended_at: float | None = Field(None, description="Epoch seconds when the last model call ended.")
 
 
 class MeteredChatModel:
@@ -101,6 +106,9 @@ class MeteredChatModel:
         self.model_id = model.model_id
         self.revision = model.revision
         self.requests = self.generations = self.input_tokens = self.output_tokens = 0
+        self.seconds = 0.0
+        self.started_at: float | None = None
+        self.ended_at: float | None = None
 
     def load(self) -> None:
         """Start the wrapped model."""
@@ -111,8 +119,13 @@ class MeteredChatModel:
         self.model.close()
 
     def chat(self, conversations: Any, **kwargs: Any) -> list[list[Any]]:
-        """Call the wrapped model and add its usage to the counters."""
+        """Call the wrapped model and add its usage and time to the counters (its start-up is not timed)."""
+        getattr(self.model, "start", self.model.load)()
+        began, t0 = time.time(), time.perf_counter()
         out = self.model.chat(conversations, **kwargs)
+        self.seconds += time.perf_counter() - t0
+        self.started_at = self.started_at if self.started_at is not None else began
+        self.ended_at = time.time()
         self.requests += len(conversations)
         for completions in out:
             self.generations += len(completions)
@@ -120,7 +133,7 @@ class MeteredChatModel:
             self.output_tokens += sum(c.completion_tokens for c in completions)
         return out
 
-    def event(self, step: str, *, rows: int, seconds: float) -> BatchEvent:
+    def event(self, step: str, *, rows: int) -> BatchEvent:
         """The counters as one event of `step`."""
         return BatchEvent(
             step=step,
@@ -129,7 +142,9 @@ class MeteredChatModel:
             generations=self.generations,
             input_tokens=self.input_tokens,
             output_tokens=self.output_tokens,
-            seconds=round(seconds, 6),
+            seconds=round(self.seconds, 6),
+            started_at=self.started_at,
+            ended_at=self.ended_at,
         )
 
 
@@ -182,6 +197,7 @@ class Telemetry:
         self._lock = threading.Lock()
         self._advance = None
         self._offsets: dict[Path, tuple[int, int]] = {}  # events file → (bytes read, lines read)
+        self._spans: dict[str, tuple[float, float]] = {}  # step → (first model call began, last one ended)
 
     def record_batch(
         self,
@@ -215,6 +231,10 @@ class Telemetry:
             if self._first_batch_at is None:
                 # When the first batch began: everything before it (engine start) does not grow with the input.
                 self._first_batch_at = max(self._clock() - event.seconds, self._t0)
+            span = self._spans.get(event.step)
+            if event.started_at is not None and event.ended_at is not None:
+                lo, hi = span or (event.started_at, event.ended_at)
+                span = self._spans[event.step] = (min(lo, event.started_at), max(hi, event.ended_at))
             old = self._steps.get(event.step, StepReport(step=event.step))
             self._steps[event.step] = old.model_copy(
                 update={
@@ -226,6 +246,7 @@ class Telemetry:
                     "failures": old.failures + event.failures,
                     "retries": old.retries + event.retries,
                     "busy_s": old.busy_s + event.seconds,
+                    "span_s": round(span[1] - span[0], 6) if span else old.span_s,
                 }
             )
             advance = self._advance
@@ -384,6 +405,7 @@ def report_from_run(run_dir: Path | str, *, telemetry: Telemetry, shard: str | N
             failures=failures.get(stage, 0),
             retries=live.step(stage).retries,
             busy_s=live.step(stage).busy_s,
+            span_s=live.step(stage).span_s,
         )
         for stage, usage in sorted(tokens.items())
     ]

@@ -65,7 +65,8 @@ def test_run_writes_the_folder_contract_and_resumes(tmp_path: Path) -> None:
     # The steps' per-batch events reached the report: batches and busy time per LLM step.
     report = read_report(tmp_path / "out")
     assert {"translate", "generate", "judge"} <= {s.step for s in report.steps if s.batches >= 1}
-    assert report.step("generate").busy_s > 0 and report.gpus == 0
+    assert report.step("generate").busy_s > 0 and report.step("generate").span_s >= report.step("generate").busy_s
+    assert report.gpus == 0
     n_calls = len(calls(log))
     # The same command again: every unit from the cache, no model call, same records.
     again = run_pipeline(pipe, input_dir=prep, out_dir=tmp_path / "out")

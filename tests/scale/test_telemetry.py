@@ -206,3 +206,42 @@ class TestReportFile:
         m = merge_reports([a, b])
         assert (m.instructions, m.wall_time_s, m.gpus, m.gpu_hours, m.runs) == (5, 12, 2, 0.75, 2)
         assert m.step("g").requests == 5
+
+
+class TestSpans:
+    def test_span_runs_from_first_call_to_last_end_across_batches(self) -> None:
+        tel = Telemetry()
+        tel.record(BatchEvent(step="generate", requests=2, seconds=1.0, started_at=100.0, ended_at=101.0))
+        tel.record(BatchEvent(step="generate", requests=2, seconds=1.5, started_at=101.5, ended_at=103.0))
+        tel.record(BatchEvent(step="generate", rows=4, requests=0))  # a cached unit: no model call, no time
+        step = tel.report(instructions=4).step("generate")
+        assert step.span_s == 3.0 and step.busy_s == 2.5 and step.batches == 3
+
+    def test_metered_model_counts_usage_and_excludes_start_up(self) -> None:
+        from lmsynth.llm import FakeChatModel, FakeModelConfig, SamplingConfig
+        from lmsynth.pipeline.telemetry import MeteredChatModel
+
+        class SlowStart:
+            model_id, revision = "m", None
+
+            def __init__(self) -> None:
+                self.inner = FakeChatModel(FakeModelConfig(backend="fake", replies=["hello world"]))
+
+            def start(self) -> None:
+                import time
+
+                time.sleep(0.3)
+
+            def load(self) -> None: ...
+
+            def close(self) -> None: ...
+
+            def chat(self, conversations, **kw):  # noqa: ANN001, ANN003, ANN201
+                return self.inner.chat(conversations, **kw)
+
+        metered = MeteredChatModel(SlowStart())
+        out = metered.chat([[{"role": "user", "content": "hi"}]] * 3, sampling=SamplingConfig(n=2, max_tokens=8))
+        event = metered.event("generate", rows=3)
+        assert event.requests == 3 and event.generations == 6 == sum(len(o) for o in out)
+        assert event.output_tokens == sum(c.completion_tokens for o in out for c in o) > 0
+        assert event.seconds < 0.3 and event.ended_at >= event.started_at
