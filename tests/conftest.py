@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import pytest
 
 
 @pytest.fixture(autouse=True)
 def isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Code under test may write os.environ directly (an engine start sets HF_HUB_OFFLINE): undo it after each test.
+    saved = dict(os.environ)
     home = tmp_path_factory.mktemp("home")
     monkeypatch.setenv("LMSYNTH_CACHE", str(home / "cache"))
     monkeypatch.setenv("HF_HOME", str(home / "hf"))
@@ -19,6 +22,9 @@ def isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.M
     import lmsynth.constants as constants
 
     monkeypatch.setattr(constants, "CACHE_DIR", home / "cache")
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 @pytest.fixture(autouse=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -310,6 +311,9 @@ hub.stop()
 """
 
 
+OFFLINE_SWITCHES = {"HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"}
+
+
 @pytest.mark.hub
 class TestPush:
     def test_push_private_to_the_hub_and_load_at_the_tag(self, recovered: Path, tmp_path: Path) -> None:
@@ -327,6 +331,8 @@ class TestPush:
             text=True,
             cwd=root,
             timeout=120,
+            # The session's engine fixtures set the offline switches for engine tests; this child talks to a hub.
+            env={k: v for k, v in os.environ.items() if k not in OFFLINE_SWITCHES},
         )
         assert proc.returncode == 0, proc.stderr[-2000:]
         got = json.loads(proc.stdout.strip().splitlines()[-1])
