@@ -295,7 +295,7 @@ def _quiet_libraries() -> None:
     """
     if not constants.DEBUG:
         os.environ.setdefault("DISTILABEL_LOG_LEVEL", "WARNING")
-        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # its warnings are about CPU kernel choices
 
 
 def _gpus(config: PipelineConfig) -> int:
