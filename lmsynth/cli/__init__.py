@@ -8,4 +8,8 @@ from lmsynth.cli import demo, pipeline, release, scale, source, user  # noqa: F4
 from lmsynth.cli.app import app, main
 
 
+# `lmsynth --help` lists the commands in the order data flows through them (the `export` group comes last).
+FLOW = ["prepare", "key", "run", "gather", "estimate", "release", "verify", "publish", "recover", "demo", "version"]
+app.registered_commands.sort(key=lambda c: FLOW.index(c.name) if c.name in FLOW else len(FLOW))
+
 __all__ = ["app", "main"]
