@@ -1,8 +1,13 @@
-"""The HTTP plumbing both stand-ins share: every verb goes to one `_dispatch(method)`, and no access log."""
+"""The HTTP plumbing both stand-ins share: one `_dispatch(method)` for every verb, and the server's lifecycle."""
 
 from __future__ import annotations
 
-from http.server import BaseHTTPRequestHandler
+import socket
+import tempfile
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
 
 
 class DispatchingHandler(BaseHTTPRequestHandler):
@@ -30,3 +35,38 @@ class DispatchingHandler(BaseHTTPRequestHandler):
 
     def do_DELETE(self) -> None:  # noqa: N802
         self._dispatch("DELETE")
+
+
+class StandInServer:
+    """Serves `handler` over a state kept in `root` (or a fresh temporary folder), on `sock` or a fresh port.
+
+    Subclasses set `state_type` and `prefix`; `start()` serves in a daemon thread, `stop()` cleans up.
+    """
+
+    state_type: Any
+    prefix: str
+
+    def __init__(self, handler: type[DispatchingHandler], *, root: Path | None, sock: socket.socket | None) -> None:
+        self._tmp = None if root else tempfile.TemporaryDirectory(prefix=self.prefix)
+        self.state = self.state_type(Path(root or self._tmp.name))
+        handler = type("Handler", (handler,), {"state": self.state})
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler, bind_and_activate=sock is None)
+        if sock is not None:  # a socket reserved before the clients were imported (tests/hub/endpoints.py)
+            self.httpd.socket.close()
+            self.httpd.socket = sock
+            self.httpd.server_address = sock.getsockname()
+            self.httpd.server_activate()
+        self.httpd.daemon_threads = True
+        host, port = self.httpd.server_address[:2]
+        self.endpoint = f"http://{host}:{port}"
+        handler.endpoint = self.endpoint
+
+    def start(self):  # noqa: ANN201 — returns the subclass
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        if self._tmp:
+            self._tmp.cleanup()

@@ -16,15 +16,13 @@ import hashlib
 import json
 import re
 import socket
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from tests.hub.handler import DispatchingHandler
+from tests.hub.handler import DispatchingHandler, StandInServer
 
 
 GITATTRIBUTES = b"*.parquet filter=lfs diff=lfs merge=lfs -text\n*.gpg filter=lfs diff=lfs merge=lfs -text\n"
@@ -148,35 +146,14 @@ class HubState:
         return None
 
 
-class HubStandIn:
-    """The server: `start()` serves on a given (or fresh) socket in a daemon thread."""
+class HubStandIn(StandInServer):
+    """The HF Hub stand-in server."""
+
+    state_type = HubState
+    prefix = "hf-standin-"
 
     def __init__(self, *, root: Path | None = None, sock: socket.socket | None = None) -> None:
-        self._tmp = None if root else tempfile.TemporaryDirectory(prefix="hf-standin-")
-        self.state = HubState(Path(root or self._tmp.name))
-        handler = type("Handler", (_Handler,), {"state": self.state})
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler, bind_and_activate=sock is None)
-        if sock is not None:
-            self.httpd.socket.close()
-            self.httpd.socket = sock
-            self.httpd.server_address = sock.getsockname()
-            self.httpd.server_activate()
-        self.httpd.daemon_threads = True
-        host, port = self.httpd.server_address[:2]
-        self.endpoint = f"http://{host}:{port}"
-        handler.endpoint = self.endpoint
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> HubStandIn:
-        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        if self._tmp:
-            self._tmp.cleanup()
+        super().__init__(_Handler, root=root, sock=sock)
 
 
 # Private helpers

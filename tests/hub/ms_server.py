@@ -12,17 +12,15 @@ import hashlib
 import json
 import re
 import socket
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
 from email.parser import BytesParser
 from email.policy import HTTP
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from tests.hub.handler import DispatchingHandler
+from tests.hub.handler import DispatchingHandler, StandInServer
 
 
 @dataclass
@@ -87,33 +85,14 @@ class MsState:
         return None
 
 
-class MsStandIn:
-    """The server; `start()` serves in a daemon thread on the given (or a fresh) socket."""
+class MsStandIn(StandInServer):
+    """The ModelScope stand-in server."""
+
+    state_type = MsState
+    prefix = "ms-standin-"
 
     def __init__(self, *, root: Path | None = None, sock: socket.socket | None = None) -> None:
-        self._tmp = None if root else tempfile.TemporaryDirectory(prefix="ms-standin-")
-        self.state = MsState(Path(root or self._tmp.name))
-        handler = type("Handler", (_Handler,), {"state": self.state})
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler, bind_and_activate=sock is None)
-        if sock is not None:
-            self.httpd.socket.close()
-            self.httpd.socket = sock
-            self.httpd.server_address = sock.getsockname()
-            self.httpd.server_activate()
-        self.httpd.daemon_threads = True
-        host, port = self.httpd.server_address[:2]
-        self.endpoint = f"http://{host}:{port}"
-        handler.endpoint = self.endpoint
-
-    def start(self) -> MsStandIn:
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        if self._tmp:
-            self._tmp.cleanup()
+        super().__init__(_Handler, root=root, sock=sock)
 
 
 # Private helpers
