@@ -40,6 +40,22 @@ class SourceMessage(BaseModel):
     role: str
 
 
+# The 11 OpenAI moderation categories, in the order LMSYS-Chat-1M stores them.
+MODERATION_CATEGORIES: tuple[str, ...] = (
+    "harassment",
+    "harassment/threatening",
+    "hate",
+    "hate/threatening",
+    "self-harm",
+    "self-harm/instructions",
+    "self-harm/intent",
+    "sexual",
+    "sexual/minors",
+    "violence",
+    "violence/graphic",
+)
+
+
 class Moderation(BaseModel):
     """OpenAI moderation result for one message."""
 

@@ -17,24 +17,12 @@ import random
 import sys
 from pathlib import Path
 
+from lmsynth.records import MODERATION_CATEGORIES
+
 
 SEED = 20240707
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "lmsynth" / "sample" / "lmsys_sample.jsonl"
 
-# The 11 OpenAI moderation categories, in the order LMSYS-Chat-1M stores them.
-CATEGORIES = (
-    "harassment",
-    "harassment/threatening",
-    "hate",
-    "hate/threatening",
-    "self-harm",
-    "self-harm/instructions",
-    "self-harm/intent",
-    "sexual",
-    "sexual/minors",
-    "violence",
-    "violence/graphic",
-)
 
 MODELS = (
     "vicuna-13b",
@@ -451,11 +439,11 @@ def _row(rng: random.Random, spec: dict) -> dict:
 
 
 def _moderation(rng: random.Random, flagged: str | None) -> dict:
-    scores = {c: float(f"{rng.random() * 10 ** rng.randint(-7, -3):.6g}") for c in CATEGORIES}
+    scores = {c: float(f"{rng.random() * 10 ** rng.randint(-7, -3):.6g}") for c in MODERATION_CATEGORIES}
     if flagged:
         scores[flagged] = round(0.6 + rng.random() * 0.39, 6)
     return {
-        "categories": {c: c == flagged for c in CATEGORIES},
+        "categories": {c: c == flagged for c in MODERATION_CATEGORIES},
         "category_scores": scores,
         "flagged": flagged is not None,
     }

@@ -16,31 +16,16 @@ import pytest
 
 from lmsynth import constants
 from lmsynth.errors import InputRecordError, InputRowError, SourceError
-from lmsynth.records import SourceConversation
+from lmsynth.records import MODERATION_CATEGORIES, SourceConversation
 from lmsynth.source import open_source
 from tests.hub.conftest import hf_hub, hf_standin  # noqa: F401  (fixtures for the hub tests)
-
-
-CATEGORIES = (
-    "harassment",
-    "harassment/threatening",
-    "hate",
-    "hate/threatening",
-    "self-harm",
-    "self-harm/instructions",
-    "self-harm/intent",
-    "sexual",
-    "sexual/minors",
-    "violence",
-    "violence/graphic",
-)
 
 
 def make_row(cid: str = "0" * 32, text: str = "How do I sort a list in Python?", **overrides: object) -> dict:
     """One LMSYS-schema row; `overrides` replace top-level fields."""
     moderation = {
-        "categories": {c: False for c in CATEGORIES},
-        "category_scores": {c: 0.0001 for c in CATEGORIES},
+        "categories": {c: False for c in MODERATION_CATEGORIES},
+        "category_scores": {c: 0.0001 for c in MODERATION_CATEGORIES},
         "flagged": False,
     }
     row = {
@@ -329,7 +314,9 @@ class TestBundledSample:
     def test_moderation_has_eleven_categories_and_flags(self, rows: list[SourceConversation]) -> None:
         assert all(len(r.openai_moderation) == len(r.conversation) for r in rows)
         assert all(
-            set(m.categories) == set(CATEGORIES) == set(m.category_scores) for r in rows for m in r.openai_moderation
+            set(m.categories) == set(MODERATION_CATEGORIES) == set(m.category_scores)
+            for r in rows
+            for m in r.openai_moderation
         )
         flagged = [r for r in rows if r.flagged]
         assert len(flagged) >= 10
