@@ -11,26 +11,12 @@ from lmsynth import constants
 from lmsynth.config import StrictModel
 from lmsynth.export.rows import ExportFilters
 from lmsynth.recover import RecoverReport
+from lmsynth.release.cards import CardConfig, DataFile
 
 
 TEMPLATE = "export.md.j2"
 LMSYS_LICENSE_NAME = "LMSYS-Chat-1M Dataset License Agreement"
 LMSYS_LICENSE_LINK = "https://huggingface.co/datasets/lmsys/lmsys-chat-1m"
-
-
-class DataFile(StrictModel):
-    """One `data_files` entry of a config."""
-
-    split: str
-    path: str
-
-
-class ConfigEntry(StrictModel):
-    """One `configs:` entry."""
-
-    config_name: str
-    data_files: list[DataFile]
-    default: bool = True
 
 
 class ExportCardMetadata(StrictModel):
@@ -43,7 +29,7 @@ class ExportCardMetadata(StrictModel):
     language: list[str]
     tags: list[str]
     source_datasets: list[str] = Field(default_factory=lambda: ["lmsys-chat-1m"])
-    configs: list[ConfigEntry]
+    configs: list[CardConfig]
 
 
 def render_card(
@@ -68,9 +54,10 @@ def render_card(
         language=languages,
         tags=["synthetic", "lmsynth", config],
         configs=[
-            ConfigEntry(
+            CardConfig(
                 config_name=config,
                 data_files=[DataFile(split=s, path=f"{config}/{s}-*.parquet") for s in splits],
+                default=True,
             )
         ],
     )
