@@ -23,7 +23,7 @@ from pydantic import SecretStr, ValidationError
 from lmsynth import constants
 from lmsynth.config import dotted
 from lmsynth.errors import InputRecordError, InputRowError, SourceError
-from lmsynth.io import parse_line
+from lmsynth.io import parse_line, sha256_file
 from lmsynth.records import SourceConversation
 
 
@@ -131,7 +131,7 @@ class Source:
         for path in self.files:
             rel = path.name if len(self.files) == 1 else path.relative_to(root).as_posix()
             try:
-                size, digest = path.stat().st_size, _sha256(path)
+                size, digest = path.stat().st_size, sha256_file(path)
             except OSError as e:
                 raise SourceError(str(path), f"cannot read: {e.strerror or e}") from e
             h.update(f"{rel}\0{size}\0{digest}\n".encode())
@@ -220,14 +220,6 @@ def _hidden(path: Path, root: Path) -> bool:
 
 def _unit(path: str) -> str:
     return "row" if path.endswith(".parquet") else "line"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _jsonl_rows(path: Path) -> Iterator[LocatedConversation]:

@@ -242,15 +242,6 @@ def write_subset(
     )
 
 
-def sha256_lines_gz(path: Path) -> str:
-    """sha256 of a gated plaintext file (the gzip bytes, which are deterministic)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
-
-
 # Private helpers
 
 
