@@ -22,7 +22,6 @@ from lmsynth.prepare import (
 )
 from lmsynth.records import PREPARED_INSTRUCTIONS, PREPARED_UNSAFE, InstructionRecord
 from lmsynth.source import open_source
-from tests.hub.conftest import hf_hub, hf_standin  # noqa: F401  (fixtures for the hub test)
 from tests.test_source import make_row, upload_dataset, write_rows
 
 

@@ -18,7 +18,6 @@ from lmsynth import constants
 from lmsynth.errors import InputRecordError, InputRowError, SourceError
 from lmsynth.records import MODERATION_CATEGORIES, SourceConversation
 from lmsynth.source import open_source
-from tests.hub.conftest import hf_hub, hf_standin  # noqa: F401  (fixtures for the hub tests)
 
 
 def make_row(cid: str = "0" * 32, text: str = "How do I sort a list in Python?", **overrides: object) -> dict:
