@@ -197,7 +197,7 @@ def _judge_single(rows: Sequence[PipelineRow], *, model: ChatModel, config: Sing
     ]
     schema = rationale_rating_schema(config.min_score, config.max_score) if config.structured_output else None
 
-    def parse(text: str) -> tuple[tuple[str, float | None], int]:
+    def parse(_: int, text: str) -> tuple[tuple[str, float | None], int]:
         if config.structured_output:
             judgement, score = parse_structured_rating(text, low=config.min_score, high=config.max_score)
         else:
@@ -234,24 +234,12 @@ def _judge_ultrafeedback(
             system_text = render(system, n=len(texts))
             prompts.append([{"role": "system", "content": system_text}, {"role": "user", "content": user}])
 
-    def parser(n: int, aspect: str):
-        def parse(text: str) -> tuple[list[AspectRating], int]:
-            parsed = parse_ultrafeedback(text, n=n, aspect=aspect)
-            return parsed, sum(r.rating is None for r in parsed)
+    def parse(j: int, text: str) -> tuple[list[AspectRating], int]:
+        _, aspect, order = jobs[j]
+        parsed = parse_ultrafeedback(text, n=len(order), aspect=aspect)
+        return parsed, sum(r.rating is None for r in parsed)
 
-        return parse
-
-    # One `ask` per (text count, aspect): the parser depends on both; the batches stay whole otherwise.
-    groups: dict[tuple[int, str], list[int]] = {}
-    for j, (_, aspect, order) in enumerate(jobs):
-        groups.setdefault((len(order), aspect), []).append(j)
-    answers: list[Any] = [None] * len(jobs)
-    for (n, aspect), members in groups.items():
-        got = ask(
-            model, [prompts[j] for j in members], sampling=config.sampling, parse=parser(n, aspect), settings=config
-        )
-        for j, a in zip(members, got, strict=True):
-            answers[j] = a
+    answers = ask(model, prompts, sampling=config.sampling, parse=parse, settings=config)
     per_row: dict[int, dict[str, list[AspectRating]]] = {}
     usage: dict[int, Usage] = {}
     for (i, aspect, order), a in zip(jobs, answers, strict=True):

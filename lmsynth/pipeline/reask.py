@@ -57,7 +57,7 @@ def ask(
     prompts: Sequence[ChatMessages],
     *,
     sampling: SamplingConfig,
-    parse: Callable[[str], tuple[T, int]],
+    parse: Callable[[int, str], tuple[T, int]],
     settings: ReaskSettings,
     json_schema: dict | None = None,
 ) -> list[Answer[T]]:
@@ -67,7 +67,7 @@ def ask(
         model: The chat model.
         prompts: One chat per answer wanted.
         sampling: The stage's sampling (`n` is forced to 1).
-        parse: Text → (value, number of unreadable parts); must not raise.
+        parse: (prompt index, text) → (value, number of unreadable parts); must not raise.
         settings: Re-ask count and temperature.
         json_schema: Structured output schema passed to every attempt.
 
@@ -86,9 +86,12 @@ def ask(
         for i, completions in zip(pending, replies, strict=True):
             c = completions[0] if completions else Completion(text="", prompt_tokens=0, completion_tokens=0)
             text = c.text or ""
-            value, unread = parse(text)
+            value, unread = parse(i, text)
             cost = Usage(
-                requests=1, prompt_tokens=c.prompt_tokens, completion_tokens=c.completion_tokens, reasks=int(attempt > 0)
+                requests=1,
+                prompt_tokens=c.prompt_tokens,
+                completion_tokens=c.completion_tokens,
+                reasks=int(attempt > 0),
             )
             prev = kept[i]
             if prev is None or unread < prev.unread:

@@ -56,7 +56,7 @@ def second_turn(rows: Sequence[PipelineRow], *, model: ChatModel, config: Second
         model,
         [[{"role": "user", "content": render(template, instruction=q, response=a)}] for _, (q, a) in todo],
         sampling=config.user_sampling,
-        parse=parse_user_turn,
+        parse=lambda _, text: parse_user_turn(text),
         settings=config,
     )
     outputs = [SecondTurnOutput() for _ in rows]
@@ -71,7 +71,7 @@ def second_turn(rows: Sequence[PipelineRow], *, model: ChatModel, config: Second
         model,
         [[m.model_dump() for m in conv] for _, conv in follow_ups],
         sampling=config.sampling,
-        parse=parse_answer,
+        parse=lambda _, text: parse_answer(text),
         settings=config,
     )
     for (i, conv), answer in zip(follow_ups, answers, strict=True):
