@@ -87,6 +87,7 @@ class ChecksumError(LmsynthError, RuntimeError):
 
     def __init__(self, path: str, message: str) -> None:
         self.path = path
+        self.message = message
         super().__init__(f"{path}: {message}")
 
 

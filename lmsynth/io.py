@@ -111,9 +111,9 @@ def read_jsonl(path: Path | str, model: type[M]) -> Iterator[M]:
 
 
 def parse_line(line: str, model: type[M], *, path: Path | str, lineno: int | None) -> M:
-    """Validate one JSON line, turning any failure into a one-line `InputRecordError`."""
+    """Validate one JSON line strictly (no type coercion), turning any failure into a one-line `InputRecordError`."""
     try:
-        return model.model_validate_json(line)
+        return model.model_validate_json(line, strict=True)  # `"yes"`, `1` are not booleans; `"3"` is no int
     except ValidationError as e:
         first = e.errors()[0]
         if first["type"] == "json_invalid":

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from lmsynth.io import atomic_path
+from lmsynth.prepare import PREPARED_MARKER
 from lmsynth.records import (
     PREPARED_INSTRUCTIONS,
     PREPARED_UNSAFE,
@@ -201,6 +202,7 @@ def write_prepared_dir(path: Path | str, n: int, *, seed: int = 0, unsafe_n: int
     flagged = (_instruction_record(_unsafe_id(seed, i), flagged=True) for i in range(unsafe_n))
     _write_lines(path / PREPARED_INSTRUCTIONS, (r.model_dump_json() for r in safe))
     _write_lines(path / PREPARED_UNSAFE, (r.model_dump_json() for r in flagged))
+    _write_lines(path / PREPARED_MARKER, ["ok"])  # last, as `lmsynth prepare` writes it
     return path
 
 

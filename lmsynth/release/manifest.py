@@ -18,7 +18,7 @@ from typing import Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from lmsynth.config import StrictModel, dotted, read_yaml
+from lmsynth.config import StrictModel, dotted, read_yaml, validate_strict
 from lmsynth.errors import ConfigError, ManifestError
 
 
@@ -192,7 +192,7 @@ def load_manifest(path: Path | str) -> ReleaseManifest:
         raise ConfigError(path, None, "a release manifest is a mapping")
     _check_licenses_present(path, data)
     try:
-        return ReleaseManifest.model_validate(data)
+        return validate_strict(ReleaseManifest, data)
     except ValidationError as e:
         raise _manifest_error(path, data, e) from e
 

@@ -7,7 +7,9 @@ shards are renamed to `train-0000i-of-0000N.parquet` once N is known. The same i
 the schema is fixed, rows keep input order, and nothing time-dependent is written.
 
 The gated instructions are sorted by `conversation_id` with an external merge sort (sorted runs spilled
-to the work folder), so memory stays flat with the record count.
+to the work folder, a scratch folder, only past `SPILL_LINES`), so memory stays flat with the record count.
+They are handed back as re-readable sorted line streams, never as a plaintext file: the release streams
+them into gpg.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import heapq
 import io
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,7 +50,8 @@ class SubsetOutput:
     score_hist: list[int]
     failed_scores: int
     length_hist: list[int]
-    gated: dict[str, tuple[Path, int]] = field(default_factory=dict)  # set → (plaintext path, lines)
+    # set (`default`/`unsafe`) → a function giving its sorted, deduplicated JSON lines, re-readable
+    gated: dict[str, Callable[[], Iterator[str]]] = field(default_factory=dict)
 
 
 def public_columns(spec: SubsetSpec) -> list[str]:
@@ -201,9 +204,6 @@ def write_subset(
     if writer is not None:
         writer.close()
         sink.close()
-    if not parts:  # an empty subset still gets one (empty) shard so that its config loads
-        parts.append(out_dir / ".part-00000.parquet")
-        pq.write_table(schema.empty_table(), parts[-1], compression="zstd", write_statistics=False)
     shards = []
     for i, part in enumerate(parts):
         name = layout.shard_path(spec.config, i, len(parts))
@@ -211,7 +211,11 @@ def write_subset(
         shards.append(name)
     del seen
 
-    gated: dict[str, tuple[Path, int]] = {}
+    if counts["records"] == 0:
+        raise InputRecordError(
+            _records_name(records), None, None, f"holds no records; refusing to release subset `{spec.config}` empty"
+        )
+    gated: dict[str, Callable[[], Iterator[str]]] = {}
     unsafe_sorter = _ExternalSort(work / f"{spec.config}.unsafe")
     if "unsafe" in spec.encrypt:
         for path in input_files(records, RUN_UNSAFE_DIR):
@@ -221,17 +225,12 @@ def write_subset(
                     conversation_id=rec.conversation_id, translated_conversation=rec.translated_conversation
                 )
                 unsafe_sorter.add(rec.conversation_id, g.model_dump_json())
-    default_plain = work / f"{spec.config}.default.jsonl.gz"
-    n_default = _write_gz(default_plain, _dedupe(default_sorter.sorted()))
-    gated["default"] = (default_plain, n_default)
+    gated["default"] = lambda: _dedupe(default_sorter.sorted())
+    n_default = sum(1 for _ in gated["default"]())
     n_unsafe = 0
     if "unsafe" in spec.encrypt:
-        unsafe_plain = work / f"{spec.config}.unsafe.jsonl.gz"
-        merged = heapq.merge(default_sorter.sorted(), unsafe_sorter.sorted())
-        n_unsafe = _write_gz(unsafe_plain, _dedupe(merged))
-        gated["unsafe"] = (unsafe_plain, n_unsafe)
-    default_sorter.cleanup()
-    unsafe_sorter.cleanup()
+        gated["unsafe"] = lambda: _dedupe(heapq.merge(default_sorter.sorted(), unsafe_sorter.sorted()))
+        n_unsafe = sum(1 for _ in gated["unsafe"]())
     return SubsetOutput(
         shards=shards,
         counts=SubsetCounts(**counts, gated_default=n_default, gated_unsafe=n_unsafe),
@@ -343,13 +342,12 @@ class _ExternalSort:
             self._spill()
 
     def sorted(self) -> Iterator[tuple[str, str]]:
+        if not self.runs:  # it all fits in memory: no plaintext file at all
+            self.buffer.sort()
+            return iter(list(self.buffer))
         if self.buffer:
             self._spill()
         return heapq.merge(*(self._read(run) for run in self.runs))
-
-    def cleanup(self) -> None:
-        for run in self.runs:
-            run.unlink(missing_ok=True)
 
     def _spill(self) -> None:
         self.buffer.sort()
@@ -376,11 +374,22 @@ def _dedupe(pairs: Iterator[tuple[str, str]]) -> Iterator[str]:
         last = key
 
 
-def _write_gz(path: Path, lines: Iterator[str]) -> int:
-    n = 0
-    # mtime=0 and no file name: the same lines give the same bytes.
-    with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="", compresslevel=6) as gz:
+def gz_chunks(lines: Iterator[str]) -> Iterator[bytes]:
+    """The gzip bytes of `lines` (one per line), as they are compressed; deterministic (mtime 0, no name)."""
+    buf = io.BytesIO()
+    with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0, filename="", compresslevel=6) as gz:
         for line in lines:
             gz.write((line + "\n").encode("utf-8"))
-            n += 1
-    return n
+            if buf.tell() >= 1 << 16:
+                yield buf.getvalue()
+                buf.seek(0)
+                buf.truncate()
+    yield buf.getvalue()
+
+
+def _records_name(records: Path) -> Path:
+    """The file to name for a subset with no records: the single file, else the folder of record shards."""
+    files = input_files(records)
+    if len(files) == 1:
+        return files[0]
+    return records / RUN_RECORDS_DIR if (records / RUN_RECORDS_DIR).is_dir() else records
