@@ -22,6 +22,7 @@ from pydantic import SecretStr
 
 from lmsynth import scratch
 from lmsynth.errors import EncryptionError, PassphraseError
+from lmsynth.faults import kill_point
 from lmsynth.io import atomic_path
 
 
@@ -133,6 +134,7 @@ class _ChunkReader(io.RawIOBase):
         while not self._buf and self.error is None:
             try:
                 self._buf = next(self._chunks)
+                kill_point("crypto.streaming")  # gpg is running, reading the plaintext from us
             except StopIteration:
                 return 0
             except Exception as e:  # noqa: BLE001 — handed back to the calling thread
