@@ -4,10 +4,11 @@ It lets a re-release tell that it holds the published key (so it reuses the publ
 plainly that the key differs) and lets `verify` refuse a wrong key before decrypting. Being public, it must
 not make guessing the passphrase any cheaper than the published `.gpg` files already do: those cost one
 OpenPGP S2K per guess (iterated, salted SHA-256 over 65,011,712 bytes, `crypto.S2K_ARGS`). scrypt with
-N=2^17, r=8, p=1 costs more on every kind of hardware (128 MiB of memory per guess and ~2x the CPU time
-here; see `bench/keycheck_bench.py`), so the check is not the weak point.
+N=2^15, r=8, p=1 costs more on every kind of hardware: about 3.5x the CPU time of that S2K here, and 32 MiB
+of memory per guess where the S2K needs none, which is what makes GPU and ASIC guessing expensive (see
+`bench/keycheck_bench.py`). So the check is not the weak point.
 
-Format (PHC string): `scrypt$ln=17,r=8,p=1$<salt, base64>$<32-byte digest, base64>`, with a fresh random
+Format (PHC string): `scrypt$ln=15,r=8,p=1$<salt, base64>$<32-byte digest, base64>`, with a fresh random
 16-byte salt; a re-release with the same key keeps the published string, so its MANIFEST.json is unchanged.
 Checks in any other format (the fast SHA-256 of earlier versions) are ignored: no reuse, no early refusal.
 """
@@ -15,6 +16,7 @@ Checks in any other format (the fast SHA-256 of earlier versions) are ignored: n
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import os
@@ -24,7 +26,7 @@ from pydantic import SecretStr
 
 
 SCHEME = "scrypt"
-LOG2_N = 17
+LOG2_N = 15
 R = 8
 P = 1
 SALT_BYTES = 16
@@ -67,9 +69,14 @@ def _parse(check: str | None) -> tuple[int, int, int, bytes, bytes] | None:
 
 
 def _scrypt(passphrase: SecretStr, salt: bytes, ln: int, r: int, p: int) -> bytes:
+    return _scrypt_cached(passphrase.get_secret_value(), salt, ln, r, p)
+
+
+@functools.lru_cache(maxsize=4)  # a release checks the same key against the same check more than once
+def _scrypt_cached(secret: str, salt: bytes, ln: int, r: int, p: int) -> bytes:
     n = 1 << ln
     return hashlib.scrypt(
-        passphrase.get_secret_value().encode("utf-8"),
+        secret.encode("utf-8"),
         salt=salt,
         n=n,
         r=r,
