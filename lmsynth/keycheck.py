@@ -4,7 +4,7 @@ It lets a re-release tell that it holds the published key (so it reuses the publ
 plainly that the key differs) and lets `verify` refuse a wrong key before decrypting. Being public, it must
 not make guessing the passphrase any cheaper than the published `.gpg` files already do: those cost one
 OpenPGP S2K per guess (iterated, salted SHA-256 over 65,011,712 bytes, `crypto.S2K_ARGS`). scrypt with
-N=2^15, r=8, p=1 costs more on every kind of hardware: about 3.5x the CPU time of that S2K here, and 32 MiB
+N=2^15, r=8, p=1 costs more on every kind of hardware: about 3x the CPU time of that S2K here, and 32 MiB
 of memory per guess where the S2K needs none, which is what makes GPU and ASIC guessing expensive (see
 `bench/keycheck_bench.py`). So the check is not the weak point.
 
