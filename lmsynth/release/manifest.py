@@ -241,7 +241,9 @@ class ChecksumManifest(StrictModel):
     format_version: int = FORMAT_VERSION
     version: str
     tool_version: str
-    source_fingerprint: str | None = Field(None, description="Fingerprint of the source data; never the key.")
+    source_fingerprint: str | None = Field(
+        None, description="Slow, salted key check (`lmsynth.keycheck`, scrypt); never the key."
+    )
     pipelines: dict[str, str] = Field(default_factory=dict, description="Shipped pipeline file → sha256.")
     subsets: dict[str, SubsetInfo]
     files: dict[str, FileEntry]

@@ -84,7 +84,9 @@ class LocalTarget:
             if head is not None and self._rev(f"{head}^{{tree}}") == new_tree:
                 commit, created = head, False
             else:
-                args = ["commit-tree", new_tree, "-m", message] + (["-p", head] if head else [])
+                # A release commit a killed publish left untagged is replaced, not built upon.
+                base = self._rev(f"{head}^") if head and self._is_unfinished(head, message) else head
+                args = ["commit-tree", new_tree, "-m", message] + (["-p", base] if base else [])
                 commit, created = self._git(*args).strip(), True
                 kill_point("publish.committed")
                 self._git("update-ref", f"refs/heads/{BRANCH}", commit, *([head] if head else []))
@@ -248,6 +250,11 @@ class LocalTarget:
             )
         self._git("init", "-q", "-b", BRANCH)
 
+    def _is_unfinished(self, commit: str, message: str) -> bool:
+        """Whether `commit` is this release's commit that a killed publish left without any tag."""
+        same = self._git("log", "-1", "--format=%B", commit).strip() == message.strip()
+        return same and not self._git("tag", "--points-at", commit).strip()
+
     def _tree_of(self, tree: Path) -> str:
         with scratch_dir("git-index") as tmp:
             env = {"GIT_INDEX_FILE": str(tmp / "index"), "GIT_WORK_TREE": str(tree.resolve())}
@@ -293,6 +300,7 @@ _STEPS = {
     "symbolic-ref": "point HEAD at the branch",
     "archive": "read the release",
     "show": "read a file of the release",
+    "log": "read the branch",
 }
 # Folders whose lock this process holds: resolved path → (fd, depth).
 _HELD: dict[str, tuple[int, int]] = {}
