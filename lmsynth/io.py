@@ -18,6 +18,7 @@ from typing import IO, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from lmsynth import scratch
 from lmsynth.config import dotted
 from lmsynth.errors import InputRecordError
 
@@ -50,6 +51,7 @@ def atomic_dir(path: Path | str) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    scratch.register_pending(tmp)  # a kill leaves it: the next command removes it
     os.chmod(tmp, 0o777 & ~_UMASK)
     try:
         yield tmp

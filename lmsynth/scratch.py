@@ -10,6 +10,8 @@ time is never touched.
 
 GnuPG homes need short paths (the agent's socket lives there), so they stay in the system temporary folder;
 each is listed in its process folder's `gnupg-homes`, and cleaning stops their agents and removes them too.
+Likewise the temporary siblings `io.atomic_dir` builds an output folder in (a prepared set, recovered
+records: gated text too) are listed in `pending`, so a killed command's half-built output goes as well.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ log = logging.getLogger(__name__)
 
 LOCK_FILE = ".lock"
 GNUPG_HOMES = "gnupg-homes"
+PENDING = "pending"
 # A folder without its lock file is a process between `mkdir` and `flock`, unless it is older than this.
 UNLOCKED_GRACE_S = 60.0
 
@@ -72,6 +75,12 @@ def register_gnupg_home(home: Path) -> None:
     """Note a GnuPG home of this process, so that cleaning after a kill stops its agent and removes it."""
     with open(process_dir() / GNUPG_HOMES, "a", encoding="utf-8") as f:
         f.write(f"{home}\n")
+
+
+def register_pending(path: Path) -> None:
+    """Note a temporary output folder of this process, removed by the cleaning if the process is killed."""
+    with open(process_dir() / PENDING, "a", encoding="utf-8") as f:
+        f.write(f"{path}\n")
 
 
 def remove_gnupg_home(home: Path | str) -> None:
@@ -142,4 +151,9 @@ def _remove(entry: Path) -> None:
         for line in homes.read_text(encoding="utf-8").splitlines():
             if line.strip():
                 remove_gnupg_home(line.strip())
+    pending = entry / PENDING
+    if pending.is_file():  # renamed into place on success: only a killed command's are still there
+        for line in pending.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                shutil.rmtree(line.strip(), ignore_errors=True)
     shutil.rmtree(entry, ignore_errors=True)

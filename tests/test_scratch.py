@@ -68,3 +68,23 @@ def test_normal_exit_removes_the_process_folder() -> None:
         timeout=60,
     )
     assert proc.returncode == 0 and not Path(proc.stdout.strip()).exists()
+
+
+def test_a_killed_prepare_leaves_no_half_built_output_after_the_next_command(tmp_path: Path) -> None:
+    env = {**os.environ, "LMSYNTH_CACHE": str(constants.CACHE_DIR)}
+    cmd = [sys.executable, "-m", "lmsynth"]
+    killed = subprocess.run(
+        [*cmd, "prepare", "--out", "prepared"],
+        cwd=tmp_path,
+        env={**env, "LMSYNTH_KILL_AT": "prepare.writing@3"},
+        capture_output=True,
+        timeout=120,
+    )
+    assert killed.returncode == -signal.SIGKILL
+    (half,) = tmp_path.glob(".prepared.*.tmp")  # source text (gated) in a half-built output
+    assert (half / "instructions.jsonl").is_file() and not (tmp_path / "prepared").exists()
+    assert subprocess.run([*cmd, "version"], cwd=tmp_path, env=env, timeout=60).returncode == 0
+    assert list(tmp_path.iterdir()) == [] and list(scratch.root().iterdir()) == []
+    done = subprocess.run([*cmd, "prepare", "--out", "prepared"], cwd=tmp_path, env=env, timeout=120)
+    assert done.returncode == 0 and (tmp_path / "prepared" / "_COMPLETE").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["prepared"]
