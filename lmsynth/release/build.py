@@ -280,7 +280,7 @@ def plan_release(
                 # +unsafe holds every default line too: index the strings once, from the larger set.
                 indexed = index if which == "unsafe" or "unsafe" not in out.gated else None
                 entry, was_reused = _encrypt_or_reuse(
-                    _indexing(lines(), indexed),
+                    lambda lines=lines, indexed=indexed: _indexing(lines(), indexed),
                     tree / rel,
                     rel=rel,
                     records=n,
@@ -436,7 +436,7 @@ def _key_check(prev: ChecksumManifest | None, passphrase: SecretStr | None, key_
 
 
 def _encrypt_or_reuse(
-    lines: Iterator[str],
+    lines: Callable[[], Iterator[str]],
     dst: Path,
     *,
     rel: str,
@@ -447,28 +447,34 @@ def _encrypt_or_reuse(
 ) -> tuple[FileEntry, bool]:
     """Stream the gzipped `lines` into gpg (no plaintext file); reuse the published ciphertext if unchanged.
 
-    `prev` is the published MANIFEST.json when it was encrypted with this same key, else None.
+    `prev` is the published MANIFEST.json when it was encrypted with this same key, else None. When it lists
+    this file, the plaintext digest is computed first (no encryption) so an unchanged file costs no gpg run.
     """
     from lmsynth.crypto import encrypt_stream
     from lmsynth.release.shards import gz_chunks
 
+    old = prev.files.get(rel) if prev is not None else None
+    if old is not None and previous is not None:
+        plain = hashlib.sha256()
+        for chunk in gz_chunks(lines()):
+            plain.update(chunk)
+        if plain.hexdigest() == old.plaintext_sha256:
+            data = previous(rel)
+            if data is not None and hashlib.sha256(data).hexdigest() == old.sha256:
+                with atomic_path(dst) as tmp:
+                    tmp.write_bytes(data)
+                return old, True
     plain = hashlib.sha256()
 
     def chunks() -> Iterator[bytes]:
-        for chunk in gz_chunks(lines):
+        for chunk in gz_chunks(lines()):
             plain.update(chunk)
             yield chunk
 
     encrypt_stream(chunks(), dst, passphrase=passphrase)
-    digest = plain.hexdigest()
-    old = prev.files.get(rel) if prev is not None else None
-    if old is not None and old.plaintext_sha256 == digest and previous is not None:
-        data = previous(rel)
-        if data is not None and hashlib.sha256(data).hexdigest() == old.sha256:
-            with atomic_path(dst) as tmp:
-                tmp.write_bytes(data)
-            return old, True
-    entry = FileEntry(sha256=sha256_file(dst), size=dst.stat().st_size, plaintext_sha256=digest, records=records)
+    entry = FileEntry(
+        sha256=sha256_file(dst), size=dst.stat().st_size, plaintext_sha256=plain.hexdigest(), records=records
+    )
     return entry, False
 
 
