@@ -26,15 +26,18 @@ from pydantic import Field, SecretStr
 
 from lmsynth import __version__, constants
 from lmsynth.config import StrictModel
-from lmsynth.errors import ConfigError, InputRecordError, ManifestError, PassphraseError
+from lmsynth.errors import ConfigError, ManifestError, MissingRunsError, PassphraseError
 from lmsynth.io import atomic_path, sha256_file
 from lmsynth.release import layout
+from lmsynth.release.inputs import RunInput, exists, resolve_input
 from lmsynth.release.manifest import (
     ChecksumManifest,
     FileEntry,
     ReleaseManifest,
     SubsetCounts,
     SubsetInfo,
+    SubsetInputs,
+    SubsetSpec,
     load_manifest,
 )
 
@@ -88,6 +91,7 @@ def build_release(
     force: bool = False,
     passphrase: SecretStr | None = None,
     records_overrides: Mapping[str, Path | str] | None = None,
+    runs_root: str | Path | None = None,
     shard_bytes: int | None = None,
 ) -> ReleaseResult:
     """Build release `version` from its manifest and publish it to a target.
@@ -100,7 +104,8 @@ def build_release(
         dry_run: Build and check everything, publish nothing.
         force: Move the tag when it already points at different content.
         passphrase: Encrypts the gated files.
-        records_overrides: `{config: path}` replacing a subset's `records:`.
+        records_overrides: `{config: path or URL}` replacing a subset's `records:`.
+        runs_root: Folder or URL (`hf://datasets/ORG/NAME@REV`) relative manifest paths resolve against.
         shard_bytes: Rotate Parquet shards at this size (default: `shards.SHARD_BYTES`).
 
     Returns:
@@ -109,6 +114,8 @@ def build_release(
     Raises:
         ManifestError / ConfigError: the manifest is invalid or names another version.
         InputRecordError: a record is malformed (file, line and field named).
+        MissingRunsError: run folders are missing (names the subsets and the commands that make them).
+        SourceError: a runs URL cannot be read (missing repo, revision or path, or no access).
         PassphraseError: no passphrase, or the previous release's files cannot be reused with it.
         LeakError: a public file contains gated text.
         TagConflictError: the tag exists with different content and `force` is off.
@@ -142,6 +149,7 @@ def build_release(
             tree=staging,
             passphrase=passphrase,
             records_overrides=records_overrides,
+            runs_root=runs_root,
             previous=previous,
             link_base=link_base,
             load_path=load_path,
@@ -185,6 +193,7 @@ def plan_release(
     tree: Path,
     passphrase: SecretStr | None,
     records_overrides: Mapping[str, Path | str] | None = None,
+    runs_root: str | Path | None = None,
     previous: FetchPrevious | None = None,
     link_base: str = "",
     load_path: str = ".",
@@ -198,7 +207,9 @@ def plan_release(
         manifest: The validated release manifest.
         tree: An empty staging folder (never the target).
         passphrase: Encrypts the gated files; required when any subset encrypts.
-        records_overrides: `{config: path}` replacing a subset's `records:`.
+        records_overrides: `{config: path or URL}` replacing a subset's `records:` (relative: to the current folder).
+        runs_root: What relative `records:`/`prepared:` paths of the manifest resolve against: a folder or an
+            fsspec URL such as `hf://datasets/ORG/NAME@REV` (default: the current folder).
         previous: Reads a file of the release already published under this version, so unchanged gated
             plaintext reuses its ciphertext.
         link_base: Prefix of file links in the cards.
@@ -214,23 +225,16 @@ def plan_release(
     from lmsynth.release.leak_guard import GatedIndex, scan_tree
 
     # 1. Check everything that can be checked before any work.
-    overrides = {k: Path(v) for k, v in (records_overrides or {}).items()}
     known = {s.config for s in manifest.subsets}
-    for config in overrides:
+    for config in records_overrides or {}:
         if config not in known:
             raise ManifestError("--records", config, None, f"no such subset; known: {', '.join(sorted(known))}")
     if passphrase is None and any(s.encrypt for s in manifest.subsets):
         raise PassphraseError(
             f"no passphrase: pass --passphrase-file, set ${constants.PASSPHRASE_ENV}, or give --source to derive it"
         )
-    records = {s.config: overrides.get(s.config, s.records) for s in manifest.subsets}
+    records, prepared = _resolve_inputs(manifest, records_overrides or {}, runs_root)
     for s in manifest.subsets:
-        if not records[s.config].exists():
-            raise InputRecordError(
-                records[s.config], None, None, f"records of subset `{s.config}`: no such file or folder"
-            )
-        if s.prepared is not None and not s.prepared.is_dir():
-            raise ManifestError("manifest", s.config, "prepared", f"{s.prepared}: no such folder")
         for p in s.pipelines:
             if not _project_file(p).exists():
                 raise ManifestError("manifest", s.config, "pipelines", f"{p}: no such file or folder")
@@ -273,8 +277,8 @@ def plan_release(
                     shutil.move(plain, keep_gated / rel.removesuffix(".gpg"))
                 else:
                     plain.unlink()
-            if spec.prepared is not None:
-                _index_prepared(index, spec.prepared)
+            if prepared[spec.config] is not None:
+                _index_prepared(index, prepared[spec.config])
             built.append(
                 cards.SubsetCardData(
                     spec=spec,
@@ -293,6 +297,10 @@ def plan_release(
                 counts=out.counts,
                 shards=out.shards,
                 gated=gated_paths,
+                inputs=SubsetInputs(
+                    records=records[spec.config].ref,
+                    prepared=prepared[spec.config].ref if prepared[spec.config] is not None else None,
+                ),
             )
         # 3. Pipeline definitions, cards.
         pipeline_hashes = _copy_pipelines(manifest, tree)
@@ -420,15 +428,49 @@ def _index_gated(index: object, plain: Path) -> None:
                 index.add(msg["content"])
 
 
-def _index_prepared(index: object, prepared: Path) -> None:
-    from lmsynth.io import read_jsonl
+def _index_prepared(index: object, prepared: RunInput) -> None:
+    from lmsynth.io import parse_line
     from lmsynth.records import PREPARED_INSTRUCTIONS, PREPARED_UNSAFE, InstructionRecord
 
     for name in (PREPARED_INSTRUCTIONS, PREPARED_UNSAFE):
-        path = prepared / name
+        path = prepared.child(name)
         if path.is_file():
-            for rec in read_jsonl(path, InstructionRecord):
-                index.add(rec.instruction)
+            with path.open() as f:
+                for lineno, line in enumerate(f, start=1):
+                    if line.strip():
+                        index.add(parse_line(line, InstructionRecord, path=path, lineno=lineno).instruction)
+
+
+def _resolve_inputs(
+    manifest: ReleaseManifest, overrides: Mapping[str, Path | str], runs_root: str | Path | None
+) -> tuple[dict[str, RunInput], dict[str, RunInput | None]]:
+    """Every subset's records and prepared folder, resolved (Hub URLs pinned to a commit); all missing ones named."""
+    records: dict[str, RunInput] = {}
+    prepared: dict[str, RunInput | None] = {}
+    missing: list[SubsetSpec] = []
+    for s in manifest.subsets:
+        if s.config in overrides:
+            records[s.config] = resolve_input(overrides[s.config])
+        else:
+            records[s.config] = resolve_input(s.records, root=runs_root)
+        if not exists(records[s.config]):
+            missing.append(s)
+        prepared[s.config] = resolve_input(s.prepared, root=runs_root) if s.prepared is not None else None
+    if missing:
+        raise MissingRunsError(
+            [(s.config, str(records[s.config])) for s in missing], commands=[_run_command(s) for s in missing]
+        )
+    for s in manifest.subsets:
+        p = prepared[s.config]
+        if p is not None and not p.is_dir():
+            raise ManifestError("manifest", s.config, "prepared", f"{p}: no such folder")
+    return records, prepared
+
+
+def _run_command(spec: SubsetSpec) -> str:
+    """The command that makes a subset's run folder (its shipped pipeline file)."""
+    pipeline = next((str(p) for p in spec.pipelines if str(p).endswith((".yaml", ".yml"))), "pipelines/PIPELINE.yaml")
+    return f"lmsynth run {pipeline} --input {spec.prepared or 'runs/prepared'} --out {spec.records}"
 
 
 def _copy_pipelines(manifest: ReleaseManifest, tree: Path) -> dict[str, str]:

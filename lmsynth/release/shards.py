@@ -26,6 +26,7 @@ from lmsynth.errors import InputRecordError
 from lmsynth.io import parse_line
 from lmsynth.records import RUN_RECORDS_DIR, RUN_UNSAFE_DIR, GatedInstruction, SynthRecord
 from lmsynth.release import layout
+from lmsynth.release.inputs import RunInput, as_input
 from lmsynth.release.manifest import SubsetCounts, SubsetSpec
 
 
@@ -89,14 +90,15 @@ def arrow_schema(spec: SubsetSpec):  # noqa: ANN201 — pyarrow is imported lazi
     return pa.schema([(name, types[name]) for name in public_columns(spec)])
 
 
-def input_files(path: Path, subdir: str = RUN_RECORDS_DIR) -> list[Path]:
+def input_files(path: RunInput | Path, subdir: str = RUN_RECORDS_DIR) -> list[RunInput]:
     """The JSONL files of a run folder's `subdir`, a folder of shards, or a single file (name order)."""
-    if (path / subdir).is_dir():
-        path = path / subdir
+    path = as_input(path)
+    if (sub := path.child(subdir)).is_dir():
+        path = sub
     elif subdir == RUN_UNSAFE_DIR:
         return []
     if path.is_dir():
-        return sorted(p for p in path.glob("*.jsonl*") if p.is_file())
+        return path.files("*.jsonl*")
     if not path.is_file():
         raise InputRecordError(path, None, None, "no such file or folder")
     return [path]
@@ -105,7 +107,7 @@ def input_files(path: Path, subdir: str = RUN_RECORDS_DIR) -> list[Path]:
 def write_subset(
     spec: SubsetSpec,
     *,
-    records: Path,
+    records: RunInput | Path,
     tree: Path,
     work: Path,
     shard_bytes: int = SHARD_BYTES,
@@ -123,6 +125,7 @@ def write_subset(
 
     from lmsynth.progress import track
 
+    records = as_input(records)
     schema = arrow_schema(spec)
     parse = pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
     out_dir = tree / layout.DATA_DIR / spec.config
@@ -249,7 +252,9 @@ def _id_digest(conversation_id: str) -> int:
     return int.from_bytes(hashlib.blake2b(conversation_id.encode(), digest_size=8).digest(), "little")
 
 
-def _first_occurrence(records: Path, conversation_id: str, *, before: tuple[Path, int]) -> tuple[Path, int] | None:
+def _first_occurrence(
+    records: RunInput, conversation_id: str, *, before: tuple[RunInput, int]
+) -> tuple[RunInput, int] | None:
     """Where `conversation_id` first appears before `before` (None: the digest collided, not the id)."""
     needle = json.dumps(conversation_id)
     for path in input_files(records):
@@ -262,10 +267,9 @@ def _first_occurrence(records: Path, conversation_id: str, *, before: tuple[Path
     return None
 
 
-def _numbered(path: Path) -> Iterator[tuple[int, bytes]]:
-    opener = gzip.open if path.suffix == ".gz" else open
+def _numbered(path: RunInput) -> Iterator[tuple[int, bytes]]:
     try:
-        with opener(path, "rb") as f:
+        with path.open() as f:
             for lineno, line in enumerate(f, start=1):
                 if line.strip():
                     yield lineno, line
@@ -273,7 +277,7 @@ def _numbered(path: Path) -> Iterator[tuple[int, bytes]]:
         raise InputRecordError(path, None, None, f"cannot read: {e.strerror or e}") from e
 
 
-def _iter_lines(records: Path) -> Iterator[tuple[Path, int, bytes, SynthRecord]]:
+def _iter_lines(records: RunInput) -> Iterator[tuple[RunInput, int, bytes, SynthRecord]]:
     for path in input_files(records):
         for lineno, line in _numbered(path):
             try:
@@ -283,7 +287,7 @@ def _iter_lines(records: Path) -> Iterator[tuple[Path, int, bytes, SynthRecord]]
             yield path, lineno, line, parse_line(text.rstrip("\r\n"), SynthRecord, path=path, lineno=lineno)
 
 
-def _check_fields(spec: SubsetSpec, rec: SynthRecord, path: Path, lineno: int) -> None:
+def _check_fields(spec: SubsetSpec, rec: SynthRecord, path: RunInput, lineno: int) -> None:
     if spec.responses_per_instruction.en == 0 and rec.synthesized_assistant_responses_en:
         raise InputRecordError(
             path, lineno, "synthesized_assistant_responses_en", f"subset `{spec.config}` publishes no EN responses"
