@@ -287,6 +287,7 @@ def plan_release(
                     figures=fig_paths,
                     gated_paths=list(gated_paths.values()),
                     shard_bytes=sum((tree / p).stat().st_size for p in out.shards),
+                    arrow_bytes=out.arrow_bytes,
                 )
             )
             infos[spec.config] = SubsetInfo(
@@ -364,7 +365,9 @@ def _links(uri: str, version: str) -> tuple[str, str, str | None]:
     if uri.startswith("ms://"):
         repo = uri.removeprefix("ms://")
         return f"https://www.modelscope.cn/datasets/{repo}/resolve/{version}/", repo, version
-    return "", uri.removeprefix("file://"), None
+    folder = uri.removeprefix("file://")
+    # A card never names a local absolute path: the folder's name is what a reader who cloned it has.
+    return "", Path(folder).name if Path(folder).is_absolute() else folder, None
 
 
 def _project_file(path: Path) -> Path:

@@ -43,9 +43,10 @@ class CardConfig(StrictModel):
 
 
 class SplitInfo(StrictModel):
-    """One split of a `dataset_info` entry."""
+    """One split of a `dataset_info` entry (all three fields, or `datasets` warns and ignores the entry)."""
 
     name: str
+    num_bytes: int = Field(description="Size of the split as Arrow in memory, as `datasets` records it.")
     num_examples: int
 
 
@@ -58,8 +59,10 @@ class ConfigInfo(StrictModel):
     """
 
     config_name: str
+    features: list[dict] = Field(description="`datasets.Features` of the shards' Arrow schema, in YAML form.")
     splits: list[SplitInfo]
     download_size: int
+    dataset_size: int
 
 
 class CardMetadata(StrictModel):
@@ -109,6 +112,7 @@ class SubsetCardData:
     figures: list[str]
     gated_paths: list[str]
     shard_bytes: int = 0
+    arrow_bytes: int = 0
 
     @property
     def card(self) -> str:
@@ -154,12 +158,23 @@ def card_metadata(
         dataset_info=[
             ConfigInfo(
                 config_name=s.spec.config,
-                splits=[SplitInfo(name=layout.SPLIT, num_examples=s.counts.records)],
+                features=features_yaml(s.spec),
+                splits=[SplitInfo(name=layout.SPLIT, num_bytes=s.arrow_bytes, num_examples=s.counts.records)],
                 download_size=s.shard_bytes,
+                dataset_size=s.arrow_bytes,
             )
             for s in subsets
         ],
     )
+
+
+def features_yaml(spec: SubsetSpec) -> list[dict]:
+    """The `features:` of a subset's `dataset_info`, exactly what `datasets` reads from its Parquet schema."""
+    from datasets import Features
+
+    from lmsynth.release.shards import arrow_schema
+
+    return Features.from_arrow_schema(arrow_schema(spec))._to_yaml_list()
 
 
 def render_cards(

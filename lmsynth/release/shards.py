@@ -49,6 +49,7 @@ class SubsetOutput:
     score_hist: list[int]
     failed_scores: int
     length_hist: list[int]
+    arrow_bytes: int = 0  # the shards' size as Arrow in memory (`num_bytes` of the card's split info)
     gated: dict[str, tuple[Path, int]] = field(default_factory=dict)  # set → (plaintext path, lines)
 
 
@@ -134,6 +135,7 @@ def write_subset(
     score_hist = np.zeros(SCORE_BINS, dtype=np.int64)
     length_hist = np.zeros(LENGTH_BINS, dtype=np.int64)
     failed = 0
+    arrow_bytes = 0
     default_sorter = _ExternalSort(work / f"{spec.config}.default")
     seen: set[int] = set()  # 8-byte digests of the ids: duplicates are confirmed by a rescan
     parts: list[Path] = []
@@ -144,7 +146,7 @@ def write_subset(
     multiturn: list[list[list[dict]] | None] = []
 
     def flush() -> None:
-        nonlocal writer, sink, failed, batch_bytes
+        nonlocal writer, sink, failed, batch_bytes, arrow_bytes
         batch_bytes = 0
         if not batch:
             return
@@ -163,6 +165,7 @@ def write_subset(
             sink = open(parts[-1], "wb")
             writer = pq.ParquetWriter(sink, schema, compression="zstd", write_statistics=False)
         writer.write_table(table, row_group_size=len(batch))
+        arrow_bytes += table.nbytes
         failed += _accumulate(table, score_hist, length_hist)
         batch.clear()
         multiturn.clear()
@@ -241,6 +244,7 @@ def write_subset(
         score_hist=score_hist.tolist(),
         failed_scores=failed,
         length_hist=length_hist.tolist(),
+        arrow_bytes=arrow_bytes,
         gated=gated,
     )
 
