@@ -3,7 +3,8 @@
 Three levels, each stronger than the last: every file of the tagged tree matches MANIFEST.json (sha256,
 size, no unlisted file); `datasets.load_dataset(path, config)` loads every config with the recorded row
 count (by repo id at the tag on the HF Hub; on ModelScope, which is not a `datasets` hub, the SDK's download
-of the tag, which is what its users get); and, with the key, every gated file decrypts to the recorded plaintext digest and line count.
+of the tag, which is what its users get); and, with the key, every gated file decrypts to the recorded
+plaintext digest and line count.
 """
 
 from __future__ import annotations
