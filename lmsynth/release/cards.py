@@ -169,12 +169,25 @@ def card_metadata(
 
 
 def features_yaml(spec: SubsetSpec) -> list[dict]:
-    """The `features:` of a subset's `dataset_info`, exactly what `datasets` reads from its Parquet schema."""
-    from datasets import Features
+    """The `features:` of a subset's `dataset_info`: what `datasets.Features` writes for the shards' schema.
 
+    Written here rather than through `datasets` (a test checks they agree), which a release does not import.
+    """
     from lmsynth.release.shards import arrow_schema
 
-    return Features.from_arrow_schema(arrow_schema(spec))._to_yaml_list()
+    return [{"name": f.name, **_feature_yaml(f.type)} for f in arrow_schema(spec)]
+
+
+def _feature_yaml(t) -> dict:  # noqa: ANN001 — a pyarrow DataType
+    import pyarrow as pa
+
+    if pa.types.is_struct(t):
+        return {"struct": [{"name": f.name, **_feature_yaml(f.type)} for f in t]}
+    if pa.types.is_list(t):
+        inner = _feature_yaml(t.value_type)
+        return {"list": inner["struct"] if "struct" in inner else inner}
+    names = {pa.string(): "string", pa.bool_(): "bool", pa.int64(): "int64", pa.float64(): "float64"}
+    return {"dtype": names[t]}
 
 
 def render_cards(

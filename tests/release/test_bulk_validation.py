@@ -1,4 +1,7 @@
-"""Records are validated per batch with Arrow; what Arrow alone would accept is still refused with file, line, field."""
+"""Records are validated per batch with Arrow; what Arrow alone would accept is still refused with file, line, field.
+
+Also: the cards' `features:` equal what `datasets` writes for the same schema.
+"""
 
 from __future__ import annotations
 
@@ -82,3 +85,13 @@ def test_bulk_and_line_by_line_give_the_same_output(tmp_path: Path, monkeypatch:
     # Gated lines are exactly what the GatedInstruction model writes.
     rec = GatedInstruction.model_validate_json(fast_lines[0])
     assert rec.model_dump_json() == fast_lines[0]
+
+
+@pytest.mark.parametrize("config", ["llama-3.1", "gemma-2", "gemma-3"])
+def test_card_features_are_what_datasets_writes(config: str) -> None:
+    from datasets import Features
+
+    from lmsynth.release.cards import features_yaml
+
+    spec = _spec(config)
+    assert features_yaml(spec) == Features.from_arrow_schema(shards.arrow_schema(spec))._to_yaml_list()
