@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -23,13 +25,14 @@ RUNS_URL = f"hf://datasets/{RUNS_REPO}"
 
 
 def stage_runs(project: Project) -> str:
-    """Upload the project's `runs/` into a private dataset repo, as `hf upload` does; return the commit sha."""
-    api = HfApi()
-    api.create_repo(RUNS_REPO, repo_type="dataset", private=True)
-    info = api.upload_folder(
-        repo_id=RUNS_REPO, repo_type="dataset", folder_path=project.root / "runs", path_in_repo="runs"
-    )
-    return info.oid
+    """Stage the project's `runs/` in a private dataset repo with the README's `hf upload`; return the commit sha."""
+    hf = Path(sys.executable).parent / "hf"
+    cmd = [str(hf), "upload", RUNS_REPO, "runs", "runs", "--repo-type", "dataset", "--private"]
+    res = subprocess.run(cmd, cwd=project.root, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    info = HfApi().dataset_info(RUNS_REPO)
+    assert info.private
+    return info.sha
 
 
 def _dry_run(project: Project, out: Path, **kw: object):  # noqa: ANN202
