@@ -27,16 +27,25 @@ from pydantic import Field, SecretStr
 
 from lmsynth import __version__, constants, keycheck
 from lmsynth.config import StrictModel
-from lmsynth.errors import ConfigError, InputRecordError, ManifestError, PassphraseError, TagConflictError
+from lmsynth.errors import (
+    ConfigError,
+    InputRecordError,
+    ManifestError,
+    MissingRunsError,
+    PassphraseError,
+    TagConflictError,
+)
 from lmsynth.faults import kill_point
 from lmsynth.io import atomic_path, sha256_file
 from lmsynth.release import layout
+from lmsynth.release.inputs import RunInput, exists, resolve_input
 from lmsynth.release.manifest import (
     ChecksumManifest,
     FileEntry,
     ReleaseManifest,
     SubsetCounts,
     SubsetInfo,
+    SubsetInputs,
     SubsetSpec,
     load_manifest,
 )
@@ -96,6 +105,7 @@ def build_release(
     force: bool = False,
     passphrase: SecretStr | None = None,
     records_overrides: Mapping[str, Path | str] | None = None,
+    runs_root: str | Path | None = None,
     shard_bytes: int | None = None,
 ) -> ReleaseResult:
     """Build release `version` from its manifest and publish it to a target.
@@ -108,7 +118,8 @@ def build_release(
         dry_run: Build and check everything, publish nothing.
         force: Move the tag when it already points at different content.
         passphrase: Encrypts the gated files.
-        records_overrides: `{config: path}` replacing a subset's `records:`.
+        records_overrides: `{config: path or URL}` replacing a subset's `records:`.
+        runs_root: Folder or URL (`hf://datasets/ORG/NAME@REV`) relative manifest paths resolve against.
         shard_bytes: Rotate Parquet shards at this size (default: `shards.SHARD_BYTES`).
 
     Returns:
@@ -117,6 +128,8 @@ def build_release(
     Raises:
         ManifestError / ConfigError: the manifest is invalid or names another version.
         InputRecordError: a record is malformed (file, line and field named).
+        MissingRunsError: run folders are missing (names the subsets and the commands that make them).
+        SourceError: a runs URL cannot be read (missing repo, revision or path, or no access).
         PassphraseError: no passphrase, or the previous release's files cannot be reused with it.
         LeakError: a public file contains gated text.
         TagConflictError: the tag exists with different content and `force` is off.
@@ -165,6 +178,7 @@ def build_release(
             tree=staging,
             passphrase=passphrase,
             records_overrides=records_overrides,
+            runs_root=runs_root,
             previous=previous,
             link_base=link_base,
             load_path=load_path,
@@ -205,6 +219,7 @@ def plan_release(
     tree: Path,
     passphrase: SecretStr | None,
     records_overrides: Mapping[str, Path | str] | None = None,
+    runs_root: str | Path | None = None,
     previous: FetchPrevious | None = None,
     link_base: str = "",
     load_path: str = ".",
@@ -218,7 +233,9 @@ def plan_release(
         manifest: The validated release manifest.
         tree: An empty staging folder (never the target).
         passphrase: Encrypts the gated files; required when any subset encrypts.
-        records_overrides: `{config: path}` replacing a subset's `records:`.
+        records_overrides: `{config: path or URL}` replacing a subset's `records:` (relative: to the current folder).
+        runs_root: What relative `records:`/`prepared:` paths of the manifest resolve against: a folder or an
+            fsspec URL such as `hf://datasets/ORG/NAME@REV` (default: the current folder).
         previous: Reads a file of the release already published under this version, so unchanged gated
             plaintext reuses its ciphertext.
         link_base: Prefix of file links in the cards.
@@ -234,18 +251,17 @@ def plan_release(
     from lmsynth.release.leak_guard import GatedIndex, scan_tree
 
     # 1. Check everything that can be checked before any work.
-    overrides = {k: Path(v) for k, v in (records_overrides or {}).items()}
     known = {s.config for s in manifest.subsets}
-    for config in overrides:
+    for config in records_overrides or {}:
         if config not in known:
             raise ManifestError("--records", config, None, f"no such subset; known: {', '.join(sorted(known))}")
     if passphrase is None and any(s.encrypt for s in manifest.subsets):
         raise PassphraseError(
             f"no passphrase: pass --passphrase-file, set ${constants.PASSPHRASE_ENV}, or give --source to derive it"
         )
-    records = {s.config: overrides.get(s.config, s.records) for s in manifest.subsets}
+    records, prepared = _resolve_inputs(manifest, records_overrides or {}, runs_root)
     for s in manifest.subsets:
-        _check_finished_inputs(s, records[s.config])
+        _check_finished_inputs(s, records[s.config], prepared[s.config])
         for p in s.pipelines:
             if not _project_file(p).exists():
                 raise ManifestError("manifest", s.config, "pipelines", f"{p}: no such file or folder")
@@ -296,8 +312,8 @@ def plan_release(
                         for chunk in shards.gz_chunks(lines()):
                             f.write(chunk)
                 kill_point("release.encrypted")
-            if spec.prepared is not None:
-                _index_prepared(index, spec.prepared)
+            if prepared[spec.config] is not None:
+                _index_prepared(index, prepared[spec.config])
             built.append(
                 cards.SubsetCardData(
                     spec=spec,
@@ -306,6 +322,7 @@ def plan_release(
                     figures=fig_paths,
                     gated_paths=list(gated_paths.values()),
                     shard_bytes=sum((tree / p).stat().st_size for p in out.shards),
+                    arrow_bytes=out.arrow_bytes,
                 )
             )
             infos[spec.config] = SubsetInfo(
@@ -316,6 +333,10 @@ def plan_release(
                 counts=out.counts,
                 shards=out.shards,
                 gated=gated_paths,
+                inputs=SubsetInputs(
+                    records=records[spec.config].ref,
+                    prepared=prepared[spec.config].ref if prepared[spec.config] is not None else None,
+                ),
             )
         # 3. Pipeline definitions, cards.
         pipeline_hashes = _copy_pipelines(manifest, tree)
@@ -355,17 +376,15 @@ def plan_release(
 # Private helpers
 
 
-def _check_finished_inputs(spec: SubsetSpec, records: Path) -> None:
+def _check_finished_inputs(spec: SubsetSpec, records: RunInput, prepared: RunInput | None) -> None:
     """Refuse what a killed or running command leaves: a run folder without run.json, a prepared one without _COMPLETE.
 
     Releasing such a folder would publish a part of the data as if it were the whole.
     """
-    from lmsynth.prepare import PREPARED_MARKER, is_prepared
+    from lmsynth.prepare import PREPARED_MARKER
     from lmsynth.records import RUN_INFO_FILE
 
-    if not records.exists():
-        raise InputRecordError(records, None, None, f"records of subset `{spec.config}`: no such file or folder")
-    if records.is_dir() and not (records / RUN_INFO_FILE).is_file():
+    if records.is_dir() and not records.child(RUN_INFO_FILE).is_file():
         raise InputRecordError(
             records,
             None,
@@ -374,17 +393,14 @@ def _check_finished_inputs(spec: SubsetSpec, records: Path) -> None:
             f"killed, is still running, or the folder is a partial copy); rerun `lmsynth run PIPELINE --input "
             f"PREPARED --out {records}` to finish it",
         )
-    if spec.prepared is not None:
-        if not spec.prepared.is_dir():
-            raise ManifestError("manifest", spec.config, "prepared", f"{spec.prepared}: no such folder")
-        if not is_prepared(spec.prepared):
-            raise ManifestError(
-                "manifest",
-                spec.config,
-                "prepared",
-                f"{spec.prepared}: not a finished prepare output (no {PREPARED_MARKER}); rerun "
-                f"`lmsynth prepare --source SRC --out {spec.prepared}` to finish it",
-            )
+    if prepared is not None and not prepared.child(PREPARED_MARKER).is_file():
+        raise ManifestError(
+            "manifest",
+            spec.config,
+            "prepared",
+            f"{prepared}: not a finished prepare output (no {PREPARED_MARKER}); rerun "
+            f"`lmsynth prepare --source SRC --out {prepared}` to finish it",
+        )
 
 
 def _publish_gated_repo(manifest: ReleaseManifest, plain_tree: Path, *, version: str) -> None:
@@ -404,7 +420,9 @@ def _links(uri: str, version: str) -> tuple[str, str, str | None]:
     if uri.startswith("ms://"):
         repo = uri.removeprefix("ms://")
         return f"https://www.modelscope.cn/datasets/{repo}/resolve/{version}/", repo, version
-    return "", uri.removeprefix("file://"), None
+    folder = uri.removeprefix("file://")
+    # A card never names a local absolute path: the folder's name is what a reader who cloned it has.
+    return "", Path(folder).name if Path(folder).is_absolute() else folder, None
 
 
 def _project_file(path: Path) -> Path:
@@ -487,15 +505,49 @@ def _indexing(lines: Iterator[str], index: GatedIndex | None) -> Iterator[str]:
         yield line
 
 
-def _index_prepared(index: object, prepared: Path) -> None:
-    from lmsynth.io import read_jsonl
+def _index_prepared(index: object, prepared: RunInput) -> None:
+    from lmsynth.io import parse_line
     from lmsynth.records import PREPARED_INSTRUCTIONS, PREPARED_UNSAFE, InstructionRecord
 
     for name in (PREPARED_INSTRUCTIONS, PREPARED_UNSAFE):
-        path = prepared / name
+        path = prepared.child(name)
         if path.is_file():
-            for rec in read_jsonl(path, InstructionRecord):
-                index.add(rec.instruction)
+            with path.open() as f:
+                for lineno, line in enumerate(f, start=1):
+                    if line.strip():
+                        index.add(parse_line(line, InstructionRecord, path=path, lineno=lineno).instruction)
+
+
+def _resolve_inputs(
+    manifest: ReleaseManifest, overrides: Mapping[str, Path | str], runs_root: str | Path | None
+) -> tuple[dict[str, RunInput], dict[str, RunInput | None]]:
+    """Every subset's records and prepared folder, resolved (Hub URLs pinned to a commit); all missing ones named."""
+    records: dict[str, RunInput] = {}
+    prepared: dict[str, RunInput | None] = {}
+    missing: list[SubsetSpec] = []
+    for s in manifest.subsets:
+        if s.config in overrides:
+            records[s.config] = resolve_input(overrides[s.config])
+        else:
+            records[s.config] = resolve_input(s.records, root=runs_root)
+        if not exists(records[s.config]):
+            missing.append(s)
+        prepared[s.config] = resolve_input(s.prepared, root=runs_root) if s.prepared is not None else None
+    if missing:
+        raise MissingRunsError(
+            [(s.config, str(records[s.config])) for s in missing], commands=[_run_command(s) for s in missing]
+        )
+    for s in manifest.subsets:
+        p = prepared[s.config]
+        if p is not None and not p.is_dir():
+            raise ManifestError("manifest", s.config, "prepared", f"{p}: no such folder")
+    return records, prepared
+
+
+def _run_command(spec: SubsetSpec) -> str:
+    """The command that makes a subset's run folder (its shipped pipeline file)."""
+    pipeline = next((str(p) for p in spec.pipelines if str(p).endswith((".yaml", ".yml"))), "pipelines/PIPELINE.yaml")
+    return f"lmsynth run {pipeline} --input {spec.prepared or 'runs/prepared'} --out {spec.records}"
 
 
 def _copy_pipelines(manifest: ReleaseManifest, tree: Path) -> dict[str, str]:

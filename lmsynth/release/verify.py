@@ -2,7 +2,9 @@
 
 Three levels, each stronger than the last: every file of the tagged tree matches MANIFEST.json (sha256,
 size, no unlisted file); `datasets.load_dataset(path, config)` loads every config with the recorded row
-count; and, with the key, every gated file decrypts to the recorded plaintext digest and line count.
+count (by repo id at the tag on the HF Hub; on ModelScope, which is not a `datasets` hub, the SDK's download
+of the tag, which is what its users get); and, with the key, every gated file decrypts to the recorded
+plaintext digest and line count.
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ def verify(version: str, *, target: str, passphrase: SecretStr | None = None) ->
         tree = tgt.download(version, work / "tree")
         manifest = check_files(tree)
         _check_working_folder(tgt, version)
-        rows = _check_loading(tgt, version, manifest)
+        rows = _check_loading(tgt, version, manifest, tree)
         gated = 0
         if passphrase is not None:
             gated = _check_gated(tree, manifest, passphrase, work=work)
@@ -125,10 +127,12 @@ def _check_working_folder(tgt: object, version: str) -> None:
         ) from None
 
 
-def _check_loading(tgt: object, version: str, manifest: ChecksumManifest) -> dict[str, int]:
+def _check_loading(tgt: object, version: str, manifest: ChecksumManifest, tree: Path) -> dict[str, int]:
+    """`load_dataset` of every config as users load it: by repo id at the tag, or the downloaded tree (ModelScope)."""
     import datasets
 
-    path, kwargs = tgt.load_dataset_args(version)
+    args = tgt.load_dataset_args(version)
+    path, kwargs = args if args is not None else (str(tree), {})
     rows: dict[str, int] = {}
     for config, info in sorted(manifest.subsets.items()):
         try:
