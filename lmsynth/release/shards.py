@@ -23,6 +23,7 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import get_args
 
 from lmsynth.errors import InputRecordError
 from lmsynth.io import parse_line
@@ -317,6 +318,10 @@ def full_schema():  # noqa: ANN201 — pyarrow is imported lazily
     return pa.schema([(name, types[name]) for name in SynthRecord.model_fields])
 
 
+# SynthRecord fields that cannot be null (they may be absent: then their default applies).
+_NOT_NULL = tuple(name for name, f in SynthRecord.model_fields.items() if type(None) not in get_args(f.annotation))
+
+
 def _read_bulk(batch: list[bytes], parse):  # noqa: ANN001, ANN202
     """The batch as one Arrow table with the full schema, or None when Arrow cannot read it as such."""
     import pyarrow as pa
@@ -346,8 +351,11 @@ def _bulk_valid(spec: SubsetSpec, table) -> bool:  # noqa: ANN001
         role, content = pc.struct_field(flat, "role"), pc.struct_field(flat, "content")
         return ok(pc.is_in(role, value_set=roles)) and content.null_count == 0 and flat.null_count == 0
 
+    # Arrow reads a missing key and an explicit null alike; only the line-by-line parse tells them apart.
+    if any(table.column(name).null_count for name in _NOT_NULL):
+        return False
     cid = table.column("conversation_id")
-    if cid.null_count or not ok(pc.greater_equal(pc.utf8_length(cid), 1)):
+    if not ok(pc.greater_equal(pc.utf8_length(cid), 1)):
         return False
     for name in ("translated_conversation", "synthesized_assistant_responses", "synthesized_assistant_responses_en"):
         if not messages_ok(pc.list_flatten(table.column(name))):
