@@ -1,18 +1,19 @@
-"""Child processes that die with their parent: a parent-death signal and a watchdog over the process tree.
+"""Child processes that die with their parent: a watchdog over the process tree.
 
 `lmsynth run` starts distilabel workers, a multiprocessing manager, vLLM servers and their EngineCore
 processes. When the main process is killed with SIGKILL nothing of it runs again, so cleanup must live in
 another process: `reap_on_death()` starts a small watchdog (`python -m lmsynth.procs`, in its own session so
 a Ctrl-C or a `killpg` of the run does not reach it) that snapshots the main process's descendants twice a
-second and, when the main process is gone (its stdin pipe closes without the word `stop`), sends SIGTERM to
-every process of the last snapshot that is still the same process (pid and start time), then SIGKILL to what
-is left after a grace period. Linux only (it reads /proc); elsewhere it does nothing.
+second and, when the main process is gone without having written `stop` to the watchdog's stdin, sends
+SIGTERM to every process of the last snapshot that is still the same process (pid and start time), then
+SIGKILL to what is left after a grace period. A parent-death signal (prctl PR_SET_PDEATHSIG) would not do:
+it must be set inside each child, and distilabel's pool, the multiprocessing manager and vLLM's EngineCore
+are children lmsynth does not start itself. Linux only (it reads /proc); elsewhere it does nothing.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import signal
 import subprocess
@@ -23,31 +24,21 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
-PR_SET_PDEATHSIG = 1
 SNAPSHOT_INTERVAL_S = 0.5
 GRACE_S = 10.0
 STOP_WORD = b"stop\n"
 _PROC = Path("/proc")
 
 
-def set_parent_death_signal(sig: int = signal.SIGTERM) -> bool:
-    """Ask Linux to send `sig` to this process when the thread that started it exits; False where unsupported."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
-    except (OSError, AttributeError):
-        return False
-
-
 def process_identity(pid: int) -> tuple[int, int] | None:
-    """`(parent pid, start time in clock ticks)` of `pid`, or None when it is gone (or not on Linux)."""
+    """`(parent pid, start time in clock ticks)` of `pid`, or None when it is gone, a zombie, or not on Linux."""
     try:
         stat = (_PROC / str(pid) / "stat").read_text()
     except OSError:
         return None
     fields = stat[stat.rfind(")") + 2 :].split()  # the command name may hold spaces and parentheses
+    if fields[0] in ("Z", "X"):  # exited, not yet reaped
+        return None
     return int(fields[1]), int(fields[19])
 
 
@@ -135,15 +126,15 @@ def _watch(parent: int, grace_s: float) -> int:
     words: list[bytes] = []
 
     def _read() -> None:
-        words.append(sys.stdin.buffer.read())  # returns at EOF: the parent wrote `stop` or died
+        words.append(sys.stdin.buffer.readline())  # `stop`, or EOF once no process holds the pipe open
         done.set()
 
     threading.Thread(target=_read, daemon=True).start()
-    while not done.is_set():
-        if process_identity(parent) is not None:
-            tree = {pid: t for pid, t in descendants(parent).items() if pid != me}
+    # The pipe alone cannot tell: children forked by the parent hold its write end open after it dies.
+    while not done.is_set() and process_identity(parent) is not None:
+        tree = {pid: t for pid, t in descendants(parent).items() if pid != me}
         done.wait(SNAPSHOT_INTERVAL_S)
-    if words and words[0].startswith(STOP_WORD.strip()):
+    if done.is_set() and words and words[0].startswith(STOP_WORD.strip()):
         return 0
     # The parent is gone (or exiting): its descendants, now orphans, go too, children of theirs included.
     for pid in list(tree):

@@ -15,7 +15,7 @@ from lmsynth.procs import descendants, process_identity
 
 
 PARENT = """\
-import subprocess, sys, time
+import os, subprocess, sys, time
 from lmsynth.procs import reap_on_death
 
 with reap_on_death(grace_s=2):
@@ -23,7 +23,12 @@ with reap_on_death(grace_s=2):
     child = subprocess.Popen([sys.executable, "-c",
         "import signal, subprocess, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
         "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)']); time.sleep(600)"])
-    print(child.pid, flush=True)
+    # A forked child, as distilabel's pool makes: it holds every inherited pipe open, the watchdog's too.
+    forked = os.fork()
+    if forked == 0:
+        time.sleep(600)
+        os._exit(0)
+    print(child.pid, forked, flush=True)
     if sys.argv[1] == "leave":
         time.sleep(600)
 print("left the block", flush=True)
@@ -36,13 +41,13 @@ def start_parent(tmp_path: Path, mode: str) -> tuple[subprocess.Popen, dict[int,
     script.write_text(PARENT)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
     proc = subprocess.Popen([sys.executable, str(script), mode], stdout=subprocess.PIPE, text=True, env=env)
-    child = int(proc.stdout.readline())
+    child, forked = map(int, proc.stdout.readline().split())
     deadline = time.time() + 30
     tree: dict[int, int] = {}
-    while time.time() < deadline and len(tree) < 2:  # the child and its grandchild
-        tree = {p: t for p, t in descendants(child).items()} | {child: process_identity(child)[1]}
+    while time.time() < deadline and len(tree) < 3:  # the child, its grandchild and the forked child
+        tree = descendants(child) | {p: process_identity(p)[1] for p in (child, forked)}
         time.sleep(0.1)
-    assert len(tree) >= 2
+    assert len(tree) >= 3
     return proc, tree
 
 
