@@ -39,7 +39,7 @@ from lmsynth.errors import PipelineError
 from lmsynth.io import atomic_path
 from lmsynth.llm import OpenAIModelConfig, VllmModelConfig
 from lmsynth.pipeline.config import LLM_STAGES, PipelineConfig, stage_fingerprint
-from lmsynth.procs import reap_on_death
+from lmsynth.procs import descendants, reap_on_death, terminate
 
 
 logger = logging.getLogger(__name__)
@@ -333,8 +333,9 @@ def serve_models(
 
     `backend: vllm` models become `ServedModelConfig`s (an OpenAI client bound to this run's server, with
     its in-flight sequences sized by `in_flight_sequences` per stage: see `stage_model`); other backends
-    pass through. SIGTERM is turned into `SystemExit(143)` for the block so that cleanup runs, and a
-    watchdog removes every child process if this process is killed.
+    pass through. SIGTERM is turned into `SystemExit(143)` for the block so that cleanup runs, Ctrl-C and
+    SIGTERM end distilabel's workers if it does not, and a watchdog removes every child process if this
+    process is killed.
 
     Args:
         config: the pipeline.
@@ -358,7 +359,7 @@ def serve_models(
             max_sequences=server.model.max_num_seqs or DEFAULT_MAX_NUM_SEQS,
             max_retries=2,
         )
-    with reap_on_death(), _sigterm_exits():
+    with reap_on_death(), _interrupts_stop_everything():
         try:
             engines.begin(_eager_models(config, cache_root, set(engines.servers)))
             yield runtime
@@ -401,21 +402,78 @@ def _eager_models(config: PipelineConfig, cache_root: Path | None, served: set[s
     return eager
 
 
+WORKER_GRACE_S = 30.0  # after Ctrl-C or SIGTERM: how long distilabel gets to stop its workers itself
+_interrupted = threading.Event()
+
+
 @contextlib.contextmanager
-def _sigterm_exits() -> Iterator[None]:
-    """Within the block, SIGTERM raises `SystemExit(143)` in the main thread, so `finally` blocks run."""
+def _interrupts_stop_everything() -> Iterator[None]:
+    """Ctrl-C and SIGTERM end the run, its workers and (through `finally`) its servers.
+
+    SIGTERM raises `SystemExit(143)` in the main thread (children forked meanwhile get the default action
+    back). distilabel answers Ctrl-C by stopping its loops, then joins its pool, which can wait forever on a
+    worker it no longer knows (seen here): after either signal, the run's own process group (distilabel's
+    workers and manager; not the servers or the watchdog, which have their own sessions) gets SIGTERM and,
+    `WORKER_GRACE_S` later, SIGKILL, if it is still there.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    from distilabel.pipeline.base import BasePipeline
 
-    def _exit(signum: int, frame: Any) -> None:
+    original = BasePipeline._handle_keyboard_interrupt
+
+    def _handle_keyboard_interrupt(pipeline: Any) -> Any:
+        def _on_sigint(signum: int, frame: Any) -> None:
+            _end_workers_later()
+            pipeline._stop()
+
+        return signal.signal(signal.SIGINT, _on_sigint)
+
+    def _on_sigterm(signum: int, frame: Any) -> None:
+        _end_workers_later()
         raise SystemExit(128 + signum)
 
-    previous = signal.signal(signal.SIGTERM, _exit)
+    _on_sigterm.lmsynth_run = True  # type: ignore[attr-defined]  # forked children reset it
+    _interrupted.clear()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    BasePipeline._handle_keyboard_interrupt = _handle_keyboard_interrupt
     try:
         yield
     finally:
+        BasePipeline._handle_keyboard_interrupt = original
         signal.signal(signal.SIGTERM, previous)
+
+
+def _default_sigterm_in_child() -> None:
+    if getattr(signal.getsignal(signal.SIGTERM), "lmsynth_run", False):
+        with contextlib.suppress(ValueError):
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_default_sigterm_in_child)
+
+
+def _end_workers_later(grace_s: float = WORKER_GRACE_S) -> None:
+    """Once per run: a timer that removes this process's group members that outlive `grace_s`."""
+    if _interrupted.is_set():
+        return
+    _interrupted.set()
+    me, group = os.getpid(), os.getpgid(0)
+
+    def _sweep() -> None:
+        time.sleep(grace_s)
+        workers = {}
+        for pid, started in descendants(me).items():
+            with contextlib.suppress(OSError):
+                if os.getpgid(pid) == group:
+                    workers[pid] = started
+        if workers:
+            logger.warning("ending %d worker processes that outlived the interrupt", len(workers))
+            terminate(workers, grace_s=5)
+
+    threading.Thread(target=_sweep, name="lmsynth-end-workers", daemon=True).start()
 
 
 def _write_atomic(path: Path, text: str) -> None:
