@@ -121,7 +121,9 @@ generate: {{model: tiny, sampling: {seed_max}}}
 ENGINE = {"dtype": "float32", "max_model_len": 512, "kv_cache_memory_bytes": 64 * 2**20, "enforce_eager": True}
 
 RAW_SCRIPT = """\
-import json, sys
+import json
+import sys
+
 import vllm
 
 if __name__ == "__main__":
@@ -129,7 +131,7 @@ if __name__ == "__main__":
     llm = vllm.LLM(model=sys.argv[2], **engine)
     outs = llm.chat([[{"role": "user", "content": p}] for p in prompts],
                     sampling_params=vllm.SamplingParams(**sampling), use_tqdm=False)
-    print(json.dumps({"tokens": sum(len(o.token_ids) for out in outs for o in out.outputs)}))
+    print("RAW_TOKENS", sum(len(o.token_ids) for out in outs for o in out.outputs), flush=True)
 """
 
 
@@ -175,7 +177,7 @@ generate: {{model: tiny, sampling: {json.dumps(sampling)}}}
             if proc.returncode != 0:
                 sys.exit(f"{side} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
             if side == "raw":
-                tokens[side] = json.loads(proc.stdout.strip().splitlines()[-1])["tokens"]
+                tokens[side] = int(next(ln for ln in proc.stdout.splitlines() if ln.startswith("RAW_TOKENS")).split()[1])
             else:
                 info = json.loads((out / "run.json").read_text())
                 tokens[side] = info["tokens"]["generate"]["completion_tokens"]
