@@ -177,7 +177,8 @@ generate: {{model: tiny, sampling: {json.dumps(sampling)}}}
             if proc.returncode != 0:
                 sys.exit(f"{side} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
             if side == "raw":
-                tokens[side] = int(next(ln for ln in proc.stdout.splitlines() if ln.startswith("RAW_TOKENS")).split()[1])
+                line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RAW_TOKENS"))
+                tokens[side] = int(line.split()[1])
             else:
                 info = json.loads((out / "run.json").read_text())
                 tokens[side] = info["tokens"]["generate"]["completion_tokens"]
