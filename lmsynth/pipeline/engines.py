@@ -410,11 +410,12 @@ _interrupted = threading.Event()
 def _interrupts_stop_everything() -> Iterator[None]:
     """Ctrl-C and SIGTERM end the run, its workers and (through `finally`) its servers.
 
-    SIGTERM raises `SystemExit(143)` in the main thread (children forked meanwhile get the default action
-    back). distilabel answers Ctrl-C by stopping its loops, then joins its pool, which can wait forever on a
-    worker it no longer knows (seen here): after either signal, the run's own process group (distilabel's
-    workers and manager; not the servers or the watchdog, which have their own sessions) gets SIGTERM and,
-    `WORKER_GRACE_S` later, SIGKILL, if it is still there.
+    SIGTERM raises `SystemExit(143)` and Ctrl-C `KeyboardInterrupt` in the main thread, so distilabel's pool
+    and manager are torn down by their context managers (children forked meanwhile get the default SIGTERM
+    action back, so the pool's terminate ends them). distilabel's own Ctrl-C handler is replaced: its
+    graceful stop waited forever here for batches from steps that had stopped. As a last resort, members of
+    the run's own process group (distilabel's workers and manager; not the servers or the watchdog, which
+    have their own sessions) still there `WORKER_GRACE_S` after the signal get SIGTERM, then SIGKILL.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -426,7 +427,7 @@ def _interrupts_stop_everything() -> Iterator[None]:
     def _handle_keyboard_interrupt(pipeline: Any) -> Any:
         def _on_sigint(signum: int, frame: Any) -> None:
             _end_workers_later()
-            pipeline._stop()
+            raise KeyboardInterrupt
 
         return signal.signal(signal.SIGINT, _on_sigint)
 
