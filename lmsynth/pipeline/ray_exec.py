@@ -6,10 +6,11 @@ adds is what distilabel 1.5.3 leaves to the user:
 1. The cluster: a fresh local one (`address="local"`, `num_cpus`, no dashboard, usage stats off) or an
    existing one (`address`, and then no `num_cpus`: Ray refuses it when connecting). Ray is initialised
    here, before distilabel's `_init_ray`, which then finds it running and reuses it.
-2. GPUs: an LLM step's actor asks for `tensor_parallel_size` GPUs (`StepResources(gpus=tp)`), taken from
-   the pipeline YAML. Ray places one actor on one node, so the tensor-parallel group is packed on one node
-   and vLLM inside the actor sees exactly those GPUs. (distilabel's placement groups only cover its own
-   `vLLM` class, which lmsynth does not use.)
+2. GPUs: `lmsynth run` serves vLLM models beside the driver (`lmsynth.pipeline.engines`), so its step
+   actors reserve none. For pipelines built with in-process engines, `tensor_parallel_of` and
+   `apply_tensor_parallel` give an LLM step's actor `tensor_parallel_size` GPUs (`StepResources(gpus=tp)`),
+   which Ray packs on one node. (distilabel's placement groups only cover its own `vLLM` class, which
+   lmsynth does not use.)
 3. A check of the requested CPUs and GPUs against `ray.cluster_resources()` before anything runs: asking
    for more than the cluster has does not fail in Ray, it waits forever ("pending demand").
 4. A check that every step loads on a worker (its classes import there): when a step actor cannot be

@@ -33,6 +33,7 @@ from lmsynth.pipeline.config import (
     run_fingerprint,
     stage_fingerprint,
 )
+from lmsynth.pipeline.engines import ENGINE_LOG_DIR, serve_models, stage_model
 from lmsynth.pipeline.ray_exec import RayOptions
 from lmsynth.pipeline.rows import PipelineRow, Usage
 from lmsynth.pipeline.telemetry import Telemetry, report_from_run, visible_gpu_count, write_report
@@ -145,8 +146,14 @@ def run_pipeline(
     shutil.rmtree(events_dir, ignore_errors=True)  # events of a killed earlier attempt would count twice
     llm_stages = [s for s in config.stages() if s in LLM_STAGES]
     telemetry = Telemetry(total_requests=len(rows) * len(llm_stages), gpus=_gpus(config))
-    with telemetry.follow(events_dir), telemetry.display(f"Running {config.name}"):
-        finished = execute(config, rows, cache_root=cache_root, work_dir=work_dir, ray=ray, events_dir=events_dir)
+    with (
+        telemetry.follow(events_dir),
+        telemetry.display(f"Running {config.name}"),
+        serve_models(config, log_dir=out_dir / ENGINE_LOG_DIR, cache_root=cache_root, telemetry=telemetry) as models,
+    ):
+        finished = execute(
+            config, rows, cache_root=cache_root, work_dir=work_dir, ray=ray, events_dir=events_dir, models=models
+        )
     after = {s: set(StageCache(cache_root, stage=s, fingerprint=f).units()) for s, f in stage_fps.items()}
     generated = {s: len(after[s] - before[s]) for s in before if s in LLM_STAGES}
     total_units = {s: len(after[s]) for s in generated}
@@ -210,11 +217,12 @@ def build_pipeline(
     cache_root: Path,
     work_dir: Path,
     events_dir: Path | None = None,
+    models: dict[str, Any] | None = None,
 ) -> Any:
     """The distilabel Pipeline for `config` over `rows` (not run): load → translate → flags → generate → ….
 
     Every step batch is one cache unit of `config.batch_size` rows; STACK: keep it ≥ max_num_seqs / n so
-    vLLM runs at capacity.
+    vLLM runs at capacity. `models` are the runtime model configs of `serve_models` (default: the YAML's).
     """
     from distilabel.pipeline import Pipeline
     from distilabel.steps import LoadDataFromDicts
@@ -237,7 +245,7 @@ def build_pipeline(
                     cache_dir=str(cache_root),
                     fingerprint=stage_fingerprint(config, stage),
                     events_dir=str(events_dir) if events_dir is not None else None,
-                    llm=ChatModelLLM(backend_config=config.model_for(stage)),
+                    llm=ChatModelLLM(backend_config=_stage_model(config, models, stage)),
                     input_batch_size=bs,
                 )
             previous >> step
@@ -253,6 +261,7 @@ def execute(
     work_dir: Path,
     ray: RayOptions | None = None,
     events_dir: Path | None = None,
+    models: dict[str, Any] | None = None,
 ) -> list[PipelineRow]:
     """Build and run the pipeline; return every row with its stage outputs, in input order.
 
@@ -265,18 +274,18 @@ def execute(
     _quiet_libraries()
     # A killed run leaves distilabel's working folder behind; lmsynth resumes from its own cache, not that one.
     shutil.rmtree(work_dir, ignore_errors=True)
-    pipeline = build_pipeline(config, rows, cache_root=cache_root, work_dir=work_dir, events_dir=events_dir)
-    # One engine at a time: stages with in-process vLLM engines run one after another.
-    engines = sum(isinstance(config.model_for(s), VllmModelConfig) for s in config.stages() if s in LLM_STAGES)
+    pipeline = build_pipeline(
+        config, rows, cache_root=cache_root, work_dir=work_dir, events_dir=events_dir, models=models
+    )
+    # No engine lives in a step (`serve_models` runs them beside the pipeline): steps run side by side and
+    # Ray step actors reserve no GPUs (the servers hold them, on the driver's node).
     try:
-        load_groups = "sequential_step_execution" if engines > 1 else None
         if ray is not None:
-            from lmsynth.pipeline.ray_exec import run_on_ray, tensor_parallel_of
+            from lmsynth.pipeline.ray_exec import run_on_ray
 
-            tp = tensor_parallel_of(config)
-            distiset = run_on_ray(pipeline, options=ray, tensor_parallel=tp, use_cache=False, load_groups=load_groups)
+            distiset = run_on_ray(pipeline, options=ray, use_cache=False)
         else:
-            distiset = pipeline.run(use_cache=False, load_groups=load_groups)
+            distiset = pipeline.run(use_cache=False)
         out = list(_distiset_rows(distiset))
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
@@ -296,6 +305,10 @@ def _quiet_libraries() -> None:
     if not constants.DEBUG:
         os.environ.setdefault("DISTILABEL_LOG_LEVEL", "WARNING")
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # its warnings are about CPU kernel choices
+
+
+def _stage_model(config: PipelineConfig, models: dict[str, Any] | None, stage: str) -> Any:
+    return stage_model(config, models, stage) if models else config.model_for(stage)
 
 
 def _gpus(config: PipelineConfig) -> int:

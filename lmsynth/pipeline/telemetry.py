@@ -51,6 +51,13 @@ class StepReport(StrictModel):
     )
 
 
+class EngineReport(StrictModel):
+    """One engine server start (`lmsynth.pipeline.engines`): once per served model and run."""
+
+    model: str = Field(description="The model's key in the pipeline YAML.")
+    start_s: float | None = Field(None, ge=0, description="Seconds from launch to a healthy server; None: never.")
+
+
 class RunReport(StrictModel):
     """`run_report.json`: the cost of one run (or of a gathered set of shard runs)."""
 
@@ -66,6 +73,11 @@ class RunReport(StrictModel):
     gpu_hours: float = Field(0.0, ge=0)
     runs: int = Field(1, ge=1, description="How many runs this report sums (shards gathered).")
     steps: list[StepReport] = Field(default_factory=list)
+    engines: list[EngineReport] = Field(default_factory=list, description="Engine servers started by the run.")
+    engine_wait_s: float = Field(
+        0.0, ge=0, description="Wall seconds with an engine starting or a model call in flight (waiting on it)."
+    )
+    lmsynth_s: float = Field(0.0, ge=0, description="The rest of the wall time: lmsynth and distilabel alone.")
 
     @property
     def input_tokens(self) -> int:
@@ -199,6 +211,9 @@ class Telemetry:
         self._advance = None
         self._offsets: dict[Path, tuple[int, int]] = {}  # events file → (bytes read, lines read)
         self._spans: dict[str, tuple[float, float]] = {}  # step → (first model call began, last one ended)
+        self._t0_epoch = time.time()
+        self._busy: list[tuple[float, float]] = []  # epoch intervals: engine starts and batches' model calls
+        self._engines: list[EngineReport] = []
 
     def record_batch(
         self,
@@ -234,6 +249,7 @@ class Telemetry:
                 self._first_batch_at = max(self._clock() - event.seconds, self._t0)
             span = self._spans.get(event.step)
             if event.started_at is not None and event.ended_at is not None:
+                self._busy.append((event.started_at, event.ended_at))
                 lo, hi = span or (event.started_at, event.ended_at)
                 span = self._spans[event.step] = (min(lo, event.started_at), max(hi, event.ended_at))
             old = self._steps.get(event.step, StepReport(step=event.step))
@@ -254,6 +270,15 @@ class Telemetry:
         if advance is not None:
             # The bar counts rows through steps (cached rows too), so its ETA holds on a resumed run.
             advance(event.rows or event.requests, rate=self.rate_text())
+
+    def record_engine_start(
+        self, *, model: str, began_at: float | None, ready_at: float | None, seconds: float | None = None
+    ) -> None:
+        """Add one engine server start (epoch seconds; `ready_at` None: it never became healthy)."""
+        with self._lock:
+            self._engines.append(EngineReport(model=model, start_s=round(seconds, 3) if seconds is not None else None))
+            if began_at is not None:
+                self._busy.append((began_at, ready_at if ready_at is not None else time.time()))
 
     def ingest(self, events_dir: Path | str) -> int:
         """Record the events appended to `events_dir` since the last call; return how many were new.
@@ -335,6 +360,8 @@ class Telemetry:
         with self._lock:
             steps = [self._steps[k] for k in sorted(self._steps)]
             startup = (self._first_batch_at - self._t0) if self._first_batch_at is not None else wall
+            engines = list(self._engines)
+            waiting = min(_union_s(self._busy, lo=self._t0_epoch, hi=self._t0_epoch + wall), wall)
         return RunReport(
             pipeline=pipeline,
             fingerprint=fingerprint,
@@ -346,7 +373,21 @@ class Telemetry:
             gpus=self.gpus,
             gpu_hours=round(self.gpus * wall / 3600, 6),
             steps=steps,
+            engines=engines,
+            engine_wait_s=round(waiting, 3),
+            lmsynth_s=round(wall - waiting, 3),
         )
+
+
+def _union_s(intervals: list[tuple[float, float]], *, lo: float, hi: float) -> float:
+    """Seconds covered by at least one interval, within [lo, hi]."""
+    total, end = 0.0, lo
+    for a, b in sorted(intervals):
+        a, b = max(a, end), min(b, hi)
+        if b > a:
+            total += b - a
+            end = b
+    return total
 
 
 def write_report(run_dir: Path | str, report: RunReport) -> Path:
@@ -450,4 +491,7 @@ def merge_reports(reports: list[RunReport]) -> RunReport:
         gpu_hours=round(sum(r.gpu_hours for r in reports), 6),
         runs=sum(r.runs for r in reports),
         steps=[StepReport(step=k, **v) for k, v in sorted(steps.items())],
+        engines=[e for r in reports for e in r.engines],
+        engine_wait_s=round(sum(r.engine_wait_s for r in reports), 3),
+        lmsynth_s=round(sum(r.lmsynth_s for r in reports), 3),
     )

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from lmsynth.pipeline.run import RunInfo, run_pipeline
+from lmsynth.pipeline.telemetry import read_report
+from lmsynth.procs import descendants
 from lmsynth.records import iter_synth_records
 from tests import engine_fixtures
 from tests.pipeline.factories import make_record, write_prepared
@@ -58,6 +61,13 @@ def test_whole_pipeline_through_distilabel_on_vllm(tmp_path: Path, tiny_model_di
     assert info.tokens["generate"].completion_tokens > 0 and judged.requests == 10 + judged.reasks
     assert judged.reasks <= 2 * 10 and judged.failures == info.counts.judge_failures
     assert result.units_generated == {"translate": 1, "generate": 1, "judge": 1}
+    # generate and judge share one server, started once and stopped with its whole process group.
+    report = read_report(tmp_path / "out")
+    assert [e.model for e in report.engines] == ["tiny"] and report.engines[0].start_s > 0
+    assert 0 < report.engine_wait_s < report.wall_time_s and report.lmsynth_s > 0
+    assert "api_server" in (tmp_path / "out" / "logs" / "vllm-tiny.log").read_text().splitlines()[0]
+    left = [p for p in descendants(os.getpid()) if b"vllm" in Path(f"/proc/{p}/cmdline").read_bytes()]
+    assert left == [], "a server process outlived the run"
 
 
 @pytest.mark.engine

@@ -1,0 +1,80 @@
+"""Children die with their parent: the watchdog of `lmsynth.procs` after a SIGKILL of the parent."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from lmsynth.procs import descendants, process_identity
+
+
+PARENT = """\
+import os, subprocess, sys, time
+from lmsynth.procs import reap_on_death
+
+with reap_on_death(grace_s=2):
+    # A child that ignores SIGTERM (only SIGKILL ends it) with a grandchild of its own.
+    child = subprocess.Popen([sys.executable, "-c",
+        "import signal, subprocess, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)']); time.sleep(600)"])
+    # A forked child, as distilabel's pool makes: it holds every inherited pipe open, the watchdog's too.
+    forked = os.fork()
+    if forked == 0:
+        time.sleep(600)
+        os._exit(0)
+    print(child.pid, forked, flush=True)
+    if sys.argv[1] == "leave":
+        time.sleep(600)
+print("left the block", flush=True)
+time.sleep(1)
+"""
+
+
+def start_parent(tmp_path: Path, mode: str) -> tuple[subprocess.Popen, dict[int, int]]:
+    script = tmp_path / "parent.py"
+    script.write_text(PARENT)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    proc = subprocess.Popen([sys.executable, str(script), mode], stdout=subprocess.PIPE, text=True, env=env)
+    child, forked = map(int, proc.stdout.readline().split())
+    deadline = time.time() + 30
+    tree: dict[int, int] = {}
+    while time.time() < deadline and len(tree) < 3:  # the child, its grandchild and the forked child
+        tree = descendants(child) | {p: process_identity(p)[1] for p in (child, forked)}
+        time.sleep(0.1)
+    assert len(tree) >= 3
+    return proc, tree
+
+
+def alive(tree: dict[int, int]) -> list[int]:
+    return [p for p, t in tree.items() if (ident := process_identity(p)) is not None and ident[1] == t]
+
+
+@pytest.mark.timeout(90)
+def test_sigkill_of_the_parent_kills_its_whole_tree(tmp_path: Path) -> None:
+    proc, tree = start_parent(tmp_path, "leave")
+    time.sleep(1.0)  # one watchdog snapshot
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 30
+    while time.time() < deadline and alive(tree):
+        time.sleep(0.2)
+    assert alive(tree) == [], "children outlived a SIGKILL of their parent"
+
+
+@pytest.mark.timeout(90)
+def test_a_normal_exit_disarms_the_watchdog(tmp_path: Path) -> None:
+    proc, tree = start_parent(tmp_path, "return")
+    assert proc.stdout.readline().strip() == "left the block"
+    assert proc.wait(timeout=30) == 0
+    time.sleep(1.0)
+    try:
+        assert sorted(alive(tree)) == sorted(tree), "the watchdog killed children after a normal exit"
+    finally:
+        for pid in alive(tree):
+            os.kill(pid, signal.SIGKILL)
