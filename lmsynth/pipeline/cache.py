@@ -8,6 +8,7 @@ changed; a killed run loses at most the units in flight, because each unit is wr
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +20,7 @@ from lmsynth.config import StrictModel
 from lmsynth.errors import InputRecordError
 from lmsynth.fingerprint import FINGERPRINT_VERSION, digest_rows
 from lmsynth.io import atomic_path, parse_line
+from lmsynth.pipeline.workdir import unit_lock
 
 
 logger = logging.getLogger(__name__)
@@ -68,6 +70,10 @@ class StageCache:
         with atomic_path(path) as tmp:
             tmp.write_text(unit.model_dump_json(), encoding="utf-8")
         return path
+
+    def lock(self, key: str) -> contextlib.AbstractContextManager[None]:
+        """The lock under which unit `key` is computed (`<key>.lock`, removed on release)."""
+        return unit_lock(self.dir / f"{key}.lock")
 
     def units(self) -> list[Path]:
         """The finished unit files."""

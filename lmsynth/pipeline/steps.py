@@ -26,7 +26,7 @@ from lmsynth.llm import (
 )
 from lmsynth.pipeline import stages
 from lmsynth.pipeline.cache import StageCache
-from lmsynth.pipeline.flags import mark_flags
+from lmsynth.pipeline.flags import FirstSeen, mark_flags
 from lmsynth.pipeline.rows import INSTRUCTION_COLUMNS, PipelineRow
 from lmsynth.pipeline.select import SelectConfig, select
 from lmsynth.pipeline.telemetry import MeteredChatModel, append_event
@@ -150,14 +150,19 @@ class StageTask(Task):
         config = stages.parse_config(self.stage, self.stage_config)
         cache = StageCache(self.cache_dir, stage=self.stage, fingerprint=self.fingerprint)
         model = MeteredChatModel(self.llm)
-        outputs = stages.run_unit(self.stage, rows, model=model, config=config, cache=cache)
+        unit = stages.run_unit(self.stage, rows, model=model, config=config, cache=cache)
         if self.events_dir is not None:
-            append_event(self.events_dir, model.event(self.stage, rows=len(rows)))
-        yield [{**row, self.stage: out} for row, out in zip(inputs, outputs, strict=True)]
+            append_event(self.events_dir, model.event(self.stage, rows=len(rows), cached=unit.cached))
+        yield [{**row, self.stage: out} for row, out in zip(inputs, unit.outputs, strict=True)]
 
 
 class FlagsStep(GlobalStep):
-    """Empty and duplicate flags need every row, in input order: a global step."""
+    """Empty and duplicate flags need every row of the window, in input order: a global step.
+
+    Duplicates are found across the whole run: `seen_path` holds the first occurrences of earlier windows.
+    """
+
+    seen_path: str | None = Field(None, description="`flags.FirstSeen` file of earlier windows (None: none).")
 
     @property
     def inputs(self) -> list[str]:
@@ -171,7 +176,8 @@ class FlagsStep(GlobalStep):
 
     def process(self, inputs: StepInput) -> Any:  # type: ignore[override]
         """Flag the whole input at once."""
-        flags = mark_flags(PipelineRow.from_columns(r) for r in inputs)
+        seen = FirstSeen.read(self.seen_path) if self.seen_path else FirstSeen()
+        flags = mark_flags((PipelineRow.from_columns(r) for r in inputs), seen=seen)
         yield [{**row, "flags": f.model_dump_json()} for row, f in zip(inputs, flags, strict=True)]
 
 

@@ -8,7 +8,7 @@ from typing import Any
 from lmsynth.io import write_jsonl
 from lmsynth.llm import FakeChatModel, FakeModelConfig
 from lmsynth.pipeline.rows import FlagsOutput, GenerateOutput, PipelineRow, TranslateOutput
-from lmsynth.records import InstructionRecord
+from lmsynth.records import PREPARED_MARKER, InstructionRecord
 
 
 def make_record(i: int = 0, **kw: Any) -> InstructionRecord:
@@ -44,6 +44,7 @@ def write_prepared(folder: Path, records: list[InstructionRecord], unsafe: list[
     folder.mkdir(parents=True, exist_ok=True)
     write_jsonl(folder / "instructions.jsonl", records)
     write_jsonl(folder / "unsafe.jsonl", [r.model_copy(update={"flagged": True}) for r in unsafe])
+    (folder / PREPARED_MARKER).write_text("ok\n", encoding="utf-8")
     return folder
 
 
