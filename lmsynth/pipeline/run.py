@@ -25,6 +25,7 @@ from lmsynth.fingerprint import FINGERPRINT_VERSION, digest_rows
 from lmsynth.io import atomic_dir, dump_json_line, read_jsonl, write_json
 from lmsynth.llm import SamplingConfig, VllmModelConfig
 from lmsynth.pipeline.assemble import to_synth_record, to_unsafe_record
+from lmsynth.pipeline.cache import StageCache
 from lmsynth.pipeline.config import (
     LLM_STAGES,
     PipelineConfig,
@@ -152,6 +153,8 @@ def run_pipeline(
     # runs in it are removed first.
     with out_folder_lock(out_dir), run_work_dir(cache_root) as work:
         clean_run_folder(out_dir)
+        for stage in llm_stages:
+            StageCache(cache_root, stage=stage, fingerprint=stage_fps[stage]).sweep()
         with (
             atomic_dir(out_dir / RUN_RECORDS_DIR) as records_tmp,
             atomic_dir(out_dir / RUN_UNSAFE_DIR) as unsafe_tmp,
@@ -262,6 +265,7 @@ def _stream(
             ray=ray,
             events_dir=work / "telemetry",
             seen_path=seen_path,
+            scratch_dir=work / "units",
         )
         seen.add(finished)
         safe = [to_synth_record(r, english=english, multiturn=multiturn) for r in finished if not r.record.flagged]
@@ -290,6 +294,7 @@ def build_pipeline(
     work_dir: Path,
     events_dir: Path | None = None,
     seen_path: Path | None = None,
+    scratch_dir: Path | None = None,
 ) -> Any:
     """The distilabel Pipeline for `config` over `rows` (not run): load → translate → flags → generate → ….
 
@@ -317,6 +322,7 @@ def build_pipeline(
                     cache_dir=str(cache_root),
                     fingerprint=stage_fingerprint(config, stage),
                     events_dir=str(events_dir) if events_dir is not None else None,
+                    scratch_dir=str(scratch_dir) if scratch_dir is not None else None,
                     llm=ChatModelLLM(backend_config=config.model_for(stage)),
                     input_batch_size=bs,
                 )
@@ -334,6 +340,7 @@ def execute(
     ray: RayOptions | None = None,
     events_dir: Path | None = None,
     seen_path: Path | None = None,
+    scratch_dir: Path | None = None,
 ) -> list[PipelineRow]:
     """Build and run the pipeline; return every row with its stage outputs, in input order.
 
@@ -343,10 +350,18 @@ def execute(
     """
     if not rows:
         return []
+    from lmsynth.pipeline.steps import without_checkpoints
+
     _quiet_libraries()
     shutil.rmtree(work_dir, ignore_errors=True)  # lmsynth resumes from its own cache, never from distilabel's
     pipeline = build_pipeline(
-        config, rows, cache_root=cache_root, work_dir=work_dir, events_dir=events_dir, seen_path=seen_path
+        config,
+        rows,
+        cache_root=cache_root,
+        work_dir=work_dir,
+        events_dir=events_dir,
+        seen_path=seen_path,
+        scratch_dir=scratch_dir,
     )
     # One engine at a time: stages with in-process vLLM engines run one after another.
     engines = sum(isinstance(config.model_for(s), VllmModelConfig) for s in config.stages() if s in LLM_STAGES)
@@ -358,7 +373,7 @@ def execute(
             tp = tensor_parallel_of(config)
             distiset = run_on_ray(pipeline, options=ray, tensor_parallel=tp, use_cache=False, load_groups=load_groups)
         else:
-            distiset = pipeline.run(use_cache=False, load_groups=load_groups)
+            distiset = without_checkpoints(pipeline).run(use_cache=False, load_groups=load_groups)
         out = list(_distiset_rows(distiset))
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)

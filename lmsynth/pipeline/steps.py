@@ -123,6 +123,7 @@ class StageTask(Task):
     cache_dir: str
     fingerprint: str
     events_dir: str | None = Field(None, description="Folder for per-batch telemetry events (None: no events).")
+    scratch_dir: str | None = Field(None, description="The run's work folder, for unit files before their rename.")
     add_raw_output: bool = False
     add_raw_input: bool = False
 
@@ -148,7 +149,7 @@ class StageTask(Task):
         """Serve the batch from the cache, or run the stage and cache it."""
         rows = [PipelineRow.from_columns(r) for r in inputs]
         config = stages.parse_config(self.stage, self.stage_config)
-        cache = StageCache(self.cache_dir, stage=self.stage, fingerprint=self.fingerprint)
+        cache = StageCache(self.cache_dir, stage=self.stage, fingerprint=self.fingerprint, scratch=self.scratch_dir)
         model = MeteredChatModel(self.llm)
         unit = stages.run_unit(self.stage, rows, model=model, config=config, cache=cache)
         if self.events_dir is not None:
@@ -201,6 +202,17 @@ class SelectStep(Step):
         config = SelectConfig.model_validate_json(self.select_config)
         picks = select([PipelineRow.from_columns(r) for r in inputs], config=config)
         yield [{**row, "select": p.model_dump_json()} for row, p in zip(inputs, picks, strict=True)]
+
+
+def without_checkpoints(pipeline: Any) -> Any:
+    """Turn off distilabel's checkpoint after every batch (`_cache`): lmsynth resumes from its own stage cache.
+
+    distilabel saves the pipeline, its batch manager and every built batch's rows as JSON after each batch
+    it routes, even with `use_cache=False`, so its cost grows with the rows in flight (see `_cache` in
+    distilabel 1.5.3 `pipeline/base.py`). Nothing reads those files when a run starts with `use_cache=False`.
+    """
+    pipeline._cache = lambda: None
+    return pipeline
 
 
 def to_rows(rows: Sequence[PipelineRow]) -> list[dict[str, Any]]:

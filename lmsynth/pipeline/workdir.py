@@ -104,6 +104,27 @@ def unit_lock(path: Path) -> Iterator[None]:
         os.close(fd)
 
 
+def sweep_locks(folder: Path) -> int:
+    """Remove the `*.lock` files in `folder` that no process holds (`unit_lock` files of killed runs)."""
+    removed = 0
+    for path in folder.glob("*.lock") if folder.is_dir() else []:
+        try:
+            fd = os.open(path, os.O_WRONLY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # Same protocol as `unit_lock`: remove only the file we hold, so a waiter on it locks again.
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                os.unlink(path)
+                removed += 1
+        except (BlockingIOError, FileNotFoundError):
+            pass
+        finally:
+            os.close(fd)
+    return removed
+
+
 def _age_s(path: Path) -> float:
     import time
 

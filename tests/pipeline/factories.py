@@ -69,7 +69,7 @@ judge: {{mode: single, model: f}}
 
 
 def write_fake_pipeline(
-    folder: Path, *, batch_size: int = 2, sleep_s: float = 0.0, prompt: Path | None = None
+    folder: Path, *, batch_size: int = 2, sleep_s: float = 0.0, prompt: Path | None = None, window: int | None = None
 ) -> tuple[Path, Path]:
     """A fake-backend pipeline YAML and the call log its model appends to."""
     from lmsynth import constants
@@ -77,5 +77,6 @@ def write_fake_pipeline(
     prompt = prompt or constants.PIPELINES_DIR / "prompts" / "translate_en_ja.txt"
     log = folder / "calls.jsonl"
     path = folder / "fake.yaml"
-    path.write_text(FAKE_PIPELINE.format(batch_size=batch_size, sleep_s=sleep_s, call_log=log, prompt=prompt))
+    text = FAKE_PIPELINE.format(batch_size=batch_size, sleep_s=sleep_s, call_log=log, prompt=prompt)
+    path.write_text(text + (f"window: {window}\n" if window else ""))
     return path, log
