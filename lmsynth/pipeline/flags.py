@@ -33,12 +33,9 @@ class FirstSeen:
         original = self.first.setdefault(self.key(flagged, text), conversation_id)
         return original if original != conversation_id else None
 
-    def add(self, rows: Iterable[PipelineRow]) -> None:
-        """Take the first occurrences of flagged rows of a finished window."""
-        for row in rows:
-            if row.flags is not None and not row.flags.empty and row.flags.duplicate_of is None:
-                key = self.key(row.record.flagged, row.instruction_ja.strip())
-                self.first.setdefault(key, row.record.conversation_id)
+    def add(self, key: str, conversation_id: str) -> None:
+        """Take a first occurrence found in a finished window (`key` as `FirstSeen.key` makes it)."""
+        self.first.setdefault(key, conversation_id)
 
     def write(self, path: Path | str) -> None:
         """Save for the flags step of the next window (atomically)."""

@@ -14,7 +14,7 @@ import os
 import shutil
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import Field
 
@@ -22,9 +22,8 @@ from lmsynth import constants
 from lmsynth.config import StrictModel
 from lmsynth.errors import InputRecordError, PipelineError
 from lmsynth.fingerprint import FINGERPRINT_VERSION, digest_rows
-from lmsynth.io import atomic_dir, dump_json_line, read_jsonl, write_json
+from lmsynth.io import atomic_dir, read_jsonl, write_json
 from lmsynth.llm import SamplingConfig, VllmModelConfig
-from lmsynth.pipeline.assemble import to_synth_record, to_unsafe_record
 from lmsynth.pipeline.cache import StageCache
 from lmsynth.pipeline.config import (
     LLM_STAGES,
@@ -37,6 +36,7 @@ from lmsynth.pipeline.config import (
 from lmsynth.pipeline.flags import FirstSeen
 from lmsynth.pipeline.ray_exec import RayOptions
 from lmsynth.pipeline.rows import PipelineRow, Usage
+from lmsynth.pipeline.sink import RowSummary, read_records
 from lmsynth.pipeline.telemetry import Telemetry, report_from_run, visible_gpu_count, write_report
 from lmsynth.pipeline.workdir import run_work_dir, unit_lock
 from lmsynth.records import (
@@ -47,7 +47,6 @@ from lmsynth.records import (
     RUN_RECORDS_DIR,
     RUN_UNSAFE_DIR,
     InstructionRecord,
-    SynthRecord,
 )
 
 
@@ -164,10 +163,10 @@ def run_pipeline(
             events_dir = work / "telemetry"
             with telemetry.follow(events_dir), telemetry.display(f"Running {config.name}"):
                 rows = iter_rows(input_dir, limit=config.limit, row_filter=row_filter)
-                for safe, unsafe, finished in _stream(config, rows, cache_root=cache_root, work=work, ray=ray):
-                    totals.add(finished, safe, unsafe)
-                    safe_out.write(safe)
-                    unsafe_out.write(unsafe)
+                for finished in _stream(config, rows, cache_root=cache_root, work=work, ray=ray):
+                    for row in finished:
+                        totals.add(row.summary)
+                        (unsafe_out if row.summary.unsafe else safe_out).write(row.record)
             safe_out.close()
             unsafe_out.close()
             # run.json goes before the new folders replace the old ones and comes back last: its presence
@@ -248,9 +247,8 @@ def load_rows(input_dir: Path, *, limit: int | None = None, row_filter: RowFilte
 
 def _stream(
     config: PipelineConfig, rows: Iterable[PipelineRow], *, cache_root: Path, work: Path, ray: RayOptions | None
-) -> Iterator[tuple[list[SynthRecord], list[SynthRecord], list[PipelineRow]]]:
-    """Run the pipeline window by window; yield each window's safe and unsafe records and finished rows."""
-    english, multiturn = config.generate.english is not None, config.second_turn is not None
+) -> Iterator[list[FinishedRow]]:
+    """Run the pipeline window by window; yield each window's finished rows, in input order."""
     seen = FirstSeen()
     for window in windows(rows, config):
         seen_path = None
@@ -267,10 +265,10 @@ def _stream(
             seen_path=seen_path,
             scratch_dir=work / "units",
         )
-        seen.add(finished)
-        safe = [to_synth_record(r, english=english, multiturn=multiturn) for r in finished if not r.record.flagged]
-        unsafe = [to_unsafe_record(r) for r in finished if r.record.flagged]
-        yield safe, unsafe, finished
+        for row, done in zip(window, finished, strict=True):
+            if done.summary.first_key is not None:
+                seen.add(done.summary.first_key, row.record.conversation_id)
+        yield finished
 
 
 def windows(rows: Iterable[PipelineRow], config: PipelineConfig) -> Iterator[list[PipelineRow]]:
@@ -296,7 +294,9 @@ def build_pipeline(
     seen_path: Path | None = None,
     scratch_dir: Path | None = None,
 ) -> Any:
-    """The distilabel Pipeline for `config` over `rows` (not run): load → translate → flags → generate → ….
+    """The distilabel Pipeline for `config` over `rows` (not run): load → translate → flags → … → records.
+
+    The last step writes the records into `work_dir/records` (see `lmsynth.pipeline.sink`).
 
     Every step batch is one cache unit of `config.batch_size` rows; STACK: keep it ≥ max_num_seqs / n so
     vLLM runs at capacity.
@@ -304,7 +304,7 @@ def build_pipeline(
     from distilabel.pipeline import Pipeline
     from distilabel.steps import LoadDataFromDicts
 
-    from lmsynth.pipeline.steps import ChatModelLLM, FlagsStep, SelectStep, StageTask, to_rows
+    from lmsynth.pipeline.steps import ChatModelLLM, FlagsStep, RecordSink, SelectStep, StageTask, to_rows
 
     bs = config.batch_size
     with Pipeline(name=f"lmsynth-{config.name}", cache_dir=str(work_dir)) as pipeline:
@@ -328,6 +328,16 @@ def build_pipeline(
                 )
             previous >> step
             previous = step
+        previous >> RecordSink(
+            name="records",
+            records_dir=str(work_dir / "records"),
+            stages=config.stages(),
+            llm_stages=[s for s in config.stages() if s in LLM_STAGES],
+            english=config.generate.english is not None,
+            multiturn=config.second_turn is not None,
+            judged=config.judge is not None,
+            input_batch_size=bs,
+        )
     return pipeline
 
 
@@ -341,8 +351,8 @@ def execute(
     events_dir: Path | None = None,
     seen_path: Path | None = None,
     scratch_dir: Path | None = None,
-) -> list[PipelineRow]:
-    """Build and run the pipeline; return every row with its stage outputs, in input order.
+) -> list[FinishedRow]:
+    """Build and run the pipeline; return every row's summary and record, in input order.
 
     Raises:
         PipelineError: a row is missing, repeated or lacks a stage output (distilabel turns a failed batch
@@ -367,17 +377,22 @@ def execute(
     engines = sum(isinstance(config.model_for(s), VllmModelConfig) for s in config.stages() if s in LLM_STAGES)
     try:
         load_groups = "sequential_step_execution" if engines > 1 else None
-        if ray is not None:
-            from lmsynth.pipeline.ray_exec import run_on_ray, tensor_parallel_of
+        with _datasets_cache_in(work_dir / "hf-datasets"):
+            if ray is not None:
+                from lmsynth.pipeline.ray_exec import run_on_ray, tensor_parallel_of
 
-            tp = tensor_parallel_of(config)
-            distiset = run_on_ray(pipeline, options=ray, tensor_parallel=tp, use_cache=False, load_groups=load_groups)
-        else:
-            distiset = without_checkpoints(pipeline).run(use_cache=False, load_groups=load_groups)
-        out = list(_distiset_rows(distiset))
+                tp = tensor_parallel_of(config)
+                distiset = run_on_ray(
+                    pipeline, options=ray, tensor_parallel=tp, use_cache=False, load_groups=load_groups
+                )
+            else:
+                with _forked_from_a_small_process():
+                    distiset = without_checkpoints(pipeline).run(use_cache=False, load_groups=load_groups)
+            summaries = [RowSummary.model_validate_json(r["summary"]) for r in _distiset_rows(distiset)]
+        records = {index: (unsafe, text) for index, unsafe, text in read_records(work_dir / "records")}
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
-    return _check_rows(config, rows, out)
+    return _check_rows(config, rows, summaries, records)
 
 
 # ---------------------------------------------------------------------------
@@ -395,6 +410,51 @@ def _quiet_libraries() -> None:
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # its warnings are about CPU kernel choices
 
 
+@contextlib.contextmanager
+def _datasets_cache_in(folder: Path) -> Iterator[None]:
+    """Keep the copy `datasets` makes of distilabel's output in the work folder, not in its own cache.
+
+    distilabel loads the leaf step's Parquet through `datasets.load_dataset`, which copies it into
+    `~/.cache/huggingface/datasets` and never removes it.
+    """
+    import datasets
+
+    previous = datasets.config.HF_DATASETS_CACHE
+    datasets.config.HF_DATASETS_CACHE = folder
+    try:
+        yield
+    finally:
+        datasets.config.HF_DATASETS_CACHE = previous
+
+
+@contextlib.contextmanager
+def _forked_from_a_small_process() -> Iterator[None]:
+    """Start distilabel's step processes from a forkserver that has imported the steps, not from this process.
+
+    distilabel starts one process per step with the default start method; on Linux that forks this process,
+    and each child then carries (and `ps` counts) everything this process holds, which grows with every
+    window run so far. A forkserver is started once and stays small, so step processes cost the same in the
+    last window as in the first, and start in milliseconds with their imports done.
+    """
+    import multiprocessing as mp
+
+    from distilabel.pipeline import local
+
+    class _Context(mp.context.ForkServerContext):
+        Process = local._NoDaemonProcess  # distilabel's pool workers may start processes (vLLM)
+
+    previous, original = mp.get_start_method(allow_none=True), local._NoDaemonContext
+    mp.set_forkserver_preload(["lmsynth.pipeline.steps", "distilabel.pipeline.local"])
+    # Both: distilabel's queues come from the default context, its pool from its own context class.
+    mp.set_start_method("forkserver", force=True)
+    local._NoDaemonContext = _Context
+    try:
+        yield
+    finally:
+        local._NoDaemonContext = original
+        mp.set_start_method(previous, force=True)
+
+
 def _gpus(config: PipelineConfig) -> int:
     """GPUs the run holds: visible ones when any stage runs an in-process vLLM engine, else none."""
     if not any(isinstance(config.model_for(s), VllmModelConfig) for s in config.stages() if s in LLM_STAGES):
@@ -408,25 +468,35 @@ def _distiset_rows(distiset: Any) -> Iterator[dict[str, Any]]:
             yield from split.to_list()
 
 
-def _check_rows(config: PipelineConfig, rows: Sequence[PipelineRow], out: list[dict[str, Any]]) -> list[PipelineRow]:
-    by_index: dict[int, PipelineRow] = {}
+class FinishedRow(NamedTuple):
+    """A row through every stage: its summary and its record (JSON)."""
+
+    summary: RowSummary
+    record: str
+
+
+def _check_rows(
+    config: PipelineConfig,
+    rows: Sequence[PipelineRow],
+    summaries: Sequence[RowSummary],
+    records: dict[int, tuple[bool, str]],
+) -> list[FinishedRow]:
+    """Every input row exactly once, with every stage's output and a record; else a one-line error."""
+    by_index: dict[int, RowSummary] = {}
     failed: dict[str, int] = {}
-    for raw in out:
-        idx = raw.get("row_index")
-        if idx is None or idx in by_index:
-            raise PipelineError(f"pipeline `{config.name}` returned a row twice or without its index ({idx})")
-        for stage in config.stages():
-            if not raw.get(stage):
-                failed[stage] = failed.get(stage, 0) + 1
-        if not any(not raw.get(s) for s in config.stages()):
-            by_index[idx] = PipelineRow.from_columns(raw)
+    for summary in summaries:
+        if summary.row_index in by_index:
+            raise PipelineError(f"pipeline `{config.name}` returned row {summary.row_index} twice")
+        by_index[summary.row_index] = summary
+        for stage in summary.failed:
+            failed[stage] = failed.get(stage, 0) + 1
     if failed:
         detail = ", ".join(f"{s}: {n} rows" for s, n in failed.items())
         raise PipelineError(f"pipeline `{config.name}`: stages failed ({detail}); rerun to retry, see the log")
-    missing = [r.row_index for r in rows if r.row_index not in by_index]
+    missing = [r.row_index for r in rows if r.row_index not in by_index or r.row_index not in records]
     if missing:
         raise PipelineError(f"pipeline `{config.name}`: {len(missing)} rows missing from the output")
-    return [by_index[r.row_index] for r in rows]
+    return [FinishedRow(by_index[r.row_index], records[r.row_index][1]) for r in rows]
 
 
 def _iter_input(input_dir: Path, *, limit: int | None) -> Iterator[tuple[Path, int, InstructionRecord]]:
@@ -478,15 +548,12 @@ class ShardedWriter:
         self.count = 0
         self._file: Any = None
 
-    def write(self, records: Iterable[SynthRecord]) -> None:
-        """Append records, starting a new part file every `per_file` records."""
-        for rec in records:
-            if self.count % self.per_file == 0:
-                self._open(self.count // self.per_file)
-            self._file.write(dump_json_line(rec) + "\n")
-            self.count += 1
-        if self._file is not None:
-            self._file.flush()
+    def write(self, record: str) -> None:
+        """Append one record (its JSON line), starting a new part file every `per_file` records."""
+        if self.count % self.per_file == 0:
+            self._open(self.count // self.per_file)
+        self._file.write(record + "\n")
+        self.count += 1
 
     def close(self) -> None:
         """Close the last part (an empty run still gets one empty part, as readers expect)."""
@@ -516,26 +583,12 @@ class RunTotals:
         self.tokens: dict[str, Usage] = {s: Usage() for s in self.llm_stages}
         self.counts = dict.fromkeys(RunCounts.model_fields, 0)
 
-    def add(self, rows: Sequence[PipelineRow], safe: Sequence[SynthRecord], unsafe: Sequence[SynthRecord]) -> None:
-        """Add one finished window."""
-        for row in rows:
-            for s in self.llm_stages:
-                out = getattr(row, s)
-                if out is not None:
-                    self.tokens[s] = self.tokens[s] + out.usage
-        c = self.counts
-        c["instructions"] += len(safe)
-        c["unsafe"] += len(unsafe)
-        c["translated"] += sum(1 for r in rows if r.translate and r.translate.translated)
-        c["empty"] += sum(1 for r in safe if r.empty_user_instruction_ja)
-        c["duplicate"] += sum(1 for r in safe if r.duplicate_user_instruction_ja)
-        c["responses_ja"] += sum(len(r.synthesized_assistant_responses) for r in safe)
-        c["responses_en"] += sum(len(r.synthesized_assistant_responses_en or []) for r in safe)
-        if self.config.judge:
-            c["judge_failures"] += sum(
-                1 for r in safe for a in r.synthesized_response_scoring_annotations if a.preference_score is None
-            )
-        c["multiturn"] += sum(1 for r in safe if r.synthesized_multiturn_conversation)
+    def add(self, row: RowSummary) -> None:
+        """Add one finished row."""
+        for stage, usage in row.tokens.items():
+            self.tokens[stage] = self.tokens[stage] + usage
+        for key, n in row.counts.items():
+            self.counts[key] += n
 
     def info(self, *, fingerprint: str, input_digest: str, stage_fps: dict[str, str]) -> RunInfo:
         """The `run.json` of the whole run."""

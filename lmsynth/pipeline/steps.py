@@ -8,6 +8,7 @@ calling the model, which is what makes reruns resume and changed rows regenerate
 # No `from __future__ import annotations`: distilabel inspects `StepInput` hints at run time.
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Annotated, Any
 
 from distilabel.models.llms.base import LLM
@@ -29,6 +30,7 @@ from lmsynth.pipeline.cache import StageCache
 from lmsynth.pipeline.flags import FirstSeen, mark_flags
 from lmsynth.pipeline.rows import INSTRUCTION_COLUMNS, PipelineRow
 from lmsynth.pipeline.select import SelectConfig, select
+from lmsynth.pipeline.sink import finish_rows
 from lmsynth.pipeline.telemetry import MeteredChatModel, append_event
 
 
@@ -202,6 +204,40 @@ class SelectStep(Step):
         config = SelectConfig.model_validate_json(self.select_config)
         picks = select([PipelineRow.from_columns(r) for r in inputs], config=config)
         yield [{**row, "select": p.model_dump_json()} for row, p in zip(inputs, picks, strict=True)]
+
+
+class RecordSink(Step):
+    """The last step: writes each finished row's record into the window's files, returns only its summary."""
+
+    records_dir: str = Field(description="The window's record folder (`sink.read_records` merges it).")
+    stages: list[str] = Field(description="The pipeline's stages; a row without one of their outputs failed.")
+    llm_stages: list[str]
+    english: bool = False
+    multiturn: bool = False
+    judged: bool = False
+
+    @property
+    def inputs(self) -> list[str]:
+        """Every column: the instruction and each stage output."""
+        return ["row_index", *INSTRUCTION_COLUMNS, *self.stages]
+
+    @property
+    def outputs(self) -> list[str]:
+        """A `sink.RowSummary` as JSON."""
+        return ["summary"]
+
+    def process(self, inputs: StepInput) -> Any:  # type: ignore[override]
+        """Assemble and write the batch's records."""
+        summaries = finish_rows(
+            inputs,
+            stages=self.stages,
+            llm_stages=self.llm_stages,
+            english=self.english,
+            multiturn=self.multiturn,
+            judged=self.judged,
+            records_dir=Path(self.records_dir),
+        )
+        yield [{"row_index": s.row_index, "summary": s.model_dump_json()} for s in summaries]
 
 
 def without_checkpoints(pipeline: Any) -> Any:
