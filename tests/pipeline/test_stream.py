@@ -79,9 +79,11 @@ def test_unfinished_prepared_folder_cli_error_is_one_line(tmp_path: Path) -> Non
         text=True,
         timeout=120,
     )
-    assert proc.returncode != 0
-    lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.strip()]
-    assert len(lines) == 1 and str(prep) in lines[0] and "lmsynth prepare" in lines[0], lines
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines()[0] == (
+        f"Error: {prep}: unfinished prepared folder (no _COMPLETE marker); run `lmsynth prepare` again"
+    )
+    assert "Traceback" not in proc.stderr
 
 
 @pytest.mark.timeout(300)
