@@ -36,7 +36,7 @@ class PipelineConfig(StrictModel):
         128, ge=1, le=100_000, description="Rows per distilabel batch and per cache unit (≥ max_num_seqs / n)."
     )
     window: int = Field(
-        4096,
+        2048,
         ge=1,
         description="Rows the run holds at once: each window runs through every stage, then its records are written.",
     )
