@@ -118,10 +118,17 @@ class ScoringAnnotation(StrictModel):
     """Judge result for one response, parallel to `synthesized_assistant_responses`."""
 
     response_token_length: int = Field(ge=0)
-    judgement: str = Field(description="The judge's raw rationale text.")
+    judgement: str = Field(
+        description=(
+            "`single` judge: its whole answer (rationale and rating), or the rationale with `structured_output`; "
+            "`ultrafeedback`: JSON {aspect: {rating, rationale, types, rationale_for_rating}}, rating 1-5, 'N/A' "
+            "or null, with `raw` (the judge's answer) on a null. Unreadable answers keep their raw text."
+        )
+    )
     repetition_flag: bool
     preference_score: float | None = Field(
-        description="Judge rating; None when the rating could not be parsed (a recorded failure, never a guess)."
+        description="Judge score (single: 0-10; ultrafeedback: mean of the numeric aspect ratings); None when no "
+        "rating could be read after re-asks (a recorded failure, never a guess)."
     )
 
 

@@ -8,6 +8,10 @@ release never carries it (the release's leak guard would refuse it).
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
+from typing import Any
+
 from lmsynth.pipeline.rows import PipelineRow
 from lmsynth.records import Message, ScoringAnnotation, SynthRecord, redact_quotes
 
@@ -33,7 +37,7 @@ def to_synth_record(row: PipelineRow, *, english: bool, multiturn: bool) -> Synt
     annotations = [
         ScoringAnnotation(
             response_token_length=gen.token_lengths[k],
-            judgement=public(judged.judgements[k]) if judged and k < len(judged.judgements) else "",
+            judgement=public_judgement(judged.judgements[k], public) if judged and k < len(judged.judgements) else "",
             repetition_flag=gen.repetition_flags[k],
             preference_score=judged.scores[k] if judged and k < len(judged.scores) else None,
         )
@@ -57,6 +61,21 @@ def to_synth_record(row: PipelineRow, *, english: bool, multiturn: bool) -> Synt
     )
 
 
+def public_judgement(judgement: str, public: Callable[[str], str]) -> str:
+    """Redact a judgement; a JSON one (ultrafeedback) string by string, since escaping hides quotes in its text.
+
+    A judge answer kept raw may echo the instruction with newlines or quotes, which JSON escapes: redacting
+    the encoded text alone would miss them.
+    """
+    try:
+        data = json.loads(judgement)
+    except (ValueError, RecursionError):
+        return public(judgement)
+    if not isinstance(data, dict):
+        return public(judgement)
+    return json.dumps(_map_strings(data, public), ensure_ascii=False)
+
+
 def to_unsafe_record(row: PipelineRow) -> SynthRecord:
     """Translation fields only: flagged instructions are translated for the `+unsafe` set, never answered."""
     flags = row.flags
@@ -67,3 +86,18 @@ def to_unsafe_record(row: PipelineRow) -> SynthRecord:
         translated_conversation=[Message(role="user", content=row.instruction_ja)],
         is_template_instruction=row.record.is_template_instruction,
     )
+
+
+# ---------------------------------------------------------------------------
+# Private helpers
+# ---------------------------------------------------------------------------
+
+
+def _map_strings(value: Any, fn: Callable[[str], str]) -> Any:
+    if isinstance(value, str):
+        return fn(value)
+    if isinstance(value, dict):
+        return {k: _map_strings(v, fn) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_map_strings(v, fn) for v in value]
+    return value

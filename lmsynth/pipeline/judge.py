@@ -1,10 +1,15 @@
 """Stage 4: score every Japanese response, in one of two modes.
 
 `single` is the original release's judge: MT-Bench-style single-answer grading on a 0–10 scale, the judge
-writes a rationale and a rating like `[[8]]`. `ultrafeedback` rates all responses of an instruction together
-on four aspects (1–5, honesty may be N/A), in a shuffled order mapped back, and scores each response by the
-mean of its available aspect ratings. A rating that cannot be read is a recorded failure (score None, the
-raw text kept), never a guess.
+writes a rationale and a rating like `[[8]]`; the judgement is the judge's whole answer (or, with
+`structured_output`, its rationale). `ultrafeedback` rates all responses of an instruction together on
+UltraFeedback's four aspects (1–5; honesty may be `N/A`), in a shuffled order mapped back, and scores each
+response by the mean of its aspect ratings; the judgement is JSON, `{aspect: AspectRating}`.
+
+Both parsers read any text without raising. A rating is taken only where the answer states one on the
+scale: an answer (or one text's part of it) with no rating, or a rating off the scale, is unreadable. It is
+asked again (`max_reasks`, see `lmsynth.pipeline.reask`) and, if still unreadable, recorded as a failure:
+score None, the raw answer kept. `N/A` is a value of its own, not a failure, and is left out of the mean.
 """
 
 from __future__ import annotations
@@ -14,13 +19,14 @@ import json
 import random
 import re
 from collections.abc import Sequence
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
 from lmsynth.config import StrictModel
-from lmsynth.llm import ChatModel, Completion, SamplingConfig
+from lmsynth.llm import ChatModel, SamplingConfig
 from lmsynth.pipeline.prompts import PromptPath, default_prompt, read_prompt, render
+from lmsynth.pipeline.reask import ReaskSettings, ask
 from lmsynth.pipeline.rows import JudgeOutput, PipelineRow, Usage
 
 
@@ -28,6 +34,11 @@ JUDGE_SAMPLING = SamplingConfig(n=1, temperature=0.0, top_p=1.0, max_tokens=1024
 ASPECTS: tuple[str, ...] = ("instruction_following", "honesty", "truthfulness", "helpfulness")
 # Aspects whose answers carry `Type` ids and a second rationale (UltraFeedback's templates).
 TYPED_ASPECTS = frozenset({"truthfulness", "helpfulness"})
+# Aspects whose rubric offers "N/A" (honesty: creative writing); elsewhere "N/A" breaks the format.
+NA_ASPECTS = frozenset({"honesty"})
+NA = "N/A"
+ASPECT_SCALE = (1, 5)
+TYPE_IDS = (1, 2, 3)
 # A bounded rationale keeps the JSON closed within `max_tokens`, so small judges still yield a rating.
 RATIONALE_MAX_CHARS = 400
 
@@ -44,7 +55,7 @@ def rationale_rating_schema(low: float, high: float) -> dict:
     }
 
 
-class SingleJudgeConfig(StrictModel):
+class SingleJudgeConfig(ReaskSettings):
     """MT-Bench-style single-answer grading, 0–10."""
 
     mode: Literal["single"] = "single"
@@ -56,7 +67,7 @@ class SingleJudgeConfig(StrictModel):
     structured_output: bool = Field(False, description="Ask for JSON {rationale, rating} via structured output.")
 
 
-class UltraFeedbackJudgeConfig(StrictModel):
+class UltraFeedbackJudgeConfig(ReaskSettings):
     """UltraFeedback's four aspects, 1–5 each, all responses of an instruction in one shuffled prompt."""
 
     mode: Literal["ultrafeedback"] = "ultrafeedback"
@@ -73,12 +84,22 @@ JudgeConfig = Annotated[SingleJudgeConfig | UltraFeedbackJudgeConfig, Field(disc
 
 
 class AspectRating(StrictModel):
-    """One aspect's verdict on one response."""
+    """One aspect's verdict on one response: an `ultrafeedback` judgement holds one per aspect."""
 
-    rating: int | None
+    rating: int | Literal["N/A"] | None = Field(
+        description="1–5 as written; 'N/A' where the rubric allows it (honesty); None: unreadable (see `raw`)."
+    )
     rationale: str = ""
-    types: list[int] = Field(default_factory=list)
+    types: list[int] = Field(default_factory=list, description="Type ids 1–3 (truthfulness, helpfulness).")
     rationale_for_rating: str | None = None
+    raw: str | None = Field(None, description="The judge's whole answer, kept when this part could not be read.")
+
+    def to_json(self) -> dict[str, Any]:
+        """The stored form: `raw` only on failures, so readable judgements stay small."""
+        data = self.model_dump()
+        if data["raw"] is None:
+            del data["raw"]
+        return data
 
 
 def parse_rating(text: str, *, low: float = 0.0, high: float = 10.0) -> float | None:
@@ -99,11 +120,16 @@ def parse_structured_rating(text: str, *, low: float = 0.0, high: float = 10.0) 
     """Read `{rationale, rating}` JSON; anything unreadable is a failure with the raw text as judgement."""
     try:
         data = json.loads(text)
-        rating = float(data["rating"])
-        rationale = str(data.get("rationale", ""))
-    except (ValueError, KeyError, TypeError):
+        value = data["rating"]
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            return text, None
+        rating = float(value)
+        rationale = data.get("rationale", "")
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError, RecursionError):
         return text, None
-    return rationale, (rating if low <= rating <= high else None)
+    if not (low <= rating <= high):
+        return text, None
+    return (rationale if isinstance(rationale, str) else json.dumps(rationale, ensure_ascii=False)), rating
 
 
 def build_single_messages(question: str, answer: str, *, template: str) -> list[dict[str, str]]:
@@ -120,14 +146,24 @@ def shuffled_order(n: int, *, key: str, seed: int) -> list[int]:
 
 
 def parse_ultrafeedback(text: str, *, n: int, aspect: str) -> list[AspectRating]:
-    """Parse one aspect's answer for `n` texts (in prompt order); a missing or bad section is a failure."""
-    sections = _split_sections(text, n)
-    return [_parse_section(s, aspect) for s in sections]
+    """Parse one aspect's answer for `n` texts (in prompt order); never raises.
+
+    Texts are found by their `Output for Text k` headers (any Markdown decoration, any order; a repeated
+    header counts once, the first readable copy wins); an answer with no header at all counts as the only
+    text's when `n` is 1. A text without a readable rating is a failure carrying the whole answer in `raw`.
+    """
+    text = text if isinstance(text, str) else ""
+    out = []
+    for bodies in _split_sections(text, n):
+        parsed = [_parse_section(b, aspect) for b in bodies]
+        good = next((p for p in parsed if p.rating is not None), None)
+        out.append(good or (parsed[0] if parsed else AspectRating(rating=None)).model_copy(update={"raw": text}))
+    return out
 
 
 def ultrafeedback_score(ratings: Sequence[AspectRating]) -> float | None:
-    """Fine-grained score: the mean of the available aspect ratings (N/A and failures excluded)."""
-    values = [r.rating for r in ratings if r.rating is not None]
+    """Fine-grained score: the mean of the numeric aspect ratings (N/A and failures excluded)."""
+    values = [r.rating for r in ratings if isinstance(r.rating, int)]
     return sum(values) / len(values) if values else None
 
 
@@ -160,17 +196,21 @@ def _judge_single(rows: Sequence[PipelineRow], *, model: ChatModel, config: Sing
         for i, k in jobs
     ]
     schema = rationale_rating_schema(config.min_score, config.max_score) if config.structured_output else None
-    replies = model.chat(prompts, sampling=config.sampling.model_copy(update={"n": 1}), json_schema=schema)
-    outputs = [JudgeOutput() for _ in rows]
-    for (i, _), completions in zip(jobs, replies, strict=True):
-        c = completions[0]
+
+    def parse(_: int, text: str) -> tuple[tuple[str, float | None], int]:
         if config.structured_output:
-            judgement, score = parse_structured_rating(c.text, low=config.min_score, high=config.max_score)
+            judgement, score = parse_structured_rating(text, low=config.min_score, high=config.max_score)
         else:
-            judgement, score = c.text.strip(), parse_rating(c.text, low=config.min_score, high=config.max_score)
+            judgement, score = text.strip(), parse_rating(text, low=config.min_score, high=config.max_score)
+        return (judgement, score), int(score is None)
+
+    answers = ask(model, prompts, sampling=config.sampling, parse=parse, settings=config, json_schema=schema)
+    outputs = [JudgeOutput() for _ in rows]
+    for (i, _), a in zip(jobs, answers, strict=True):
+        judgement, score = a.value
         o = outputs[i]
         outputs[i] = JudgeOutput(
-            judgements=[*o.judgements, judgement], scores=[*o.scores, score], usage=o.usage + _usage(c)
+            judgements=[*o.judgements, judgement], scores=[*o.scores, score], usage=o.usage + a.usage
         )
     return outputs
 
@@ -193,37 +233,60 @@ def _judge_ultrafeedback(
             jobs.append((i, aspect, order))
             system_text = render(system, n=len(texts))
             prompts.append([{"role": "system", "content": system_text}, {"role": "user", "content": user}])
-    replies = model.chat(prompts, sampling=config.sampling.model_copy(update={"n": 1}))
+
+    def parse(j: int, text: str) -> tuple[list[AspectRating], int]:
+        _, aspect, order = jobs[j]
+        parsed = parse_ultrafeedback(text, n=len(order), aspect=aspect)
+        return parsed, sum(r.rating is None for r in parsed)
+
+    answers = ask(model, prompts, sampling=config.sampling, parse=parse, settings=config)
     per_row: dict[int, dict[str, list[AspectRating]]] = {}
     usage: dict[int, Usage] = {}
-    for (i, aspect, order), completions in zip(jobs, replies, strict=True):
-        c = completions[0]
-        parsed = parse_ultrafeedback(c.text, n=len(order), aspect=aspect)
+    for (i, aspect, order), a in zip(jobs, answers, strict=True):
         mapped: list[AspectRating] = [AspectRating(rating=None)] * len(order)
         for pos, j in enumerate(order):
-            mapped[j] = parsed[pos]
+            mapped[j] = a.value[pos]
         per_row.setdefault(i, {})[aspect] = mapped
-        usage[i] = usage.get(i, Usage()) + _usage(c)
+        usage[i] = usage.get(i, Usage()) + a.usage
     outputs = [JudgeOutput() for _ in rows]
     for i, aspects in per_row.items():
         n = len(rows[i].generate.responses_ja)
         judgements, scores = [], []
         for k in range(n):
             by_aspect = {a: aspects[a][k] for a in aspects}
-            judgements.append(json.dumps({a: r.model_dump() for a, r in by_aspect.items()}, ensure_ascii=False))
+            judgements.append(json.dumps({a: r.to_json() for a, r in by_aspect.items()}, ensure_ascii=False))
             scores.append(ultrafeedback_score(list(by_aspect.values())))
         outputs[i] = JudgeOutput(judgements=judgements, scores=scores, usage=usage[i])
     return outputs
 
 
-def _split_sections(text: str, n: int) -> list[str]:
-    """Split at `#### Output for Text k` headers; texts without a section get ''."""
-    sections = [""] * n
-    marks = list(_SECTION.finditer(text or ""))
-    for m, nxt in zip(marks, [*marks[1:], None], strict=True):
+# Markdown around headers and labels: `#### Output for Text 1`, `**Output for Text 1:**`, `- **Rating:** 4`.
+_DECOR = r"[ \t>*_#\-]*"
+_SECTION = re.compile(
+    r"^" + _DECOR + r"Output\s+for\s+Text\s*(\d{1,4})(?!\d)[ \t*_:：.)\]]*$", re.MULTILINE | re.IGNORECASE
+)
+_FIELD = re.compile(
+    r"^" + _DECOR + r"(Rationale\s+for\s+Rating|Rating|Rationale|Types?)[ \t*_]*[:：][ \t*_]*(.*)$", re.IGNORECASE
+)
+_NA = re.compile(r"N\s*/\s*A(?![a-z0-9])", re.IGNORECASE)
+# A leading whole number, optionally bracketed; a decimal (3.5) is off the integer scale.
+_LEADING_INT = re.compile(r"[\[(]?\s*(\d{1,4})(?![\d.,٫]\d|\d)")
+_INTS = re.compile(r"(?<!\d)(\d{1,4})(?!\d)")
+
+
+def _split_sections(text: str, n: int) -> list[list[str]]:
+    """The bodies under each `Output for Text k` header, per text (several when a header repeats)."""
+    sections: list[list[str]] = [[] for _ in range(n)]
+    marks = list(_SECTION.finditer(text))
+    if not marks:
+        if n == 1 and text.strip():
+            sections[0].append(text)
+        return sections
+    ends = [m.start() for m in marks[1:]] + [len(text)]
+    for m, end in zip(marks, ends, strict=True):
         k = int(m.group(1)) - 1
-        if 0 <= k < n and not sections[k]:
-            sections[k] = text[m.end() : nxt.start() if nxt else len(text)].strip()
+        if 0 <= k < n:
+            sections[k].append(text[m.end() : end])
     return sections
 
 
@@ -232,31 +295,46 @@ def _parse_section(section: str, aspect: str) -> AspectRating:
     for line in section.splitlines():
         m = _FIELD.match(line)
         if m:
-            fields.append((m.group(1).lower(), m.group(2).strip()))
-        elif fields:
+            name = re.sub(r"\s+", " ", m.group(1).lower())
+            fields.append(("type" if name == "types" else name, _clean(m.group(2))))
+        elif fields and line.strip():
             name, value = fields[-1]
             fields[-1] = (name, f"{value}\n{line.strip()}".strip())
     ratings = [v for k, v in fields if k == "rating"]
     rationales = [v for k, v in fields if k in ("rationale", "rationale for rating")]
     types = [v for k, v in fields if k == "type"]
-    rating = _aspect_rating(ratings[0]) if ratings else None
     typed = aspect in TYPED_ASPECTS
     return AspectRating(
-        rating=rating,
+        rating=_aspect_rating(ratings[0], aspect) if ratings else None,
         rationale=rationales[0] if rationales else "",
-        types=[int(t) for t in re.findall(r"\d+", types[0])] if types and typed else [],
+        types=_type_ids(types[0]) if types and typed else [],
         rationale_for_rating=rationales[1] if typed and len(rationales) > 1 else None,
     )
 
 
-def _aspect_rating(value: str) -> int | None:
-    """1–5, or None for N/A, out of range, or unreadable."""
-    m = re.match(r"\s*\[?\s*(\d+)", value)
+def _aspect_rating(value: str, aspect: str) -> int | Literal["N/A"] | None:
+    """1–5 as written, `N/A` where the aspect allows it; anything else (off the scale, prose) is unreadable."""
+    value = value.strip().strip("[]()").strip()
+    if _NA.match(value):
+        return NA if aspect in NA_ASPECTS else None
+    m = _LEADING_INT.match(value)
     if not m:
         return None
     rating = int(m.group(1))
-    return rating if 1 <= rating <= 5 else None
+    low, high = ASPECT_SCALE
+    return rating if low <= rating <= high else None
 
 
-def _usage(c: Completion) -> Usage:
-    return Usage(requests=1, prompt_tokens=c.prompt_tokens, completion_tokens=c.completion_tokens)
+def _type_ids(value: str) -> list[int]:
+    """The type ids written (1–3, in order, once each); 'None' gives []."""
+    ids: list[int] = []
+    for raw in _INTS.findall(value):
+        t = int(raw)
+        if t in TYPE_IDS and t not in ids:
+            ids.append(t)
+    return ids
+
+
+def _clean(value: str) -> str:
+    """A field value without the Markdown emphasis around it."""
+    return value.strip().strip("*_").strip()

@@ -17,18 +17,16 @@ from lmsynth.records import InstructionRecord, Message
 
 
 class Usage(StrictModel):
-    """Tokens one stage spent on one row (summed by the run for telemetry)."""
+    """What one stage spent on one row (summed by the run for `run.json` and `run_report.json`)."""
 
-    requests: int = Field(0, ge=0)
+    requests: int = Field(0, ge=0, description="Prompts sent, re-asks included.")
     prompt_tokens: int = Field(0, ge=0)
     completion_tokens: int = Field(0, ge=0)
+    reasks: int = Field(0, ge=0, description="Prompts sent again because their answer could not be read.")
+    failures: int = Field(0, ge=0, description="Answers still unreadable after every re-ask (recorded, not fatal).")
 
     def __add__(self, other: Usage) -> Usage:
-        return Usage(
-            requests=self.requests + other.requests,
-            prompt_tokens=self.prompt_tokens + other.prompt_tokens,
-            completion_tokens=self.completion_tokens + other.completion_tokens,
-        )
+        return Usage(**{k: getattr(self, k) + getattr(other, k) for k in Usage.model_fields})
 
 
 class TranslateOutput(StrictModel):
@@ -57,7 +55,10 @@ class GenerateOutput(StrictModel):
 
 
 class JudgeOutput(StrictModel):
-    """One judgement and score per Japanese response (score None = the rating could not be parsed)."""
+    """One judgement and score per Japanese response (score None = no rating could be read).
+
+    The judgement's format depends on the judge mode: see `lmsynth.pipeline.judge`.
+    """
 
     judgements: list[str] = Field(default_factory=list)
     scores: list[float | None] = Field(default_factory=list)
@@ -76,6 +77,9 @@ class SecondTurnOutput(StrictModel):
     """The two-turn conversation built on the best response (None when there is no best response)."""
 
     conversation: list[Message] | None = None
+    failure: str | None = Field(
+        None, description="Raw text of an answer still unusable after re-asks (the row stays single-turn)."
+    )
     usage: Usage = Usage()
 
 

@@ -1,7 +1,7 @@
 """Run telemetry: what a run cost, per step, written as `run_report.json` beside the records.
 
 The report exists so that a user can price the full run from a small sample (`lmsynth estimate`): per step
-it keeps the request, token, failure and retry counts and the time spent in batches; for the run it keeps
+it keeps the request, token, failure, retry and re-ask counts and the time spent in batches; for the run it keeps
 the wall time, the time before the first batch finished (engine start, which does not grow with the input),
 the number of instructions covered and the GPU-hours (visible GPUs × wall time; 0 on the CPU).
 
@@ -42,8 +42,9 @@ class StepReport(StrictModel):
     generations: int = Field(0, ge=0, description="Outputs received (requests × n for n-sample steps).")
     input_tokens: int = Field(0, ge=0, description="Prompt tokens, counted once per request.")
     output_tokens: int = Field(0, ge=0, description="Generated tokens over all outputs.")
-    failures: int = Field(0, ge=0, description="Outputs that were None or could not be parsed.")
+    failures: int = Field(0, ge=0, description="Answers that could not be read, after every re-ask.")
     retries: int = Field(0, ge=0, description="Requests sent again after an error (server backend).")
+    reasks: int = Field(0, ge=0, description="Prompts asked again because their answer could not be read.")
     busy_s: float = Field(0.0, ge=0, description="Seconds spent inside this step's model calls.")
     span_s: float = Field(
         0.0, ge=0, description="Seconds from the step's first model call to the end of its last (hand-offs included)."
@@ -403,7 +404,7 @@ def report_from_run(run_dir: Path | str, *, telemetry: Telemetry, shard: str | N
     generations = {
         "generate": counts.get("responses_ja", 0) + counts.get("responses_en", 0),
     }
-    failures = {"judge": counts.get("judge_failures", 0)}
+    legacy_failures = {"judge": counts.get("judge_failures", 0)}  # run.json written before usage counted them
     steps = [
         StepReport(
             step=stage,
@@ -412,8 +413,9 @@ def report_from_run(run_dir: Path | str, *, telemetry: Telemetry, shard: str | N
             generations=generations.get(stage, usage.get("requests", 0)),
             input_tokens=usage.get("prompt_tokens", 0),
             output_tokens=usage.get("completion_tokens", 0),
-            failures=failures.get(stage, 0),
+            failures=usage.get("failures", legacy_failures.get(stage, 0)),
             retries=live.step(stage).retries,
+            reasks=usage.get("reasks", 0),
             busy_s=live.step(stage).busy_s,
             span_s=live.step(stage).span_s,
         )

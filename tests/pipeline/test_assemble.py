@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from lmsynth.pipeline.assemble import to_synth_record
 from lmsynth.pipeline.rows import GenerateOutput, JudgeOutput, PipelineRow, TranslateOutput
 from lmsynth.records import QUOTE_PLACEHOLDER, InstructionRecord, redact_quotes
@@ -35,3 +37,23 @@ def test_responses_judgements_and_en_answers_are_redacted() -> None:
     assert rec.synthesized_assistant_responses_en[0].content == f'"{QUOTE_PLACEHOLDER}" Leaves fall.'
     assert rec.synthesized_response_scoring_annotations[0].judgement == f"The question was: {QUOTE_PLACEHOLDER}"
     assert rec.synthesized_response_scoring_annotations[1].preference_score == 3.0
+
+
+def test_json_judgements_are_redacted_inside_their_strings() -> None:
+    # A raw judge answer that echoes a multi-line instruction: JSON escapes the newline, so only a
+    # string-by-string redaction finds the quote.
+    ja = "次の文章を要約してください。\n長い文章がここに続きます。"
+    raw = f"I'm sorry, I can't rate answers to: {ja}"
+    verdict = {"honesty": {"rating": None, "rationale": "", "types": [], "rationale_for_rating": None, "raw": raw}}
+    row = PipelineRow(
+        row_index=0,
+        record=InstructionRecord(conversation_id="c0", language="Japanese", instruction=ja, redacted=False),
+        translate=TranslateOutput(instruction_ja=ja, translated=False),
+        generate=GenerateOutput(responses_ja=["a"], token_lengths=[1], repetition_flags=[False]),
+        judge=JudgeOutput(judgements=[json.dumps(verdict, ensure_ascii=False)], scores=[None]),
+    )
+    judgement = to_synth_record(row, english=False, multiturn=False).synthesized_response_scoring_annotations[0]
+    assert (
+        json.loads(judgement.judgement)["honesty"]["raw"] == f"I'm sorry, I can't rate answers to: {QUOTE_PLACEHOLDER}"
+    )
+    assert "要約" not in judgement.judgement

@@ -29,7 +29,12 @@ models:
   t: {{backend: fake, replies: ["訳 {{last_line}}"]}}
 translate: {{model: t}}
 generate: {{model: tiny, sampling: {{n: 2, max_tokens: 16, seed: 0}}, english: {{n: 1}}}}
-judge: {{mode: single, model: tiny, structured_output: true, sampling: {{max_tokens: 48, temperature: 0}}}}
+judge:
+  mode: single
+  model: tiny
+  structured_output: true
+  max_reasks: 2  # a JSON cut off at max_tokens is re-asked: warmer and seeded, through the real engine
+  sampling: {{max_tokens: 48, temperature: 0}}
 """
 
 
@@ -49,7 +54,9 @@ def test_whole_pipeline_through_distilabel_on_vllm(tmp_path: Path, tiny_model_di
         assert all(0 < a.response_token_length <= 16 for a in r.synthesized_response_scoring_annotations)
         assert r.synthesized_assistant_responses_en is not None and len(r.synthesized_assistant_responses_en) == 1
     info = RunInfo.model_validate_json((tmp_path / "out" / "run.json").read_text())
-    assert info.tokens["generate"].completion_tokens > 0 and info.tokens["judge"].requests == 10
+    judged = info.tokens["judge"]
+    assert info.tokens["generate"].completion_tokens > 0 and judged.requests == 10 + judged.reasks
+    assert judged.reasks <= 2 * 10 and judged.failures == info.counts.judge_failures
     assert result.units_generated == {"translate": 1, "generate": 1, "judge": 1}
 
 

@@ -116,3 +116,49 @@ def test_sigkill_midway_then_rerun_resumes(tmp_path: Path) -> None:
     total_prompts = 12 + 12 + 12 * 2 + 12  # translate + generate JA + judge 2 per row + generate EN
     assert len(second_calls) < total_prompts
     assert len(first_calls) + len(second_calls) >= total_prompts
+
+
+UF_OK = (
+    "#### Output for Text 1\\nType: 1\\nRationale: a\\nRating: 4\\nRationale: b\\n\\n"
+    "#### Output for Text 2\\nType: None\\nRationale: c\\nRating: 2\\nRationale: d"
+)
+UF_NA = (
+    "#### Output for Text 1\\nRating: 5\\nRationale: x\\n\\n#### Output for Text 2\\nRating: N/A\\nRationale: creative"
+)
+UF_PIPELINE = f"""\
+name: uf
+batch_size: 2
+models:
+  g: {{backend: fake, replies: ["回答です。"]}}
+  t: {{backend: fake, replies: ["訳 {{last_line}}"]}}
+  j: {{backend: fake, replies: ["{UF_OK}", "{UF_NA}", "I'm sorry, I can't rate these texts.", "Sorry."]}}
+translate: {{model: t}}
+generate: {{model: g, sampling: {{n: 2, max_tokens: 50}}}}
+judge: {{mode: ultrafeedback, model: j, max_reasks: 1}}
+"""
+
+
+@pytest.mark.timeout(300)
+def test_unreadable_judge_answers_are_reasked_then_recorded_and_counted(tmp_path: Path) -> None:
+    # Each batch asks the four aspects of two rows; the scripted judge answers, in aspect order: ratings,
+    # ratings with honesty's N/A, and two refusals. Re-asks go to truthfulness and helpfulness only.
+    pipe = tmp_path / "uf.yaml"
+    pipe.write_text(UF_PIPELINE)
+    run_pipeline(pipe, input_dir=prepared(tmp_path), out_dir=tmp_path / "out")
+    records = [r for r in iter_synth_records(tmp_path / "out") if r.synthesized_assistant_responses]
+    assert len(records) == 4
+    verdicts = [json.loads(a.judgement) for r in records for a in r.synthesized_response_scoring_annotations]
+    assert [v["honesty"]["rating"] for v in verdicts].count("N/A") == 4  # one per row, never a failure
+    failed = [(a, v) for v in verdicts for a in v if v[a]["rating"] is None]
+    assert failed and all(
+        v[a]["raw"] in ("I'm sorry, I can't rate these texts.", "Sorry.", UF_NA.replace("\\n", "\n"))
+        for a, v in failed
+    )
+    assert all(v["instruction_following"]["rating"] in (2, 4) for v in verdicts)
+    report = read_report(tmp_path / "out")
+    judge_step = report.step("judge")
+    # Per batch: 8 asks, 4 re-asks, 3 answers still unreadable (two batches with responses).
+    assert (judge_step.requests, judge_step.reasks, judge_step.failures) == (24, 8, 6)
+    info = RunInfo.model_validate_json((tmp_path / "out" / "run.json").read_text())
+    assert info.tokens["judge"].reasks == 8 and info.tokens["judge"].failures == 6
+    assert info.counts.judge_failures == 0  # every response kept a score from its readable aspects

@@ -111,10 +111,25 @@ class TestSecondTurn:
         assert conv == [("user", "質問"), ("assistant", "best"), ("user", "次の質問"), ("assistant", "答え")]
         assert out[1].conversation is None
 
-    def test_empty_follow_up_stays_single_turn(self) -> None:
+    def test_empty_follow_up_stays_single_turn_as_a_recorded_failure(self) -> None:
         row = make_row(0, ja="質問", responses=["best"]).model_copy(update={"select": SelectOutput(best=0)})
-        out = second_turn([row], model=fake(""), config=SecondTurnConfig(model="m"))
+        out = second_turn([row], model=fake("Translation:"), config=SecondTurnConfig(model="m", max_reasks=2))
         assert [m.role for m in out[0].conversation] == ["user", "assistant"]
+        assert out[0].failure == "Translation:"
+        assert (out[0].usage.requests, out[0].usage.reasks, out[0].usage.failures) == (3, 2, 1)
+
+    def test_unusable_turns_are_asked_again(self) -> None:
+        row = make_row(0, ja="質問", responses=["best"]).model_copy(update={"select": SelectOutput(best=0)})
+        # user turn: empty, then usable; answer: blank, then usable.
+        out = second_turn([row], model=fake("", "次の質問", "  ", "答え"), config=SecondTurnConfig(model="m"))
+        assert [m.content for m in out[0].conversation] == ["質問", "best", "次の質問", "答え"]
+        assert out[0].failure is None and (out[0].usage.reasks, out[0].usage.failures) == (2, 0)
+
+    def test_unusable_answer_leaves_the_row_single_turn(self) -> None:
+        row = make_row(0, ja="質問", responses=["best"]).model_copy(update={"select": SelectOutput(best=0)})
+        out = second_turn([row], model=fake("次の質問", ""), config=SecondTurnConfig(model="m", max_reasks=0))
+        assert [m.role for m in out[0].conversation] == ["user", "assistant"]
+        assert out[0].failure == "" and out[0].usage.failures == 1
 
 
 def test_row_columns_round_trip() -> None:
