@@ -87,7 +87,10 @@ def test_unfinished_prepared_folder_cli_error_is_one_line(tmp_path: Path) -> Non
 
 
 @pytest.mark.timeout(300)
-def test_leftovers_of_killed_runs_are_removed(tmp_path: Path) -> None:
+def test_leftovers_of_killed_runs_are_removed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")
     prep = write_prepared(tmp_path / "prep", [make_record(i) for i in range(4)])
     pipe, _ = write_fake_pipeline(tmp_path)
     out, cache = tmp_path / "out", tmp_path / "cache"
@@ -105,6 +108,7 @@ def test_leftovers_of_killed_runs_are_removed(tmp_path: Path) -> None:
     assert left == ["records", "run.json", "run_report.json", "unsafe"]
     assert not stale.exists() and list((cache / WORK_DIR).iterdir()) == []
     assert not list(cache.rglob("*.lock")) and not list(cache.rglob("*.tmp"))
+    assert not (tmp_path / "hf-cache").exists()  # distilabel's output is not copied into the datasets cache
     assert result.records == 4
 
 
