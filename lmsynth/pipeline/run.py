@@ -386,7 +386,10 @@ def execute(
                     pipeline, options=ray, tensor_parallel=tp, use_cache=False, load_groups=load_groups
                 )
             else:
-                with _forked_from_a_small_process():
+                # Steps that hold an in-process vLLM engine keep distilabel's own start method (their engine
+                # dwarfs what a fork inherits, and that path is the one tested with real engines).
+                starts = _forked_from_a_small_process() if engines == 0 else contextlib.nullcontext()
+                with starts:
                     distiset = without_checkpoints(pipeline).run(use_cache=False, load_groups=load_groups)
             summaries = [RowSummary.model_validate_json(r["summary"]) for r in _distiset_rows(distiset)]
         records = {index: (unsafe, text) for index, unsafe, text in read_records(work_dir / "records")}
