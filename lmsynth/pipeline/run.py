@@ -4,6 +4,10 @@ Output folder contract (`lmsynth.records`): `records/` (one SynthRecord per safe
 duplicate ones included without responses), `unsafe/` (translation fields of the flagged instructions) and
 `run.json` (`RunInfo`), written last. Finished work lives in the stage cache (`lmsynth.pipeline.cache`), so
 the same command after a crash or kill resumes instead of starting over.
+
+The input streams through in windows of `config.window` rows, one distilabel pipeline per window
+(`build_pipeline` is where stage configs become step LLMs); `run_pipeline` holds the whole multi-window
+run, so anything that must outlive a window (an engine served per model) wraps its window loop.
 """
 
 from __future__ import annotations
