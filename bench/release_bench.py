@@ -8,9 +8,12 @@ process, so peak RSS (`ru_maxrss`) belongs to that build alone:
   files sorted, gzipped and encrypted, figures, cards, leak guard, MANIFEST.json (no publish).
 - `baseline`: read the same JSONL, build a `datasets.Dataset` in memory and call `to_parquet` (public fields only).
 
-MB/s is input JSONL bytes per second. Usage:
+MB/s is input JSONL bytes per second. The baseline holds every row in memory, so it is skipped above
+200,000 records: `--sizes 487370` (the full v0.5 size) measures lmsynth alone, against its targets (≤ 150 s,
+peak RSS < 1 GB on 2 cores). Usage:
 
     python bench/release_bench.py [--sizes 20000 100000] [--work DIR]
+    python bench/release_bench.py --sizes 487370
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from pathlib import Path
 
 
 ROOT = Path(__file__).resolve().parent.parent
+BASELINE_MAX = 200_000  # records; above this the naive baseline holds too much in memory to run
+TARGET_SECONDS, TARGET_RSS = 150, 10**9  # the full v0.5 size (487,370 records)
 
 CHILD_LMSYNTH = r"""
 import json, resource, sys, time, yaml
@@ -82,7 +87,8 @@ def main() -> None:
             print(f"writing {n:,} synthetic v0.5 records to {run} ...", file=sys.stderr, flush=True)
             write_run_dir(run, n, shape="v0.5", seed=0, unsafe_n=n // 100)
         in_bytes = sum(f.stat().st_size for f in (run / "records").glob("*.jsonl"))
-        for name, code in (("lmsynth", CHILD_LMSYNTH), ("baseline", CHILD_BASELINE)):
+        builds = [("lmsynth", CHILD_LMSYNTH)] + ([("baseline", CHILD_BASELINE)] if n <= BASELINE_MAX else [])
+        for name, code in builds:
             work = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=work_root))
             print(f"{name} at {n:,} ...", file=sys.stderr, flush=True)
             proc = subprocess.run(
@@ -112,6 +118,17 @@ def main() -> None:
         in_mb = sum(f.stat().st_size for f in (work_root / f"run-{n}" / "records").glob("*.jsonl")) / 1e6
         cells = (name, f"{n:,}", f"{in_mb:.0f}", f"{secs:.1f}", f"{rps:,.0f}", f"{mbs:.1f}", f"{rss / 2**20:.0f}")
         print("{:<9} {:>8} {:>9} {:>8} {:>10} {:>7} {:>13}".format(*cells), f"{out / 1e6:>11.1f}")
+    by = {(name, n): (secs, rps, rss) for name, n, secs, rps, _, rss, _ in rows}
+    for n in args.sizes:
+        secs, rps, rss = by[("lmsynth", n)]
+        if ("baseline", n) in by:
+            print(f"{n:,} records: lmsynth / baseline records/s = {rps / by[('baseline', n)][1]:.2f}x")
+        else:
+            ok = secs <= TARGET_SECONDS and rss < TARGET_RSS
+            print(
+                f"{n:,} records: {secs:.0f} s (target ≤ {TARGET_SECONDS} s), peak RSS {rss / 1e9:.2f} GB "
+                f"(target < 1 GB): {'met' if ok else 'NOT met'}"
+            )
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -29,9 +30,17 @@ def load_yaml(path: Path | str, model: type[M]) -> M:
     path = Path(path)
     data = read_yaml(path)
     try:
-        return model.model_validate(data if data is not None else {}, context={"path": path})
+        return validate_strict(model, data if data is not None else {}, context={"path": path})
     except ValidationError as e:
         raise config_error_from(path, e) from e
+
+
+def validate_strict(model: type[M], data: Any, *, context: dict | None = None) -> M:
+    """Validate parsed YAML/JSON data with no type coercion: `"yes"` or `1` is no boolean, `"3"` no integer.
+
+    The data goes through JSON so that strict mode still reads paths and tuples from strings and lists.
+    """
+    return model.model_validate_json(json.dumps(data, default=str), strict=True, context=context)
 
 
 def read_yaml(path: Path | str) -> Any:

@@ -32,6 +32,14 @@ DEBUG = _is_true(os.environ.get("LMSYNTH_DEBUG"))
 
 OPENAI_API_KEY_ENV = "OPENAI_API_KEY"
 
+# Tests only: the named kill point (`lmsynth.faults`) at which a command SIGKILLs itself.
+KILL_AT_ENV = "LMSYNTH_KILL_AT"
+
+
+def kill_at() -> str | None:
+    """The kill point named by `LMSYNTH_KILL_AT` (read at call time), or None."""
+    return os.environ.get(KILL_AT_ENV) or None
+
 
 def openai_api_key_from_env() -> str | None:
     """The key for OpenAI-compatible servers (`backend: openai`), when they require one."""

@@ -12,15 +12,17 @@ therefore record the digest of the plaintext and reuse the previous ciphertext w
 from __future__ import annotations
 
 import contextlib
-import shutil
-import subprocess
+import io
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import IO
 
 from pydantic import SecretStr
 
+from lmsynth import scratch
 from lmsynth.errors import EncryptionError, PassphraseError
+from lmsynth.faults import kill_point
 from lmsynth.io import atomic_path
 
 
@@ -47,21 +49,18 @@ def encrypt_file(src: Path | str, dst: Path | str, *, passphrase: SecretStr) -> 
         PassphraseError: the passphrase is empty or holds a newline/NUL (gpg reads it as one line).
         EncryptionError: gpg failed.
     """
-    src, dst = Path(src), Path(dst)
-    secret = _check_passphrase(passphrase)
-    with _gpg() as gpg, atomic_path(dst) as tmp, open(src, "rb") as f:
-        res = gpg.encrypt_file(
-            f,
-            recipients=None,
-            symmetric=CIPHER,
-            passphrase=secret,
-            armor=False,
-            output=str(tmp),
-            extra_args=["--no-symkey-cache", "--compress-algo", "none", *S2K_ARGS],
-        )
-        if not res.ok:
-            raise EncryptionError(f"{src}: gpg could not encrypt ({_status(res)})")
-    return dst
+    with open(src, "rb") as f:
+        return _encrypt(f, Path(dst), passphrase=passphrase, name=str(src))
+
+
+def encrypt_stream(chunks: Iterable[bytes], dst: Path | str, *, passphrase: SecretStr) -> Path:
+    """Encrypt the bytes of `chunks` like `encrypt_file`, streamed into gpg: no plaintext file is written.
+
+    Raises:
+        PassphraseError: the passphrase is empty or holds a newline/NUL.
+        EncryptionError: gpg failed.
+    """
+    return _encrypt(_ChunkReader(chunks), Path(dst), passphrase=passphrase, name=str(dst))
 
 
 def decrypt_file(src: Path | str, dst: Path | str, *, passphrase: SecretStr) -> Path:
@@ -96,6 +95,57 @@ def decrypt_file(src: Path | str, dst: Path | str, *, passphrase: SecretStr) -> 
 # Private helpers
 
 
+def _encrypt(f: io.RawIOBase | IO[bytes], dst: Path, *, passphrase: SecretStr, name: str) -> Path:
+    secret = _check_passphrase(passphrase)
+    with _gpg() as gpg, atomic_path(dst) as tmp:
+        res = gpg.encrypt_file(
+            f,
+            recipients=None,
+            symmetric=CIPHER,
+            passphrase=secret,
+            armor=False,
+            output=str(tmp),
+            extra_args=["--no-symkey-cache", "--compress-algo", "none", *S2K_ARGS],
+        )
+        error = getattr(f, "error", None)
+        if error is not None:
+            raise error
+        if not res.ok:
+            raise EncryptionError(f"{name}: gpg could not encrypt ({_status(res)})")
+    return dst
+
+
+class _ChunkReader(io.RawIOBase):
+    """A read-only file over an iterator of byte chunks (what python-gnupg copies into gpg's stdin).
+
+    An exception raised by the iterator (a bad record) is kept in `error` and re-raised by the caller:
+    python-gnupg reads in a thread, where it would otherwise be lost.
+    """
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self._chunks = iter(chunks)
+        self._buf = b""
+        self.error: BaseException | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: bytearray) -> int:  # type: ignore[override]
+        while not self._buf and self.error is None:
+            try:
+                self._buf = next(self._chunks)
+                kill_point("crypto.streaming")  # gpg is running, reading the plaintext from us
+            except StopIteration:
+                return 0
+            except Exception as e:  # noqa: BLE001 — handed back to the calling thread
+                self.error = e
+                return 0
+        n = min(len(b), len(self._buf))
+        b[:n] = self._buf[:n]
+        self._buf = self._buf[n:]
+        return n
+
+
 def _check_passphrase(passphrase: SecretStr) -> str:
     if not isinstance(passphrase, SecretStr):
         raise PassphraseError("`passphrase` must be a SecretStr")
@@ -112,18 +162,12 @@ def _gpg() -> Iterator[object]:
     """A python-gnupg handle on a fresh short GNUPGHOME, torn down (agent included) afterwards."""
     import gnupg
 
-    home = tempfile.mkdtemp(prefix="lg")  # short: the agent socket path has a length limit
+    home = Path(tempfile.mkdtemp(prefix="lg"))  # short: the agent socket path has a length limit
+    scratch.register_gnupg_home(home)  # a killed command's agent is stopped by the next command
     try:
-        yield gnupg.GPG(gnupghome=home, encoding="utf-8")
+        yield gnupg.GPG(gnupghome=str(home), encoding="utf-8")
     finally:
-        with contextlib.suppress(OSError, subprocess.SubprocessError):
-            subprocess.run(
-                ["gpgconf", "--homedir", home, "--kill", "gpg-agent"],
-                capture_output=True,
-                timeout=10,
-                check=False,
-            )
-        shutil.rmtree(home, ignore_errors=True)
+        scratch.remove_gnupg_home(home)
 
 
 def _status(res: object) -> str:

@@ -28,6 +28,23 @@ class InputRecordError(LmsynthError, ValueError):
         super().__init__(f"{where}: {self.message}")
 
 
+class MissingRunsError(InputRecordError):
+    """A release's run folders are not here (e.g. a fresh checkout); names the subsets and how to make them."""
+
+    def __init__(self, missing: list[tuple[str, str]], *, commands: list[str]) -> None:
+        self.subsets = [config for config, _ in missing]
+        where = ", ".join(f"`{config}` ({path})" for config, path in missing)
+        super().__init__(
+            missing[0][1],
+            None,
+            None,
+            f"no such file or folder: the records of subset(s) {where} are missing. Make them with "
+            + "; ".join(f"`{c}`" for c in commands)
+            + ", or read run folders staged on the Hub with `--runs hf://datasets/ORG/NAME@REVISION`"
+            + ", or try the bundled sample with `lmsynth demo`",
+        )
+
+
 class SourceError(LmsynthError, OSError):
     """A source cannot be opened or read (missing file, unreadable, unknown format, no access)."""
 
@@ -87,6 +104,7 @@ class ChecksumError(LmsynthError, RuntimeError):
 
     def __init__(self, path: str, message: str) -> None:
         self.path = path
+        self.message = message
         super().__init__(f"{path}: {message}")
 
 

@@ -18,6 +18,7 @@ from typing import IO, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from lmsynth import scratch
 from lmsynth.config import dotted
 from lmsynth.errors import InputRecordError
 
@@ -54,6 +55,7 @@ def atomic_dir(path: Path | str) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    scratch.register_pending(tmp)  # a kill leaves it: the next command removes it
     os.chmod(tmp, 0o777 & ~_UMASK)
     try:
         yield tmp
@@ -115,9 +117,9 @@ def read_jsonl(path: Path | str, model: type[M]) -> Iterator[M]:
 
 
 def parse_line(line: str, model: type[M], *, path: Path | str, lineno: int | None) -> M:
-    """Validate one JSON line, turning any failure into a one-line `InputRecordError`."""
+    """Validate one JSON line strictly (no type coercion), turning any failure into a one-line `InputRecordError`."""
     try:
-        return model.model_validate_json(line)
+        return model.model_validate_json(line, strict=True)  # `"yes"`, `1` are not booleans; `"3"` is no int
     except ValidationError as e:
         first = e.errors()[0]
         if first["type"] == "json_invalid":

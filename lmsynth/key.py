@@ -17,10 +17,12 @@ chunks, spilled to temporary files and merged with `heapq.merge`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import heapq
 import itertools
 import pickle
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -28,6 +30,7 @@ from pathlib import Path
 from pydantic import SecretStr
 
 from lmsynth.progress import track
+from lmsynth.scratch import scratch_dir
 from lmsynth.source import Source, open_source
 
 
@@ -54,7 +57,7 @@ def derive_key(
         source: a source spec for `open_source` (None: the bundled sample) or an opened `Source`.
         token: hub token when `source` is a gated hub dataset.
         chunk_rows: pairs held in memory before a sorted chunk is spilled to disk.
-        tmp_dir: where spill files go (default: the system temporary folder); removed afterwards.
+        tmp_dir: where spill files go (default: a scratch folder); removed afterwards.
 
     Returns:
         The lowercase hex SHA-256, wrapped so it never shows in reprs or logs.
@@ -101,7 +104,13 @@ def sorted_pairs(
     if len(first) < chunk_rows:
         yield from first
         return
-    with tempfile.TemporaryDirectory(prefix="lmsynth-key-", dir=tmp_dir) as tmp:
+    # The spills hold source text: a scratch folder, which the next command removes if this one is killed.
+    with contextlib.ExitStack() as stack:
+        tmp = tempfile.mkdtemp(prefix="lmsynth-key-", dir=tmp_dir) if tmp_dir else None
+        if tmp is not None:
+            stack.callback(shutil.rmtree, tmp, True)
+        else:
+            tmp = stack.enter_context(scratch_dir("key"))
         runs = [_spill(first, Path(tmp) / "run-00000.pkl")]
         del first
         while chunk := sorted(itertools.islice(it, chunk_rows)):

@@ -28,6 +28,7 @@ from pydantic import Field, SecretStr
 from lmsynth import constants
 from lmsynth.config import StrictModel
 from lmsynth.errors import ArgumentError, InputRecordError
+from lmsynth.faults import kill_point
 from lmsynth.io import atomic_dir, dump_json_line, parse_line, write_json
 from lmsynth.progress import track
 from lmsynth.records import (
@@ -128,6 +129,7 @@ def prepare(
                     continue
                 rec = to_instruction(conv, rules)
                 (unsafe_f if rec.flagged else safe_f).write(dump_json_line(rec) + "\n")
+                kill_point("prepare.writing")
                 counts["unsafe" if rec.flagged else "kept"] += 1
                 counts["pii"] += rec.redacted
                 per_language[rec.language] += 1

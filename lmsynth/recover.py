@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import shutil
 import sqlite3
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -30,6 +29,7 @@ from lmsynth.io import atomic_dir, open_text, parse_line, sha256_file, write_jso
 from lmsynth.progress import track
 from lmsynth.records import GatedInstruction, Message, SynthRecord
 from lmsynth.release import layout
+from lmsynth.scratch import scratch_dir
 
 
 if TYPE_CHECKING:
@@ -127,8 +127,8 @@ def recover(
 
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".lmsynth-recover-", dir=out_dir.parent) as work_str:
-        work = Path(work_str)
+    # Decrypted instructions and the merge store live in a scratch folder (removed after a kill by the next command).
+    with scratch_dir("recover") as work:
         # 1. Fetch the tree and refuse it before any decryption if a byte differs from MANIFEST.json.
         tree = open_target(target_uri).download(revision, work / "tree")
         manifest = check_tree(tree)
@@ -186,7 +186,7 @@ def check_tree(tree: Path) -> ChecksumManifest:
     if not manifest_path.is_file():
         raise VerifyError(f"{manifest_path}: the release has no {layout.MANIFEST_FILE}")
     try:
-        manifest = ChecksumManifest.model_validate_json(manifest_path.read_text(encoding="utf-8"))
+        manifest = ChecksumManifest.model_validate_json(manifest_path.read_text(encoding="utf-8"), strict=True)
     except ValidationError as e:
         first = e.errors()[0]
         raise VerifyError(f"{layout.MANIFEST_FILE}: `{dotted(first['loc'])}`: {first['msg']}") from e
@@ -348,7 +348,7 @@ def _iter_public(tree: Path, subset: str) -> Iterator[SynthRecord]:
                 # Parquet stores an absent value as null: let the model's default stand for it.
                 data = {k: v for k, v in row.items() if k in fields and v is not None}
                 try:
-                    yield SynthRecord.model_validate(data)
+                    yield SynthRecord.model_validate(data, strict=True)
                 except ValidationError as e:
                     first = e.errors()[0]
                     where = f"{shard.relative_to(tree).as_posix()}: row {index}"

@@ -140,14 +140,12 @@ class Source:
     # Private helpers
 
     def _raw_rows(self) -> Iterator[LocatedConversation]:
+        """Every row; a file (or hub dataset) with no row at all is refused: it is a failed copy, not data."""
         if self.hub_id is not None:
-            yield from _hub_rows(self.hub_id, self._token)
+            yield from _nonempty(_hub_rows(self.hub_id, self._token), self.hub_id)
             return
         for path in self.files:
-            if path.suffix == ".parquet":
-                yield from _parquet_rows(path)
-            else:
-                yield from _jsonl_rows(path)
+            yield from _nonempty(_parquet_rows(path) if path.suffix == ".parquet" else _jsonl_rows(path), str(path))
 
     def _duplicate_error(self, dup: LocatedConversation) -> InputRecordError:
         cid = dup.conversation.conversation_id
@@ -208,6 +206,14 @@ def open_source(src: str | None, *, token: SecretStr | None = None) -> Source:
 
 
 # Private helpers
+
+
+def _nonempty(rows: Iterator[LocatedConversation], where: str) -> Iterator[LocatedConversation]:
+    n = 0
+    for n, row in enumerate(rows, start=1):  # noqa: B007 — n is checked after the loop
+        yield row
+    if n == 0:
+        raise SourceError(where, "holds no conversations (an empty file is a failed copy, not a source)")
 
 
 def _is_source_file(path: Path) -> bool:
@@ -283,7 +289,7 @@ def _hub_rows(hub_id: str, token: SecretStr | None) -> Iterator[LocatedConversat
 
 def _validate(data: dict, where: str, row: int) -> SourceConversation:
     try:
-        return SourceConversation.model_validate(data)
+        return SourceConversation.model_validate(data, strict=True)
     except ValidationError as e:
         first = e.errors()[0]
         raise InputRowError(where, row, dotted(first["loc"]) or None, first["msg"]) from e

@@ -202,7 +202,7 @@ def write_prepared_dir(path: Path | str, n: int, *, seed: int = 0, unsafe_n: int
     flagged = (_instruction_record(_unsafe_id(seed, i), flagged=True) for i in range(unsafe_n))
     _write_lines(path / PREPARED_INSTRUCTIONS, (r.model_dump_json() for r in safe))
     _write_lines(path / PREPARED_UNSAFE, (r.model_dump_json() for r in flagged))
-    (path / PREPARED_MARKER).write_text("ok\n", encoding="utf-8")  # what `lmsynth prepare` writes last
+    _write_lines(path / PREPARED_MARKER, ["ok"])  # last, as `lmsynth prepare` writes it
     return path
 
 

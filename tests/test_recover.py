@@ -350,6 +350,7 @@ def released(tmp_path_factory: pytest.TempPathFactory) -> Path:
         (run_dir / sub / "records-00000.jsonl").write_text(
             "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8"
         )
+    (run_dir / "run.json").write_text('{"pipeline": "handmade"}\n', encoding="utf-8")  # a finished run folder
     manifest = yaml.safe_load((constants.RELEASE_DIR / "demo.yaml").read_text(encoding="utf-8"))
     spec = manifest["subsets"][0]
     spec.update(

@@ -41,7 +41,10 @@ app = typer.Typer(
 
 @app.callback()
 def _root() -> None:
-    """Keep `lmsynth` a command group even while only one command is registered."""
+    """Before any command: remove what killed lmsynth commands left in the scratch folder (never a live one's)."""
+    from lmsynth.scratch import clean_stale
+
+    clean_stale()
 
 
 class Output:

@@ -27,7 +27,17 @@ ManifestOpt = Annotated[
 ]
 RecordsOpt = Annotated[
     list[str] | None,
-    typer.Option("--records", help="CONFIG=PATH: take a subset's records from PATH (repeatable)."),
+    typer.Option(
+        "--records", help="CONFIG=PATH: take a subset's records from PATH or a URL (hf://datasets/...) (repeatable)."
+    ),
+]
+RunsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--runs",
+        help="Where the manifest's relative records:/prepared: paths live: a folder or a URL such as "
+        "hf://datasets/ORG/NAME@REVISION (default: the current folder).",
+    ),
 ]
 OutOpt = Annotated[
     Path | None, typer.Option("--out", help="Also keep the built tree in this folder (e.g. a dry run's artifact).")
@@ -37,7 +47,8 @@ OutOpt = Annotated[
 @app.command(
     "release",
     epilog="Examples:\n\n  lmsynth release v0.5 --dry-run --out build/v0.5\n\n"
-    "  lmsynth release v0.5 --to hub --records gemma-3=runs/gemma-3 --passphrase-file key.txt",
+    "  lmsynth release v0.5 --to hub --records gemma-3=runs/gemma-3 --passphrase-file key.txt\n\n"
+    "  lmsynth release v0.5 --runs hf://datasets/ORG/lmsynth-runs@main --dry-run --out build/v0.5",
 )
 def release_cmd(
     version: VersionArg,
@@ -46,6 +57,7 @@ def release_cmd(
     force: ForceOpt = False,
     manifest: ManifestOpt = None,
     records: RecordsOpt = None,
+    runs: RunsOpt = None,
     out_dir: OutOpt = None,
     passphrase_file: PassphraseFileOpt = None,
     source: SourceOpt = None,
@@ -66,6 +78,7 @@ def release_cmd(
             force=force,
             passphrase=passphrase,
             records_overrides=_parse_records(records or []),
+            runs_root=runs,
         )
     counts = ", ".join(f"{k}={v.records:,}" for k, v in res.counts.items())
     status = "Planned" if res.dry_run else ("Released" if res.created_commit or res.moved_tag else "Unchanged")
@@ -129,11 +142,11 @@ def _resolve_target(version: str, name: str | None, manifest: Path | None) -> st
     return load_manifest(manifest or constants.RELEASE_DIR / f"{version}.yaml").targets.resolve(name)
 
 
-def _parse_records(items: list[str]) -> dict[str, Path]:
-    parsed: dict[str, Path] = {}
+def _parse_records(items: list[str]) -> dict[str, str]:
+    parsed: dict[str, str] = {}
     for item in items:
         config, sep, path = item.partition("=")
         if not sep or not config or not path:
             raise ManifestError("--records", None, None, f"expected CONFIG=PATH, got {item!r}")
-        parsed[config] = Path(path)
+        parsed[config] = path
     return parsed

@@ -197,7 +197,7 @@ def _read_report(input_dir: Path) -> RecoverReport:
     path = input_dir / REPORT_FILE
     if not path.is_file():
         raise ExportError(f"{input_dir}: no {REPORT_FILE}; point --input at a folder written by `lmsynth recover`")
-    return RecoverReport.model_validate_json(path.read_text(encoding="utf-8"))
+    return RecoverReport.model_validate_json(path.read_text(encoding="utf-8"), strict=True)
 
 
 def _records(input_dir: Path | str, filters: ExportFilters, counts: Counter[str]) -> Iterator[RecoveredRecord]:

@@ -9,7 +9,6 @@ the access form.
 from __future__ import annotations
 
 import shutil
-import tempfile
 from pathlib import Path
 
 import yaml
@@ -20,6 +19,7 @@ from lmsynth.hub.tree import tree_files
 from lmsynth.io import sha256_file
 from lmsynth.release.layout import INDEX_CARD, MANIFEST_FILE
 from lmsynth.release.manifest import GatedRepoSpec
+from lmsynth.scratch import scratch_dir
 from lmsynth.targets.base import PublishResult
 from lmsynth.targets.hf import REPO_TYPE, HfTarget, get_hf_api, parse_repo_id
 
@@ -65,8 +65,7 @@ def publish_gated_repo(
         api.update_repo_settings(target.repo_id, gated=spec.mode, repo_type=REPO_TYPE)
 
     with_retries(gate, target=target.uri, action="turn gating on", policy=target.retry)
-    with tempfile.TemporaryDirectory(prefix="lmsynth-gated-") as tmp:
-        stage = Path(tmp)
+    with scratch_dir("gated-upload") as stage:  # plaintext: a scratch folder, removed after a kill
         for rel in files:
             (stage / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src / rel, stage / rel)

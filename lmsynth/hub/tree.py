@@ -38,7 +38,7 @@ def check_tree(tree: Path) -> list[str]:
     if not manifest_path.is_file():
         raise TargetError(str(tree), f"not a release tree: no {MANIFEST_FILE}; build it with `lmsynth release`")
     try:
-        manifest = ChecksumManifest.model_validate_json(manifest_path.read_bytes())
+        manifest = ChecksumManifest.model_validate_json(manifest_path.read_bytes(), strict=True)
     except ValueError as e:
         raise ChecksumError(str(manifest_path), f"invalid {MANIFEST_FILE}: {' '.join(str(e).split())[:200]}") from e
     files = tree_files(tree)

@@ -136,6 +136,13 @@ def _check_shard_set(dirs: list[Path]) -> dict[Path, ShardInfo]:
     missing_dirs = [str(d) for d in dirs if not d.is_dir()]
     if missing_dirs:
         raise ShardSetError("missing", missing_dirs, f"not a folder: {', '.join(missing_dirs)}")
+    given: dict[Path, Path] = {}
+    for d in dirs:
+        if d.resolve() in given:
+            raise ShardSetError(
+                "duplicated", [str(d)], f"shard folder {d} is given twice (as {given[d.resolve()]} and {d})"
+            )
+        given[d.resolve()] = d
     infos = {d: read_shard_info(d) for d in dirs}
     unsharded = [str(d) for d, i in infos.items() if i is None]
     if unsharded:
@@ -292,7 +299,7 @@ def _copy_in_order(entries: list[_Entry], dest: Path, *, reflag: bool) -> tuple[
 def _as_duplicate(line: bytes, original: str, delta: dict[str, int], *, newly: bool) -> str:
     # What the pipeline writes for a duplicate: no Japanese responses (nor a 2-turn conversation built on
     # them); English responses, made from the English original, stay.
-    rec = SynthRecord.model_validate_json(line)
+    rec = SynthRecord.model_validate_json(line, strict=True)
     delta["duplicate"] += newly
     delta["responses_ja"] -= len(rec.synthesized_assistant_responses)
     delta["judge_failures"] -= sum(a.preference_score is None for a in rec.synthesized_response_scoring_annotations)

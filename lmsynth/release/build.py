@@ -14,29 +14,46 @@ change reuses the ciphertext already published under the tag, which makes re-rel
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import shutil
-import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import Field, SecretStr
 
-from lmsynth import __version__, constants
+from lmsynth import __version__, constants, keycheck
 from lmsynth.config import StrictModel
-from lmsynth.errors import ConfigError, InputRecordError, ManifestError, PassphraseError
+from lmsynth.errors import (
+    ConfigError,
+    InputRecordError,
+    ManifestError,
+    MissingRunsError,
+    PassphraseError,
+    TagConflictError,
+)
+from lmsynth.faults import kill_point
 from lmsynth.io import atomic_path, sha256_file
 from lmsynth.release import layout
+from lmsynth.release.inputs import RunInput, exists, resolve_input
 from lmsynth.release.manifest import (
     ChecksumManifest,
     FileEntry,
     ReleaseManifest,
     SubsetCounts,
     SubsetInfo,
+    SubsetInputs,
+    SubsetSpec,
     load_manifest,
 )
+from lmsynth.scratch import scratch_dir
+
+
+if TYPE_CHECKING:
+    from lmsynth.release.leak_guard import GatedIndex
 
 
 log = logging.getLogger(__name__)
@@ -88,6 +105,7 @@ def build_release(
     force: bool = False,
     passphrase: SecretStr | None = None,
     records_overrides: Mapping[str, Path | str] | None = None,
+    runs_root: str | Path | None = None,
     shard_bytes: int | None = None,
 ) -> ReleaseResult:
     """Build release `version` from its manifest and publish it to a target.
@@ -100,7 +118,8 @@ def build_release(
         dry_run: Build and check everything, publish nothing.
         force: Move the tag when it already points at different content.
         passphrase: Encrypts the gated files.
-        records_overrides: `{config: path}` replacing a subset's `records:`.
+        records_overrides: `{config: path or URL}` replacing a subset's `records:`.
+        runs_root: Folder or URL (`hf://datasets/ORG/NAME@REV`) relative manifest paths resolve against.
         shard_bytes: Rotate Parquet shards at this size (default: `shards.SHARD_BYTES`).
 
     Returns:
@@ -109,6 +128,8 @@ def build_release(
     Raises:
         ManifestError / ConfigError: the manifest is invalid or names another version.
         InputRecordError: a record is malformed (file, line and field named).
+        MissingRunsError: run folders are missing (names the subsets and the commands that make them).
+        SourceError: a runs URL cannot be read (missing repo, revision or path, or no access).
         PassphraseError: no passphrase, or the previous release's files cannot be reused with it.
         LeakError: a public file contains gated text.
         TagConflictError: the tag exists with different content and `force` is off.
@@ -132,16 +153,32 @@ def build_release(
             log.debug("no previous %s from %s: %s", path, uri, type(e).__name__)
             return None
 
-    staging_root = _mkdir(constants.CACHE_DIR / "staging")
-    staging = Path(tempfile.mkdtemp(prefix=f"{version}-", dir=staging_root))
-    # Plaintext JA instructions for a Hub-gated repo, when the manifest asks for one (private, 0700).
-    gated_plain = Path(tempfile.mkdtemp(prefix="lmsynth-gated-repo-")) if manifest.gated_repo and not dry_run else None
-    try:
+    with contextlib.ExitStack() as stack:
+        # A target that can be locked (a local folder) is held from the first read of the published release to
+        # the tag: a second release into it waits, then finds this one published (and reuses its files).
+        if not dry_run and hasattr(tgt, "lock"):
+            stack.enter_context(tgt.lock())
+        if passphrase is not None and not force:
+            prev = _previous_manifest(previous)
+            if prev is not None and keycheck.differs(prev.source_fingerprint, passphrase):
+                raise TagConflictError(
+                    uri,
+                    version,
+                    f"tag `{version}` exists, encrypted with another key: this passphrase differs from the "
+                    "published one; pass the published key (--passphrase-file, $LMSYNTH_PASSPHRASE or --source), "
+                    "or --force to re-encrypt with this one",
+                )
+        # The staging tree and, for a Hub-gated repo, its plaintext JA instructions: scratch folders, which the
+        # next lmsynth command removes if this one is killed.
+        staging = stack.enter_context(scratch_dir(f"staging-{version}"))
+        gated_plain = stack.enter_context(scratch_dir("gated-repo")) if manifest.gated_repo and not dry_run else None
+        kill_point("release.staging")
         plan = plan_release(
             manifest,
             tree=staging,
             passphrase=passphrase,
             records_overrides=records_overrides,
+            runs_root=runs_root,
             previous=previous,
             link_base=link_base,
             load_path=load_path,
@@ -149,6 +186,7 @@ def build_release(
             shard_bytes=shard_bytes,
             keep_gated=gated_plain,
         )
+        kill_point("release.planned")
         kept = None
         if out_dir is not None:
             from lmsynth.io import atomic_dir
@@ -173,10 +211,6 @@ def build_release(
         if manifest.gated_repo is not None:
             _publish_gated_repo(manifest, gated_plain, version=version)
         return ReleaseResult(**common, commit=pub.commit, created_commit=pub.created_commit, moved_tag=pub.moved_tag)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-        if gated_plain is not None:
-            shutil.rmtree(gated_plain, ignore_errors=True)
 
 
 def plan_release(
@@ -185,6 +219,7 @@ def plan_release(
     tree: Path,
     passphrase: SecretStr | None,
     records_overrides: Mapping[str, Path | str] | None = None,
+    runs_root: str | Path | None = None,
     previous: FetchPrevious | None = None,
     link_base: str = "",
     load_path: str = ".",
@@ -198,7 +233,9 @@ def plan_release(
         manifest: The validated release manifest.
         tree: An empty staging folder (never the target).
         passphrase: Encrypts the gated files; required when any subset encrypts.
-        records_overrides: `{config: path}` replacing a subset's `records:`.
+        records_overrides: `{config: path or URL}` replacing a subset's `records:` (relative: to the current folder).
+        runs_root: What relative `records:`/`prepared:` paths of the manifest resolve against: a folder or an
+            fsspec URL such as `hf://datasets/ORG/NAME@REV` (default: the current folder).
         previous: Reads a file of the release already published under this version, so unchanged gated
             plaintext reuses its ciphertext.
         link_base: Prefix of file links in the cards.
@@ -214,30 +251,25 @@ def plan_release(
     from lmsynth.release.leak_guard import GatedIndex, scan_tree
 
     # 1. Check everything that can be checked before any work.
-    overrides = {k: Path(v) for k, v in (records_overrides or {}).items()}
     known = {s.config for s in manifest.subsets}
-    for config in overrides:
+    for config in records_overrides or {}:
         if config not in known:
             raise ManifestError("--records", config, None, f"no such subset; known: {', '.join(sorted(known))}")
     if passphrase is None and any(s.encrypt for s in manifest.subsets):
         raise PassphraseError(
             f"no passphrase: pass --passphrase-file, set ${constants.PASSPHRASE_ENV}, or give --source to derive it"
         )
-    records = {s.config: overrides.get(s.config, s.records) for s in manifest.subsets}
+    records, prepared = _resolve_inputs(manifest, records_overrides or {}, runs_root)
     for s in manifest.subsets:
-        if not records[s.config].exists():
-            raise InputRecordError(
-                records[s.config], None, None, f"records of subset `{s.config}`: no such file or folder"
-            )
-        if s.prepared is not None and not s.prepared.is_dir():
-            raise ManifestError("manifest", s.config, "prepared", f"{s.prepared}: no such folder")
+        _check_finished_inputs(s, records[s.config], prepared[s.config])
         for p in s.pipelines:
             if not _project_file(p).exists():
                 raise ManifestError("manifest", s.config, "pipelines", f"{p}: no such file or folder")
     prev_manifest = _previous_manifest(previous)
 
-    work = Path(tempfile.mkdtemp(prefix="lmsynth-gated-"))  # private (0700): gated plaintext lives here
-    try:
+    key_matches = prev_manifest is not None and keycheck.matches(prev_manifest.source_fingerprint, passphrase)
+    # Sort spills of the gated instructions (past `shards.SPILL_LINES` records) live in a scratch folder.
+    with scratch_dir("gated") as work:
         # 2. Public shards, gated plaintexts, figures: one streaming pass per subset.
         built: list[cards.SubsetCardData] = []
         infos: dict[str, SubsetInfo] = {}
@@ -257,24 +289,31 @@ def plan_release(
                 tree / fig_paths[1], hist=out.length_hist, bin_width=shards.LENGTH_BIN, title=spec.config
             )
             gated_paths: dict[str, str] = {}
-            for which, (plain, n) in out.gated.items():
+            for which, lines in out.gated.items():
                 rel = layout.gated_path(spec.config, unsafe=which == "unsafe")
                 gated_paths[which] = rel
-                if which == "unsafe" or "unsafe" not in out.gated:  # +unsafe holds every default line too
-                    _index_gated(index, plain)
+                n = out.counts.gated_unsafe if which == "unsafe" else out.counts.gated_default
+                # +unsafe holds every default line too: index the strings once, from the larger set.
+                indexed = index if which == "unsafe" or "unsafe" not in out.gated else None
                 entry, was_reused = _encrypt_or_reuse(
-                    plain, tree / rel, rel=rel, records=n, passphrase=passphrase, previous=previous, prev=prev_manifest
+                    lambda lines=lines, indexed=indexed: _indexing(lines(), indexed),
+                    tree / rel,
+                    rel=rel,
+                    records=n,
+                    passphrase=passphrase,
+                    previous=previous,
+                    prev=prev_manifest if key_matches else None,
                 )
                 gated_entries[rel] = entry
                 if was_reused:
                     reused.append(rel)
                 if keep_gated is not None:
-                    _mkdir((keep_gated / rel).parent)
-                    shutil.move(plain, keep_gated / rel.removesuffix(".gpg"))
-                else:
-                    plain.unlink()
-            if spec.prepared is not None:
-                _index_prepared(index, spec.prepared)
+                    with atomic_path(keep_gated / rel.removesuffix(".gpg")) as tmp, open(tmp, "wb") as f:
+                        for chunk in shards.gz_chunks(lines()):
+                            f.write(chunk)
+                kill_point("release.encrypted")
+            if prepared[spec.config] is not None:
+                _index_prepared(index, prepared[spec.config])
             built.append(
                 cards.SubsetCardData(
                     spec=spec,
@@ -283,6 +322,7 @@ def plan_release(
                     figures=fig_paths,
                     gated_paths=list(gated_paths.values()),
                     shard_bytes=sum((tree / p).stat().st_size for p in out.shards),
+                    arrow_bytes=out.arrow_bytes,
                 )
             )
             infos[spec.config] = SubsetInfo(
@@ -293,14 +333,16 @@ def plan_release(
                 counts=out.counts,
                 shards=out.shards,
                 gated=gated_paths,
+                inputs=SubsetInputs(
+                    records=records[spec.config].ref,
+                    prepared=prepared[spec.config].ref if prepared[spec.config] is not None else None,
+                ),
             )
         # 3. Pipeline definitions, cards.
         pipeline_hashes = _copy_pipelines(manifest, tree)
         texts = cards.render_cards(manifest, built, link_base=link_base, load_path=load_path, revision=revision)
         for rel, text in texts.items():
             (tree / rel).write_text(text, encoding="utf-8")
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
 
     # 4. Leak guard over every non-encrypted file, before MANIFEST.json and before any target sees it.
     scanned = scan_tree(tree, index)
@@ -313,7 +355,7 @@ def plan_release(
     checksum = ChecksumManifest(
         version=manifest.version,
         tool_version=__version__,
-        source_fingerprint=source_fingerprint(passphrase) if passphrase is not None else None,
+        source_fingerprint=_key_check(prev_manifest, passphrase, key_matches),
         pipelines=pipeline_hashes,
         subsets=infos,
         files=files,
@@ -331,12 +373,34 @@ def plan_release(
     )
 
 
-def source_fingerprint(passphrase: SecretStr) -> str:
-    """A one-way fingerprint of the key (so of the source it was derived from); never the key itself."""
-    return hashlib.sha256(b"lmsynth-source-fingerprint-v1\x1f" + passphrase.get_secret_value().encode()).hexdigest()
-
-
 # Private helpers
+
+
+def _check_finished_inputs(spec: SubsetSpec, records: RunInput, prepared: RunInput | None) -> None:
+    """Refuse what a killed or running command leaves: a run folder without run.json, a prepared one without _COMPLETE.
+
+    Releasing such a folder would publish a part of the data as if it were the whole.
+    """
+    from lmsynth.prepare import PREPARED_MARKER
+    from lmsynth.records import RUN_INFO_FILE
+
+    if records.is_dir() and not records.child(RUN_INFO_FILE).is_file():
+        raise InputRecordError(
+            records,
+            None,
+            None,
+            f"records of subset `{spec.config}`: not a finished run folder (no {RUN_INFO_FILE}: the run was "
+            f"killed, is still running, or the folder is a partial copy); rerun `lmsynth run PIPELINE --input "
+            f"PREPARED --out {records}` to finish it",
+        )
+    if prepared is not None and not prepared.child(PREPARED_MARKER).is_file():
+        raise ManifestError(
+            "manifest",
+            spec.config,
+            "prepared",
+            f"{prepared}: not a finished prepare output (no {PREPARED_MARKER}); rerun "
+            f"`lmsynth prepare --source SRC --out {prepared}` to finish it",
+        )
 
 
 def _publish_gated_repo(manifest: ReleaseManifest, plain_tree: Path, *, version: str) -> None:
@@ -356,7 +420,9 @@ def _links(uri: str, version: str) -> tuple[str, str, str | None]:
     if uri.startswith("ms://"):
         repo = uri.removeprefix("ms://")
         return f"https://www.modelscope.cn/datasets/{repo}/resolve/{version}/", repo, version
-    return "", uri.removeprefix("file://"), None
+    folder = uri.removeprefix("file://")
+    # A card never names a local absolute path: the folder's name is what a reader who cloned it has.
+    return "", Path(folder).name if Path(folder).is_absolute() else folder, None
 
 
 def _project_file(path: Path) -> Path:
@@ -367,11 +433,6 @@ def _project_file(path: Path) -> Path:
     return fallback if fallback.exists() else path
 
 
-def _mkdir(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
 def _previous_manifest(previous: FetchPrevious | None) -> ChecksumManifest | None:
     if previous is None:
         return None
@@ -379,14 +440,21 @@ def _previous_manifest(previous: FetchPrevious | None) -> ChecksumManifest | Non
     if data is None:
         return None
     try:
-        return ChecksumManifest.model_validate_json(data)
+        return ChecksumManifest.model_validate_json(data, strict=True)
     except ValueError:
         log.warning("the previous %s does not validate; not reusing its files", layout.MANIFEST_FILE)
         return None
 
 
+def _key_check(prev: ChecksumManifest | None, passphrase: SecretStr | None, key_matches: bool) -> str | None:
+    """MANIFEST.json's key check: the published one when the key is the same (an unchanged re-release)."""
+    if passphrase is None:
+        return None
+    return prev.source_fingerprint if key_matches and prev is not None else keycheck.make(passphrase)
+
+
 def _encrypt_or_reuse(
-    plain: Path,
+    lines: Callable[[], Iterator[str]],
     dst: Path,
     *,
     rel: str,
@@ -395,40 +463,91 @@ def _encrypt_or_reuse(
     previous: FetchPrevious | None,
     prev: ChecksumManifest | None,
 ) -> tuple[FileEntry, bool]:
-    from lmsynth.crypto import encrypt_file
+    """Stream the gzipped `lines` into gpg (no plaintext file); reuse the published ciphertext if unchanged.
 
-    digest = sha256_file(plain)
+    `prev` is the published MANIFEST.json when it was encrypted with this same key, else None. When it lists
+    this file, the plaintext digest is computed first (no encryption) so an unchanged file costs no gpg run.
+    """
+    from lmsynth.crypto import encrypt_stream
+    from lmsynth.release.shards import gz_chunks
+
     old = prev.files.get(rel) if prev is not None else None
-    same_key = prev is not None and prev.source_fingerprint == source_fingerprint(passphrase)
-    if old is not None and old.plaintext_sha256 == digest and same_key and previous is not None:
-        data = previous(rel)
-        if data is not None and hashlib.sha256(data).hexdigest() == old.sha256:
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            dst.write_bytes(data)
-            return old, True
-    encrypt_file(plain, dst, passphrase=passphrase)
-    entry = FileEntry(sha256=sha256_file(dst), size=dst.stat().st_size, plaintext_sha256=digest, records=records)
+    if old is not None and previous is not None:
+        plain = hashlib.sha256()
+        for chunk in gz_chunks(lines()):
+            plain.update(chunk)
+        if plain.hexdigest() == old.plaintext_sha256:
+            data = previous(rel)
+            if data is not None and hashlib.sha256(data).hexdigest() == old.sha256:
+                with atomic_path(dst) as tmp:
+                    tmp.write_bytes(data)
+                return old, True
+    plain = hashlib.sha256()
+
+    def chunks() -> Iterator[bytes]:
+        for chunk in gz_chunks(lines()):
+            plain.update(chunk)
+            yield chunk
+
+    encrypt_stream(chunks(), dst, passphrase=passphrase)
+    entry = FileEntry(
+        sha256=sha256_file(dst), size=dst.stat().st_size, plaintext_sha256=plain.hexdigest(), records=records
+    )
     return entry, False
 
 
-def _index_gated(index: object, plain: Path) -> None:
-    import gzip
-
-    with gzip.open(plain, "rt", encoding="utf-8") as f:
-        for line in f:
+def _indexing(lines: Iterator[str], index: GatedIndex | None) -> Iterator[str]:
+    """`lines` (GatedInstruction JSON), adding their texts to the leak guard's `index` on the way (if given)."""
+    for line in lines:
+        if index is not None:
             for msg in json.loads(line)["translated_conversation"]:
                 index.add(msg["content"])
+        yield line
 
 
-def _index_prepared(index: object, prepared: Path) -> None:
-    from lmsynth.io import read_jsonl
+def _index_prepared(index: object, prepared: RunInput) -> None:
+    from lmsynth.io import parse_line
     from lmsynth.records import PREPARED_INSTRUCTIONS, PREPARED_UNSAFE, InstructionRecord
 
     for name in (PREPARED_INSTRUCTIONS, PREPARED_UNSAFE):
-        path = prepared / name
+        path = prepared.child(name)
         if path.is_file():
-            for rec in read_jsonl(path, InstructionRecord):
-                index.add(rec.instruction)
+            with path.open() as f:
+                for lineno, line in enumerate(f, start=1):
+                    if line.strip():
+                        index.add(parse_line(line, InstructionRecord, path=path, lineno=lineno).instruction)
+
+
+def _resolve_inputs(
+    manifest: ReleaseManifest, overrides: Mapping[str, Path | str], runs_root: str | Path | None
+) -> tuple[dict[str, RunInput], dict[str, RunInput | None]]:
+    """Every subset's records and prepared folder, resolved (Hub URLs pinned to a commit); all missing ones named."""
+    records: dict[str, RunInput] = {}
+    prepared: dict[str, RunInput | None] = {}
+    missing: list[SubsetSpec] = []
+    for s in manifest.subsets:
+        if s.config in overrides:
+            records[s.config] = resolve_input(overrides[s.config])
+        else:
+            records[s.config] = resolve_input(s.records, root=runs_root)
+        if not exists(records[s.config]):
+            missing.append(s)
+        prepared[s.config] = resolve_input(s.prepared, root=runs_root) if s.prepared is not None else None
+    if missing:
+        raise MissingRunsError(
+            [(s.config, str(records[s.config])) for s in missing], commands=[_run_command(s) for s in missing]
+        )
+    for s in manifest.subsets:
+        p = prepared[s.config]
+        if p is not None and not p.is_dir():
+            raise ManifestError("manifest", s.config, "prepared", f"{p}: no such folder")
+    return records, prepared
+
+
+def _run_command(spec: SubsetSpec) -> str:
+    """The command that makes a subset's run folder (its shipped pipeline file)."""
+    pipeline = next((str(p) for p in spec.pipelines if str(p).endswith((".yaml", ".yml"))), "pipelines/PIPELINE.yaml")
+    return f"lmsynth run {pipeline} --input {spec.prepared or 'runs/prepared'} --out {spec.records}"
 
 
 def _copy_pipelines(manifest: ReleaseManifest, tree: Path) -> dict[str, str]:

@@ -43,9 +43,10 @@ class CardConfig(StrictModel):
 
 
 class SplitInfo(StrictModel):
-    """One split of a `dataset_info` entry."""
+    """One split of a `dataset_info` entry (all three fields, or `datasets` warns and ignores the entry)."""
 
     name: str
+    num_bytes: int = Field(description="Size of the split as Arrow in memory, as `datasets` records it.")
     num_examples: int
 
 
@@ -58,8 +59,10 @@ class ConfigInfo(StrictModel):
     """
 
     config_name: str
+    features: list[dict] = Field(description="`datasets.Features` of the shards' Arrow schema, in YAML form.")
     splits: list[SplitInfo]
     download_size: int
+    dataset_size: int
 
 
 class CardMetadata(StrictModel):
@@ -109,6 +112,7 @@ class SubsetCardData:
     figures: list[str]
     gated_paths: list[str]
     shard_bytes: int = 0
+    arrow_bytes: int = 0
 
     @property
     def card(self) -> str:
@@ -154,12 +158,36 @@ def card_metadata(
         dataset_info=[
             ConfigInfo(
                 config_name=s.spec.config,
-                splits=[SplitInfo(name=layout.SPLIT, num_examples=s.counts.records)],
+                features=features_yaml(s.spec),
+                splits=[SplitInfo(name=layout.SPLIT, num_bytes=s.arrow_bytes, num_examples=s.counts.records)],
                 download_size=s.shard_bytes,
+                dataset_size=s.arrow_bytes,
             )
             for s in subsets
         ],
     )
+
+
+def features_yaml(spec: SubsetSpec) -> list[dict]:
+    """The `features:` of a subset's `dataset_info`: what `datasets.Features` writes for the shards' schema.
+
+    Written here rather than through `datasets` (a test checks they agree), which a release does not import.
+    """
+    from lmsynth.release.shards import arrow_schema
+
+    return [{"name": f.name, **_feature_yaml(f.type)} for f in arrow_schema(spec)]
+
+
+def _feature_yaml(t) -> dict:  # noqa: ANN001 — a pyarrow DataType
+    import pyarrow as pa
+
+    if pa.types.is_struct(t):
+        return {"struct": [{"name": f.name, **_feature_yaml(f.type)} for f in t]}
+    if pa.types.is_list(t):
+        inner = _feature_yaml(t.value_type)
+        return {"list": inner["struct"] if "struct" in inner else inner}
+    names = {pa.string(): "string", pa.bool_(): "bool", pa.int64(): "int64", pa.float64(): "float64"}
+    return {"dtype": names[t]}
 
 
 def render_cards(

@@ -18,8 +18,9 @@ from typing import Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from lmsynth.config import StrictModel, dotted, read_yaml
+from lmsynth.config import StrictModel, dotted, read_yaml, validate_strict
 from lmsynth.errors import ConfigError, ManifestError
+from lmsynth.release.inputs import InputRef
 
 
 FORMAT_VERSION = 1
@@ -100,8 +101,14 @@ class SubsetSpec(StrictModel):
     responses_per_instruction: ResponsesPerInstruction
     multiturn: bool = Field(False, description="Records carry `synthesized_multiturn_conversation` (v0.3).")
     license: LicenseSpec
-    records: Path = Field(description="Run folder or JSONL of SynthRecords; relative to the current folder.")
-    prepared: Path | None = Field(None, description="Prepare output: lets the leak guard know the EN originals.")
+    records: str = Field(
+        min_length=1,
+        description="Run folder or JSONL of SynthRecords: a path relative to the runs root (`--runs`, default the "
+        "current folder), or a URL such as `hf://datasets/ORG/NAME@REV/PATH`.",
+    )
+    prepared: str | None = Field(
+        None, min_length=1, description="Prepare output (path or URL): lets the leak guard know the EN originals."
+    )
     encrypt: list[GatedSet] = Field(default_factory=lambda: ["default", "unsafe"])
     pipelines: list[Path] = Field(default_factory=list, description="Pipeline definitions and prompts to ship.")
 
@@ -192,7 +199,7 @@ def load_manifest(path: Path | str) -> ReleaseManifest:
         raise ConfigError(path, None, "a release manifest is a mapping")
     _check_licenses_present(path, data)
     try:
-        return ReleaseManifest.model_validate(data)
+        return validate_strict(ReleaseManifest, data)
     except ValidationError as e:
         raise _manifest_error(path, data, e) from e
 
@@ -223,6 +230,13 @@ class SubsetCounts(StrictModel):
     gated_unsafe: int = Field(0, ge=0)
 
 
+class SubsetInputs(StrictModel):
+    """What a subset was built from: its records' and prepared folder's URL and commit."""
+
+    records: InputRef
+    prepared: InputRef | None = None
+
+
 class SubsetInfo(StrictModel):
     """What MANIFEST.json says about a subset (read back by verify and recover)."""
 
@@ -233,6 +247,7 @@ class SubsetInfo(StrictModel):
     counts: SubsetCounts
     shards: list[str]
     gated: dict[str, str] = Field(description="`default`/`unsafe` → path of the encrypted file.")
+    inputs: SubsetInputs | None = Field(None, description="Where the records were read from, at which commit.")
 
 
 class ChecksumManifest(StrictModel):
@@ -241,7 +256,9 @@ class ChecksumManifest(StrictModel):
     format_version: int = FORMAT_VERSION
     version: str
     tool_version: str
-    source_fingerprint: str | None = Field(None, description="Fingerprint of the source data; never the key.")
+    source_fingerprint: str | None = Field(
+        None, description="Slow, salted key check (`lmsynth.keycheck`, scrypt); never the key."
+    )
     pipelines: dict[str, str] = Field(default_factory=dict, description="Shipped pipeline file → sha256.")
     subsets: dict[str, SubsetInfo]
     files: dict[str, FileEntry]

@@ -7,7 +7,9 @@ shards are renamed to `train-0000i-of-0000N.parquet` once N is known. The same i
 the schema is fixed, rows keep input order, and nothing time-dependent is written.
 
 The gated instructions are sorted by `conversation_id` with an external merge sort (sorted runs spilled
-to the work folder), so memory stays flat with the record count.
+to the work folder, a scratch folder, only past `SPILL_LINES`), so memory stays flat with the record count.
+They are handed back as re-readable sorted line streams, never as a plaintext file: the release streams
+them into gpg.
 """
 
 from __future__ import annotations
@@ -18,14 +20,16 @@ import heapq
 import io
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import get_args
 
 from lmsynth.errors import InputRecordError
 from lmsynth.io import parse_line
 from lmsynth.records import RUN_RECORDS_DIR, RUN_UNSAFE_DIR, GatedInstruction, SynthRecord
 from lmsynth.release import layout
+from lmsynth.release.inputs import RunInput, as_input
 from lmsynth.release.manifest import SubsetCounts, SubsetSpec
 
 
@@ -37,6 +41,7 @@ SPILL_LINES = 50_000
 SCORE_BINS = 11
 LENGTH_BIN = 128
 LENGTH_BINS = 33  # the last bin collects everything ≥ 4,096
+ROLES = ("system", "user", "assistant")  # Message.role
 
 
 @dataclass
@@ -48,7 +53,9 @@ class SubsetOutput:
     score_hist: list[int]
     failed_scores: int
     length_hist: list[int]
-    gated: dict[str, tuple[Path, int]] = field(default_factory=dict)  # set → (plaintext path, lines)
+    arrow_bytes: int = 0  # the shards' size as Arrow in memory (`num_bytes` of the card's split info)
+    # set (`default`/`unsafe`) → a function giving its sorted, deduplicated JSON lines, re-readable
+    gated: dict[str, Callable[[], Iterator[str]]] = field(default_factory=dict)
 
 
 def public_columns(spec: SubsetSpec) -> list[str]:
@@ -89,14 +96,15 @@ def arrow_schema(spec: SubsetSpec):  # noqa: ANN201 — pyarrow is imported lazi
     return pa.schema([(name, types[name]) for name in public_columns(spec)])
 
 
-def input_files(path: Path, subdir: str = RUN_RECORDS_DIR) -> list[Path]:
+def input_files(path: RunInput | Path, subdir: str = RUN_RECORDS_DIR) -> list[RunInput]:
     """The JSONL files of a run folder's `subdir`, a folder of shards, or a single file (name order)."""
-    if (path / subdir).is_dir():
-        path = path / subdir
+    path = as_input(path)
+    if (sub := path.child(subdir)).is_dir():
+        path = sub
     elif subdir == RUN_UNSAFE_DIR:
         return []
     if path.is_dir():
-        return sorted(p for p in path.glob("*.jsonl*") if p.is_file())
+        return path.files("*.jsonl*")
     if not path.is_file():
         raise InputRecordError(path, None, None, "no such file or folder")
     return [path]
@@ -105,7 +113,7 @@ def input_files(path: Path, subdir: str = RUN_RECORDS_DIR) -> list[Path]:
 def write_subset(
     spec: SubsetSpec,
     *,
-    records: Path,
+    records: RunInput | Path,
     tree: Path,
     work: Path,
     shard_bytes: int = SHARD_BYTES,
@@ -118,82 +126,80 @@ def write_subset(
             field the subset does not publish (names the file, line and field).
     """
     import numpy as np
+    import pyarrow as pa
     import pyarrow.json as pj
     import pyarrow.parquet as pq
 
     from lmsynth.progress import track
 
+    records = as_input(records)
     schema = arrow_schema(spec)
-    parse = pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
+    full = full_schema()
+    parse = pj.ParseOptions(explicit_schema=full, unexpected_field_behavior="error")
     out_dir = tree / layout.DATA_DIR / spec.config
     out_dir.mkdir(parents=True, exist_ok=True)
     counts = dict.fromkeys(("records", "instructions_ja", "responses_ja", "responses_en", "multiturn"), 0)
     score_hist = np.zeros(SCORE_BINS, dtype=np.int64)
     length_hist = np.zeros(LENGTH_BINS, dtype=np.int64)
     failed = 0
+    arrow_bytes = 0
     default_sorter = _ExternalSort(work / f"{spec.config}.default")
     seen: set[int] = set()  # 8-byte digests of the ids: duplicates are confirmed by a rescan
     parts: list[Path] = []
     writer = sink = None
     batch: list[bytes] = []
+    where: list[tuple[RunInput, int]] = []
     batch_bytes = 0
     group_bytes = max(1, min(GROUP_BYTES, shard_bytes // 4))
-    multiturn: list[list[list[dict]] | None] = []
 
     def flush() -> None:
-        nonlocal writer, sink, failed, batch_bytes
+        nonlocal writer, sink, failed, batch_bytes, arrow_bytes
         batch_bytes = 0
         if not batch:
             return
-        data = b"".join(batch)
-        table = pj.read_json(
-            io.BytesIO(data), read_options=pj.ReadOptions(block_size=len(data) + 1), parse_options=parse
-        )
-        table = table.select(schema.names)
+        # Validate the batch in bulk (Arrow types + the model's constraints); only a batch that fails is
+        # validated line by line, which names the file, line and field of the first bad record.
+        table = _read_bulk(batch, parse)
+        if table is None or not _bulk_valid(spec, table):
+            table = _read_slow(spec, batch, where, full)
+        ids = table.column("conversation_id").to_pylist()
+        for i, cid in enumerate(ids):
+            digest = _id_digest(cid)
+            if digest in seen:
+                first = _first_occurrence(records, cid, before=where[i])
+                if first is not None:
+                    raise InputRecordError(
+                        where[i][0],
+                        where[i][1],
+                        "conversation_id",
+                        f"duplicate of {first[0].name} line {first[1]} ({cid})",
+                    )
+            seen.add(digest)
+        _count(table, counts, multiturn=spec.multiturn)
+        for cid, conv in zip(ids, table.column("translated_conversation").to_pylist(), strict=True):
+            default_sorter.add(cid, _gated_line(cid, conv))
+        public = table.select(schema.names)
         if spec.multiturn:
-            import pyarrow as pa
-
             col = schema.names.index("synthesized_multiturn_conversation")
-            table = table.set_column(col, schema.field(col), pa.array(multiturn, type=schema.field(col).type))
+            blanked = [_public_multiturn(c) for c in public.column(col).to_pylist()]
+            public = public.set_column(col, schema.field(col), pa.array(blanked, type=schema.field(col).type))
         if writer is None:
             parts.append(out_dir / f".part-{len(parts):05d}.parquet")
             sink = open(parts[-1], "wb")
             writer = pq.ParquetWriter(sink, schema, compression="zstd", write_statistics=False)
-        writer.write_table(table, row_group_size=len(batch))
-        failed += _accumulate(table, score_hist, length_hist)
+        writer.write_table(public, row_group_size=len(batch))
+        arrow_bytes += public.nbytes
+        failed += _accumulate(public, score_hist, length_hist)
         batch.clear()
-        multiturn.clear()
+        where.clear()
         if sink.tell() >= shard_bytes:
             writer.close()
             sink.close()
             writer = sink = None
 
-    for path, lineno, raw, rec in track(_iter_lines(records), f"Reading {spec.config}", unit="records"):
-        digest = _id_digest(rec.conversation_id)
-        if digest in seen:
-            first = _first_occurrence(records, rec.conversation_id, before=(path, lineno))
-            if first is not None:
-                raise InputRecordError(
-                    path,
-                    lineno,
-                    "conversation_id",
-                    f"duplicate of {first[0].name} line {first[1]} ({rec.conversation_id})",
-                )
-        seen.add(digest)
-        _check_fields(spec, rec, path, lineno)
-        counts["records"] += 1
-        counts["instructions_ja"] += not rec.empty_user_instruction_ja and rec.duplicate_user_instruction_ja is None
-        counts["responses_ja"] += len(rec.synthesized_assistant_responses)
-        counts["responses_en"] += len(rec.synthesized_assistant_responses_en or [])
-        if spec.multiturn:
-            convs = rec.synthesized_multiturn_conversation
-            multiturn.append(_public_multiturn(convs))
-            counts["multiturn"] += any(sum(m.role == "user" for m in c) >= 2 for c in convs or [])
-        gated = GatedInstruction(
-            conversation_id=rec.conversation_id, translated_conversation=rec.translated_conversation
-        )
-        default_sorter.add(rec.conversation_id, gated.model_dump_json())
+    for path, lineno, raw in track(_iter_raw(records), f"Reading {spec.config}", unit="records"):
         batch.append(raw if raw.endswith(b"\n") else raw + b"\n")
+        where.append((path, lineno))
         batch_bytes += len(raw)
         if len(batch) >= rows_per_group or batch_bytes >= group_bytes:
             flush()
@@ -201,17 +207,18 @@ def write_subset(
     if writer is not None:
         writer.close()
         sink.close()
-    if not parts:  # an empty subset still gets one (empty) shard so that its config loads
-        parts.append(out_dir / ".part-00000.parquet")
-        pq.write_table(schema.empty_table(), parts[-1], compression="zstd", write_statistics=False)
     shards = []
     for i, part in enumerate(parts):
         name = layout.shard_path(spec.config, i, len(parts))
         os.replace(part, tree / name)
         shards.append(name)
-    del seen
+    seen.clear()
 
-    gated: dict[str, tuple[Path, int]] = {}
+    if counts["records"] == 0:
+        raise InputRecordError(
+            _records_name(records), None, None, f"holds no records; refusing to release subset `{spec.config}` empty"
+        )
+    gated: dict[str, Callable[[], Iterator[str]]] = {}
     unsafe_sorter = _ExternalSort(work / f"{spec.config}.unsafe")
     if "unsafe" in spec.encrypt:
         for path in input_files(records, RUN_UNSAFE_DIR):
@@ -221,23 +228,19 @@ def write_subset(
                     conversation_id=rec.conversation_id, translated_conversation=rec.translated_conversation
                 )
                 unsafe_sorter.add(rec.conversation_id, g.model_dump_json())
-    default_plain = work / f"{spec.config}.default.jsonl.gz"
-    n_default = _write_gz(default_plain, _dedupe(default_sorter.sorted()))
-    gated["default"] = (default_plain, n_default)
+    gated["default"] = lambda: _dedupe(default_sorter.sorted())
+    n_default = sum(1 for _ in gated["default"]())
     n_unsafe = 0
     if "unsafe" in spec.encrypt:
-        unsafe_plain = work / f"{spec.config}.unsafe.jsonl.gz"
-        merged = heapq.merge(default_sorter.sorted(), unsafe_sorter.sorted())
-        n_unsafe = _write_gz(unsafe_plain, _dedupe(merged))
-        gated["unsafe"] = (unsafe_plain, n_unsafe)
-    default_sorter.cleanup()
-    unsafe_sorter.cleanup()
+        gated["unsafe"] = lambda: _dedupe(heapq.merge(default_sorter.sorted(), unsafe_sorter.sorted()))
+        n_unsafe = sum(1 for _ in gated["unsafe"]())
     return SubsetOutput(
         shards=shards,
         counts=SubsetCounts(**counts, gated_default=n_default, gated_unsafe=n_unsafe),
         score_hist=score_hist.tolist(),
         failed_scores=failed,
         length_hist=length_hist.tolist(),
+        arrow_bytes=arrow_bytes,
         gated=gated,
     )
 
@@ -249,7 +252,9 @@ def _id_digest(conversation_id: str) -> int:
     return int.from_bytes(hashlib.blake2b(conversation_id.encode(), digest_size=8).digest(), "little")
 
 
-def _first_occurrence(records: Path, conversation_id: str, *, before: tuple[Path, int]) -> tuple[Path, int] | None:
+def _first_occurrence(
+    records: RunInput, conversation_id: str, *, before: tuple[RunInput, int]
+) -> tuple[RunInput, int] | None:
     """Where `conversation_id` first appears before `before` (None: the digest collided, not the id)."""
     needle = json.dumps(conversation_id)
     for path in input_files(records):
@@ -262,10 +267,9 @@ def _first_occurrence(records: Path, conversation_id: str, *, before: tuple[Path
     return None
 
 
-def _numbered(path: Path) -> Iterator[tuple[int, bytes]]:
-    opener = gzip.open if path.suffix == ".gz" else open
+def _numbered(path: RunInput) -> Iterator[tuple[int, bytes]]:
     try:
-        with opener(path, "rb") as f:
+        with path.open() as f:
             for lineno, line in enumerate(f, start=1):
                 if line.strip():
                     yield lineno, line
@@ -273,17 +277,150 @@ def _numbered(path: Path) -> Iterator[tuple[int, bytes]]:
         raise InputRecordError(path, None, None, f"cannot read: {e.strerror or e}") from e
 
 
-def _iter_lines(records: Path) -> Iterator[tuple[Path, int, bytes, SynthRecord]]:
+def _iter_raw(records: RunInput) -> Iterator[tuple[RunInput, int, bytes]]:
     for path in input_files(records):
         for lineno, line in _numbered(path):
-            try:
-                text = line.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise InputRecordError(path, lineno, None, f"not UTF-8 ({e.reason})") from e
-            yield path, lineno, line, parse_line(text.rstrip("\r\n"), SynthRecord, path=path, lineno=lineno)
+            yield path, lineno, line
 
 
-def _check_fields(spec: SubsetSpec, rec: SynthRecord, path: Path, lineno: int) -> None:
+def _parse_one(line: bytes, path: RunInput, lineno: int) -> SynthRecord:
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InputRecordError(path, lineno, None, f"not UTF-8 ({e.reason})") from e
+    return parse_line(text.rstrip("\r\n"), SynthRecord, path=path, lineno=lineno)
+
+
+def full_schema():  # noqa: ANN201 — pyarrow is imported lazily
+    """The Arrow schema of a whole SynthRecord line (public and gated fields): what a batch is read with."""
+    import pyarrow as pa
+
+    msg = pa.struct([("role", pa.string()), ("content", pa.string())])
+    annotation = pa.struct(
+        [
+            ("response_token_length", pa.int64()),
+            ("judgement", pa.string()),
+            ("repetition_flag", pa.bool_()),
+            ("preference_score", pa.float64()),
+        ]
+    )
+    types = {
+        "conversation_id": pa.string(),
+        "duplicate_user_instruction_ja": pa.string(),
+        "empty_user_instruction_ja": pa.bool_(),
+        "translated_conversation": pa.list_(msg),
+        "is_template_instruction": pa.string(),
+        "synthesized_assistant_responses": pa.list_(msg),
+        "synthesized_response_scoring_annotations": pa.list_(annotation),
+        "synthesized_assistant_responses_en": pa.list_(msg),
+        "synthesized_multiturn_conversation": pa.list_(pa.list_(msg)),
+    }
+    return pa.schema([(name, types[name]) for name in SynthRecord.model_fields])
+
+
+# SynthRecord fields that cannot be null (they may be absent: then their default applies).
+_NOT_NULL = tuple(name for name, f in SynthRecord.model_fields.items() if type(None) not in get_args(f.annotation))
+
+
+def _read_bulk(batch: list[bytes], parse):  # noqa: ANN001, ANN202
+    """The batch as one Arrow table with the full schema, or None when Arrow cannot read it as such."""
+    import pyarrow as pa
+    import pyarrow.json as pj
+
+    data = b"".join(batch)
+    try:
+        table = pj.read_json(
+            io.BytesIO(data), read_options=pj.ReadOptions(block_size=len(data) + 1), parse_options=parse
+        )
+    except (pa.ArrowInvalid, pa.ArrowTypeError, UnicodeDecodeError):
+        return None
+    return table if table.num_rows == len(batch) else None
+
+
+def _bulk_valid(spec: SubsetSpec, table) -> bool:  # noqa: ANN001
+    """Whether every row satisfies SynthRecord's constraints and the subset's field rules (vectorised)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    roles = pa.array(ROLES)
+
+    def ok(mask) -> bool:  # noqa: ANN001
+        return bool(pc.all(pc.fill_null(mask, False)).as_py() if len(mask) else True)
+
+    def messages_ok(flat) -> bool:  # noqa: ANN001
+        role, content = pc.struct_field(flat, "role"), pc.struct_field(flat, "content")
+        return ok(pc.is_in(role, value_set=roles)) and content.null_count == 0 and flat.null_count == 0
+
+    # Arrow reads a missing key and an explicit null alike; only the line-by-line parse tells them apart.
+    if any(table.column(name).null_count for name in _NOT_NULL):
+        return False
+    cid = table.column("conversation_id")
+    if not ok(pc.greater_equal(pc.utf8_length(cid), 1)):
+        return False
+    for name in ("translated_conversation", "synthesized_assistant_responses", "synthesized_assistant_responses_en"):
+        if not messages_ok(pc.list_flatten(table.column(name))):
+            return False
+    if not messages_ok(pc.list_flatten(pc.list_flatten(table.column("synthesized_multiturn_conversation")))):
+        return False
+    ann = pc.list_flatten(table.column("synthesized_response_scoring_annotations"))
+    if ann.null_count or any(pc.struct_field(ann, f).null_count for f in ("response_token_length", "judgement")):
+        return False
+    if pc.struct_field(ann, "repetition_flag").null_count:
+        return False
+    if not ok(pc.greater_equal(pc.struct_field(ann, "response_token_length"), 0)):
+        return False
+    n_ann = pc.fill_null(pc.list_value_length(table.column("synthesized_response_scoring_annotations")), 0)
+    n_resp = pc.fill_null(pc.list_value_length(table.column("synthesized_assistant_responses")), 0)
+    if not ok(pc.equal(n_ann, n_resp)):
+        return False
+    if spec.responses_per_instruction.en == 0:
+        if pc.max(pc.list_value_length(table.column("synthesized_assistant_responses_en"))).as_py():
+            return False
+    if not spec.multiturn:
+        if pc.max(pc.list_value_length(table.column("synthesized_multiturn_conversation"))).as_py():
+            return False
+    return True
+
+
+def _read_slow(spec: SubsetSpec, batch: list[bytes], where: list[tuple[RunInput, int]], full):  # noqa: ANN001, ANN202
+    """Validate a batch line by line (raises the first bad line's error); the table of the validated records."""
+    import pyarrow as pa
+
+    rows = []
+    for line, (path, lineno) in zip(batch, where, strict=True):
+        rec = _parse_one(line, path, lineno)
+        _check_fields(spec, rec, path, lineno)
+        rows.append(rec.model_dump(mode="json"))
+    return pa.Table.from_pylist(rows, schema=full)
+
+
+def _count(table, counts: dict[str, int], *, multiturn: bool) -> None:  # noqa: ANN001
+    import pyarrow.compute as pc
+
+    def total(name: str) -> int:
+        return int(pc.sum(pc.fill_null(pc.list_value_length(table.column(name)), 0)).as_py() or 0)
+
+    empty = pc.fill_null(table.column("empty_user_instruction_ja"), False)
+    no_dup = pc.is_null(table.column("duplicate_user_instruction_ja"))
+    counts["records"] += table.num_rows
+    counts["instructions_ja"] += int(pc.sum(pc.and_(pc.invert(empty), no_dup)).as_py() or 0)
+    counts["responses_ja"] += total("synthesized_assistant_responses")
+    counts["responses_en"] += total("synthesized_assistant_responses_en")
+    if multiturn:
+        for convs in table.column("synthesized_multiturn_conversation").to_pylist():
+            counts["multiturn"] += any(sum(m["role"] == "user" for m in c) >= 2 for c in convs or [])
+
+
+def _gated_line(conversation_id: str, conversation: list[dict] | None) -> str:
+    """One line of the gated files (`GatedInstruction`, compact JSON as pydantic writes it)."""
+    return json.dumps(
+        {"conversation_id": conversation_id, "translated_conversation": conversation or []},
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
+
+
+def _check_fields(spec: SubsetSpec, rec: SynthRecord, path: RunInput, lineno: int) -> None:
     if spec.responses_per_instruction.en == 0 and rec.synthesized_assistant_responses_en:
         raise InputRecordError(
             path, lineno, "synthesized_assistant_responses_en", f"subset `{spec.config}` publishes no EN responses"
@@ -304,7 +441,7 @@ def _public_multiturn(convs: list | None) -> list[list[dict]] | None:
         return None
     out = []
     for conv in convs:
-        msgs = [{"role": m.role, "content": m.content} for m in conv]
+        msgs = [{"role": m["role"], "content": m["content"]} for m in conv]
         for m in msgs:
             if m["role"] == "user":
                 m["content"] = ""
@@ -343,13 +480,12 @@ class _ExternalSort:
             self._spill()
 
     def sorted(self) -> Iterator[tuple[str, str]]:
+        if not self.runs:  # it all fits in memory: no plaintext file at all
+            self.buffer.sort()
+            return iter(list(self.buffer))
         if self.buffer:
             self._spill()
         return heapq.merge(*(self._read(run) for run in self.runs))
-
-    def cleanup(self) -> None:
-        for run in self.runs:
-            run.unlink(missing_ok=True)
 
     def _spill(self) -> None:
         self.buffer.sort()
@@ -376,11 +512,24 @@ def _dedupe(pairs: Iterator[tuple[str, str]]) -> Iterator[str]:
         last = key
 
 
-def _write_gz(path: Path, lines: Iterator[str]) -> int:
-    n = 0
-    # mtime=0 and no file name: the same lines give the same bytes.
-    with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="", compresslevel=6) as gz:
+def gz_chunks(lines: Iterator[str]) -> Iterator[bytes]:
+    """The gzip bytes of `lines` (one per line), as they are compressed; deterministic (mtime 0, no name)."""
+    buf = io.BytesIO()
+    with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0, filename="", compresslevel=6) as gz:
         for line in lines:
             gz.write((line + "\n").encode("utf-8"))
-            n += 1
-    return n
+            if buf.tell() >= 1 << 16:
+                yield buf.getvalue()
+                buf.seek(0)
+                buf.truncate()
+    yield buf.getvalue()
+
+
+def _records_name(records: RunInput | Path) -> RunInput:
+    """The file to name for a subset with no records: the single file, else the folder of record shards."""
+    records = as_input(records)
+    files = input_files(records)
+    if len(files) == 1:
+        return files[0]
+    sub = records.child(RUN_RECORDS_DIR)
+    return sub if sub.is_dir() else records

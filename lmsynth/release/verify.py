@@ -2,25 +2,26 @@
 
 Three levels, each stronger than the last: every file of the tagged tree matches MANIFEST.json (sha256,
 size, no unlisted file); `datasets.load_dataset(path, config)` loads every config with the recorded row
-count; and, with the key, every gated file decrypts to the recorded plaintext digest and line count.
+count (by repo id at the tag on the HF Hub; on ModelScope, which is not a `datasets` hub, the SDK's download
+of the tag, which is what its users get); and, with the key, every gated file decrypts to the recorded
+plaintext digest and line count.
 """
 
 from __future__ import annotations
 
 import gzip
 import logging
-import shutil
-import tempfile
 from pathlib import Path
 
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 
-from lmsynth import constants
-from lmsynth.config import StrictModel
+from lmsynth import keycheck
+from lmsynth.config import StrictModel, dotted
 from lmsynth.errors import ChecksumError, PassphraseError, VerifyError
 from lmsynth.io import sha256_file
 from lmsynth.release import layout
 from lmsynth.release.manifest import ChecksumManifest
+from lmsynth.scratch import scratch_dir
 
 
 log = logging.getLogger(__name__)
@@ -59,11 +60,11 @@ def verify(version: str, *, target: str, passphrase: SecretStr | None = None) ->
     if not version:
         raise VerifyError("`version` can't be empty")
     tgt = open_target(target)
-    work = Path(tempfile.mkdtemp(prefix="lmsynth-verify-", dir=_mkdir(constants.CACHE_DIR / "verify")))
-    try:
+    with scratch_dir("verify") as work:  # decrypted files live here, in a scratch folder
         tree = tgt.download(version, work / "tree")
         manifest = check_files(tree)
-        rows = _check_loading(tgt, version, manifest)
+        _check_working_folder(tgt, version)
+        rows = _check_loading(tgt, version, manifest, tree)
         gated = 0
         if passphrase is not None:
             gated = _check_gated(tree, manifest, passphrase, work=work)
@@ -76,8 +77,6 @@ def verify(version: str, *, target: str, passphrase: SecretStr | None = None) ->
             gated_checked=gated,
             decrypted=passphrase is not None,
         )
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def check_files(tree: Path) -> ChecksumManifest:
@@ -91,9 +90,10 @@ def check_files(tree: Path) -> ChecksumManifest:
     if not path.is_file():
         raise VerifyError(f"{layout.MANIFEST_FILE}: missing from the release")
     try:
-        manifest = ChecksumManifest.model_validate_json(path.read_bytes())
-    except ValueError as e:
-        raise VerifyError(f"{layout.MANIFEST_FILE}: does not validate ({type(e).__name__})") from e
+        manifest = ChecksumManifest.model_validate_json(path.read_bytes(), strict=True)
+    except ValidationError as e:
+        first = e.errors()[0]
+        raise VerifyError(f"{layout.MANIFEST_FILE}: field `{dotted(first['loc'])}`: {first['msg']}") from e
     present = {p.relative_to(tree).as_posix() for p in tree.rglob("*") if p.is_file() and ".git" not in p.parts}
     present.discard(layout.MANIFEST_FILE)
     for rel in sorted(present - set(manifest.files)):
@@ -112,15 +112,27 @@ def check_files(tree: Path) -> ChecksumManifest:
 # Private helpers
 
 
-def _mkdir(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+def _check_working_folder(tgt: object, version: str) -> None:
+    """A local folder whose branch holds `version` is what `load_dataset(folder, ...)` reads: check its files too."""
+    folder = tgt.working_folder(version) if hasattr(tgt, "working_folder") else None
+    if folder is None:
+        return
+    try:
+        check_files(folder)
+    except ChecksumError as e:
+        raise ChecksumError(
+            f"{folder / e.path}",
+            f"{e.message} (this working-folder file is what load_dataset({str(folder)!r}, ...) "
+            f"reads); restore it with `git -C {folder} reset --hard {version}` or by rerunning the release",
+        ) from None
 
 
-def _check_loading(tgt: object, version: str, manifest: ChecksumManifest) -> dict[str, int]:
+def _check_loading(tgt: object, version: str, manifest: ChecksumManifest, tree: Path) -> dict[str, int]:
+    """`load_dataset` of every config as users load it: by repo id at the tag, or the downloaded tree (ModelScope)."""
     import datasets
 
-    path, kwargs = tgt.load_dataset_args(version)
+    args = tgt.load_dataset_args(version)
+    path, kwargs = args if args is not None else (str(tree), {})
     rows: dict[str, int] = {}
     for config, info in sorted(manifest.subsets.items()):
         try:
@@ -137,9 +149,8 @@ def _check_loading(tgt: object, version: str, manifest: ChecksumManifest) -> dic
 
 def _check_gated(tree: Path, manifest: ChecksumManifest, passphrase: SecretStr, *, work: Path) -> int:
     from lmsynth.crypto import KEY_HINT, decrypt_file
-    from lmsynth.release.build import source_fingerprint
 
-    if manifest.source_fingerprint and manifest.source_fingerprint != source_fingerprint(passphrase):
+    if keycheck.differs(manifest.source_fingerprint, passphrase):
         raise PassphraseError(f"the passphrase does not match this release's source fingerprint; {KEY_HINT}")
     n = 0
     for config, info in sorted(manifest.subsets.items()):

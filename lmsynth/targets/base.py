@@ -45,8 +45,11 @@ class Target(Protocol):
         """Materialise the tree tagged `tag` into `dest` and return it."""
         ...
 
-    def load_dataset_args(self, tag: str) -> tuple[str, dict]:
-        """`(path, kwargs)` so that `datasets.load_dataset(path, config, **kwargs)` loads `tag`."""
+    def load_dataset_args(self, tag: str) -> tuple[str, dict] | None:
+        """`(path, kwargs)` so that `datasets.load_dataset(path, config, **kwargs)` loads `tag`.
+
+        None where `datasets` cannot load from the target itself: its download (`download(tag, dest)`) is loaded.
+        """
         ...
 
 

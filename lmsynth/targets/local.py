@@ -5,6 +5,12 @@ plumbing first (a private index, `write-tree`, `commit-tree`) without touching t
 the branch and the tag move and the work tree follow. So a failure leaves the previous release intact,
 and the tag either points at a complete tree or does not exist.
 
+A publish holds an exclusive lock on the folder (`flock` on the folder itself, so no lock file is left
+behind) from the first git command to the tag and the work tree, so two releases into the same folder run
+one after the other. The lock also makes whatever a killed publish left safe to repair: git's own stale
+`*.lock` files are removed, a half-made repository is re-initialised, a moved branch without its tag gets
+the tag, and the work tree is reset to the branch.
+
 Commits are reproducible: a fixed author/committer identity and date, no user or system git config
 (`GIT_CONFIG_GLOBAL=/dev/null`, `GIT_CONFIG_NOSYSTEM=1`), so the same trees give the same commit ids.
 Publishing a tree identical to the tagged one is a no-op.
@@ -12,16 +18,21 @@ Publishing a tree identical to the tagged one is a no-op.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
 import shutil
 import subprocess
 import tarfile
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from lmsynth import constants
 from lmsynth.errors import TagConflictError, TargetError
+from lmsynth.faults import kill_point
+from lmsynth.scratch import scratch_dir
 from lmsynth.targets.base import PublishResult
 
 
@@ -54,28 +65,93 @@ class LocalTarget:
             raise TargetError(self.uri, "`tag` can't be empty")
         if not tree.is_dir():
             raise TargetError(self.uri, f"release tree {tree} is not a folder")
-        self._ensure_repo()
-        # 1. The tree object of the release, via a private index over the release folder.
-        new_tree = self._tree_of(tree)
-        head = self._rev(f"refs/heads/{BRANCH}")
-        tagged = self._rev(f"refs/tags/{tag}^{{commit}}")
-        # 2. Same content under the same tag: nothing to do.
-        if tagged is not None and self._rev(f"{tagged}^{{tree}}") == new_tree:
-            log.info("%s: %s already holds this tree", self.uri, tag)
+        with self.lock():
+            kill_point("publish.locked")
+            self._ensure_repo()
+            # 1. The tree object of the release, via a private index over the release folder.
+            new_tree = self._tree_of(tree)
+            head = self._rev(f"refs/heads/{BRANCH}")
+            tagged = self._rev(f"refs/tags/{tag}^{{commit}}")
+            # 2. Same content under the same tag: nothing to do but repair the work tree.
+            if tagged is not None and self._rev(f"{tagged}^{{tree}}") == new_tree:
+                log.info("%s: %s already holds this tree", self.uri, tag)
+                self._sync_worktree()
+                return PublishResult(target=self.uri, tag=tag, commit=tagged, created_commit=False)
+            if tagged is not None and not force:
+                raise TagConflictError(self.uri, tag)
+            # 3. One commit on the branch (none when HEAD already holds the tree: a rerun after a kill between
+            #    the branch and the tag), then the tag, then the work tree.
+            if head is not None and self._rev(f"{head}^{{tree}}") == new_tree:
+                commit, created = head, False
+            else:
+                # A release commit a killed publish left untagged is replaced, not built upon.
+                base = self._rev(f"{head}^") if head and self._is_unfinished(head, message) else head
+                args = ["commit-tree", new_tree, "-m", message] + (["-p", base] if base else [])
+                commit, created = self._git(*args).strip(), True
+                kill_point("publish.committed")
+                self._git("update-ref", f"refs/heads/{BRANCH}", commit, *([head] if head else []))
+            kill_point("publish.branch")
+            self._git("tag", "-a", *(["-f"] if tagged else []), tag, commit, "-m", message)
+            kill_point("publish.tagged")
             self._sync_worktree()
-            return PublishResult(target=self.uri, tag=tag, commit=tagged, created_commit=False)
-        if tagged is not None and not force:
-            raise TagConflictError(self.uri, tag)
-        # 3. One commit on the branch (none when HEAD already holds the tree), then the tag.
-        if head is not None and self._rev(f"{head}^{{tree}}") == new_tree:
-            commit, created = head, False
-        else:
-            args = ["commit-tree", new_tree, "-m", message] + (["-p", head] if head else [])
-            commit, created = self._git(*args).strip(), True
-            self._git("update-ref", f"refs/heads/{BRANCH}", commit, *([head] if head else []))
-        self._git("tag", "-a", *(["-f"] if tagged else []), tag, commit, "-m", message)
-        self._sync_worktree()
         return PublishResult(target=self.uri, tag=tag, commit=commit, created_commit=created, moved_tag=bool(tagged))
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the folder's exclusive lock (waiting for another publish); re-entrant within a process.
+
+        Raises:
+            TargetError: the path is a file, or the folder cannot be created.
+        """
+        key = str(self.path.resolve())
+        held = _HELD.get(key)
+        if held is not None:
+            _HELD[key] = (held[0], held[1] + 1)
+        else:
+            _HELD[key] = (self._acquire(), 1)
+        try:
+            yield
+        finally:
+            fd, count = _HELD[key]
+            if count > 1:
+                _HELD[key] = (fd, count - 1)
+            else:
+                del _HELD[key]
+                # A folder this failed release created and left empty goes, so nothing is left behind.
+                with contextlib.suppress(OSError):
+                    if not any(self.path.iterdir()):
+                        self.path.rmdir()
+                os.close(fd)  # releases the lock
+
+    def _acquire(self) -> int:
+        """Lock the folder (created if missing); retry when a holder removed it while we waited."""
+        while True:
+            if self.path.exists() and not self.path.is_dir():
+                raise TargetError(self.uri, "is a file, not a folder; give a folder (or hf://ORG/NAME, ms://ORG/NAME)")
+            try:
+                self.path.mkdir(parents=True, exist_ok=True)
+                fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                raise TargetError(self.uri, f"cannot create the folder: {e.strerror or e}") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log.warning("%s: another release is publishing here; waiting for it", self.uri)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                if os.stat(self.path).st_ino == os.fstat(fd).st_ino:
+                    return fd
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+
+    def working_folder(self, tag: str) -> Path | None:
+        """The folder itself when its branch holds `tag`: what `load_dataset(folder, config)` then reads."""
+        self._require_repo()
+        commit = self._rev(f"refs/tags/{tag}^{{commit}}")
+        return self.path if commit is not None and commit == self._rev(f"refs/heads/{BRANCH}") else None
 
     def fetch_file(self, path: str, *, revision: str) -> bytes | None:
         """One file of the tree at `revision`, or None when the repository, revision or file is absent."""
@@ -89,6 +165,7 @@ class LocalTarget:
     def download(self, tag: str, dest: Path) -> Path:
         """Extract the tree tagged `tag` into `dest` (via `git archive`)."""
         dest = Path(dest)
+        self._require_repo()
         if self._rev(f"refs/tags/{tag}^{{commit}}") is None:
             raise TargetError(self.uri, f"no release tagged `{tag}`")
         dest.mkdir(parents=True, exist_ok=True)
@@ -113,6 +190,7 @@ class LocalTarget:
         `datasets` keys its cache of a local folder on the folder name and the config, not on the files'
         content, so a re-released folder would load stale rows: the kwargs carry a `cache_dir` per tree.
         """
+        self._require_repo()
         commit = self._rev(f"refs/tags/{tag}^{{commit}}")
         if commit is None:
             raise TargetError(self.uri, f"no release tagged `{tag}`")
@@ -146,19 +224,40 @@ class LocalTarget:
 
     # Private helpers
 
+    def _require_repo(self) -> None:
+        if not self.path.exists():
+            raise TargetError(self.uri, "no such folder")
+        if not (self.path / ".git").is_dir():
+            raise TargetError(self.uri, "not a release folder (no git repository; `lmsynth release --to` makes one)")
+
     def _ensure_repo(self) -> None:
-        if (self.path / ".git").is_dir():
+        """A usable repository, repairing what a killed publish (or `git init`) left; call with the lock held."""
+        git_dir = self.path / ".git"
+        if git_dir.is_dir():
+            # Under our lock no lmsynth git command runs here: git's lock files are leftovers of a kill.
+            stale = [git_dir / "index.lock", git_dir / "HEAD.lock", git_dir / "packed-refs.lock"]
+            stale += list((git_dir / "refs").rglob("*.lock")) if (git_dir / "refs").is_dir() else []
+            for p in stale:
+                if p.is_file():
+                    log.warning("%s: removing %s left by a killed command", self.uri, p.relative_to(self.path))
+                    p.unlink()
+            if not all((git_dir / name).exists() for name in ("HEAD", "config", "objects", "refs")):
+                self._git("init", "-q", "-b", BRANCH)  # an interrupted init: re-running it is safe
             return
-        if self.path.exists() and any(self.path.iterdir()):
+        if any(self.path.iterdir()):
             raise TargetError(
                 self.uri, "exists, is not empty and is not a git repository; refusing to publish into it"
             )
-        self.path.mkdir(parents=True, exist_ok=True)
         self._git("init", "-q", "-b", BRANCH)
 
+    def _is_unfinished(self, commit: str, message: str) -> bool:
+        """Whether `commit` is this release's commit that a killed publish left without any tag."""
+        same = self._git("log", "-1", "--format=%B", commit).strip() == message.strip()
+        return same and not self._git("tag", "--points-at", commit).strip()
+
     def _tree_of(self, tree: Path) -> str:
-        with tempfile.TemporaryDirectory(prefix="lmsynth-index-") as tmp:
-            env = {"GIT_INDEX_FILE": str(Path(tmp) / "index"), "GIT_WORK_TREE": str(tree.resolve())}
+        with scratch_dir("git-index") as tmp:
+            env = {"GIT_INDEX_FILE": str(tmp / "index"), "GIT_WORK_TREE": str(tree.resolve())}
             self._git("add", "-A", "--force", ".", extra_env=env, cwd=tree)
             return self._git("write-tree", extra_env=env, cwd=tree).strip()
 
@@ -184,8 +283,27 @@ class LocalTarget:
             env["GIT_DIR"] = str((self.path / ".git").resolve())
         proc = subprocess.run(["git", *args], cwd=cwd or self.path, env=env, capture_output=True)
         if proc.returncode != 0:
-            raise TargetError(self.uri, f"git {args[0]} failed: {_last_line(proc.stderr)}")
+            why = _last_line(proc.stderr).removeprefix("fatal: ").removeprefix("error: ")
+            raise TargetError(self.uri, f"git could not {_STEPS.get(args[0], args[0])} ({why}); rerun to repair")
         return proc.stdout
+
+
+# What each git command does, for error messages.
+_STEPS = {
+    "init": "create the repository",
+    "add": "stage the release tree",
+    "write-tree": "store the release tree",
+    "commit-tree": "make the release commit",
+    "update-ref": "move the branch",
+    "tag": "tag the release",
+    "reset": "update the working folder",
+    "symbolic-ref": "point HEAD at the branch",
+    "archive": "read the release",
+    "show": "read a file of the release",
+    "log": "read the branch",
+}
+# Folders whose lock this process holds: resolved path → (fd, depth).
+_HELD: dict[str, tuple[int, int]] = {}
 
 
 def _git_env() -> dict[str, str]:

@@ -1,10 +1,15 @@
 """The ModelScope target (`ms://ORG/NAME`): a dataset repo on branch `master`, versions as repo tags.
 
-Publishing mirrors the HF target: create the repo if missing, upload the tree to `master` in one
-commit (skipped when the remote MANIFEST.json already equals the local one), then tag that commit. The
-client is `modelscope.hub.api.HubApi` (the `modelscope` extra), imported only here, with
-`repo_type="dataset"` on every call (its default is "model"), token from `MODELSCOPE_API_TOKEN` and
-endpoint from `MODELSCOPE_ENDPOINT`.
+Publishing mirrors the HF target: create the repo if missing, then ONE commit on `master` that uploads the
+tree and deletes every remote file the tree no longer has (skipped when the remote MANIFEST.json already
+equals the local one), then a tag on the commit that upload created, and a check that the tag holds exactly
+the tree. A tree needing more operations than one ModelScope commit takes is refused unless `force` (then the
+SDK's `upload_folder(sync_remote_repo=True)` uploads in several commits and deletes afterwards). Where the
+hub does not name the commit it created (or nothing was uploaded), `master` is tagged only after it was
+checked to hold exactly the tree. The client is `modelscope.hub.api.HubApi` (the `modelscope` extra),
+imported only here, with `repo_type="dataset"` on every call (its default is "model"), token from
+`MODELSCOPE_API_TOKEN` and endpoint from `MODELSCOPE_ENDPOINT`. `download` is the SDK's own download of the
+tag (what ModelScope users get), which is also what `lmsynth verify --from ms://...` loads.
 
 ModelScope reads its own README vocabulary (full license names), so `README.md` on ModelScope is a card
 generated from the HF card's YAML and MANIFEST.json; the HF card ships beside it as `README_hf.md`. Every
@@ -13,8 +18,10 @@ other file is byte-identical to the tree, so MANIFEST.json's checksums hold for 
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -25,6 +32,7 @@ from lmsynth import constants
 from lmsynth.errors import MissingDependencyError, TagConflictError, TargetError
 from lmsynth.hub.retry import RetryPolicy, with_retries
 from lmsynth.hub.tree import check_tree
+from lmsynth.io import sha256_file
 from lmsynth.release.layout import INDEX_CARD, MANIFEST_FILE
 from lmsynth.targets.base import PublishResult
 from lmsynth.targets.hf import parse_repo_id
@@ -36,6 +44,7 @@ REPO_TYPE = "dataset"
 BRANCH = "master"
 HF_CARD_COPY = "README_hf.md"
 VISIBILITY_PUBLIC = 5
+BLOB_BATCH = 64  # objects per LFS batch request (the SDK's own limit)
 # Hub license ids → the full names ModelScope's cards use.
 LICENSE_NAMES = {
     "apache-2.0": "Apache License 2.0",
@@ -103,14 +112,14 @@ class ModelScopeTarget:
         return cls(parse_repo_id(uri, "ms"))
 
     def publish(self, tree: Path, *, tag: str, message: str, force: bool = False) -> PublishResult:
-        """Upload `tree` to `master` in one commit (with ModelScope's card) and tag it `tag`.
+        """Upload `tree` to `master` in one commit that also deletes what the tree no longer has, and tag it `tag`.
 
         Raises:
             ChecksumError: the tree does not match its MANIFEST.json.
-            TagConflictError: `tag` exists on different content and `force` is off (ModelScope tags are
-                not moved: pass a new version instead).
+            TagConflictError: `tag` exists on different content (ModelScope tags are not moved: pass a new
+                version instead).
             MissingDependencyError: the `modelscope` extra is not installed.
-            TargetError: the hub refused or kept failing.
+            TargetError: the hub refused or kept failing, or the tree needs more than one commit and `force` is off.
         """
         if not tag:
             raise TargetError(self.uri, "`tag` can't be empty")
@@ -119,23 +128,25 @@ class ModelScopeTarget:
         local_manifest = (tree / MANIFEST_FILE).read_bytes()
         api = get_modelscope_api()
         self._step("create the repo", lambda: self._create(api, tree))
-        tags = self._step("read the tags", lambda: self._tags(api))
-        if tag in tags:
+        if tag in self._step("read the tags", lambda: self._tags(api)):
             if self._get(api, MANIFEST_FILE, tag) == local_manifest:
-                return PublishResult(target=self.uri, tag=tag, commit=tags[tag], created_commit=False)
+                return PublishResult(target=self.uri, tag=tag, commit=None, created_commit=False)
             raise TagConflictError(
                 self.uri, tag, f"tag `{tag}` already exists with different content; ModelScope tags are not moved"
             )
-        created = False
+        created, commit = False, None
         if self._step("read the release", lambda: self._get(api, MANIFEST_FILE, BRANCH)) != local_manifest:
             with tempfile.TemporaryDirectory(prefix="lmsynth-ms-") as tmp:
                 stage = _stage(tree, Path(tmp) / "tree")
-                self._step("upload the release", lambda: self._upload(api, stage, message))
+                commit = self._step("upload the release", lambda: self._commit(api, stage, message, force))
             created = True
-        commit = self._step("read the head", lambda: self._tags(api, branches=True).get(BRANCH))
-        # The client may split or retry an upload over several commits: tag only a head holding every file.
-        self._step("check the upload", lambda: self._check_remote(api, tree, commit or BRANCH))
+        if commit is None:
+            # The hub did not name the commit (or `master` already held this release): tag `master` only once
+            # it holds exactly the tree, and check the tag afterwards.
+            self._step("check the upload", lambda: self._check_remote(api, tree, BRANCH))
         self._step("tag the release", lambda: self._tag(api, tag, commit or BRANCH))
+        self._step("check the tag", lambda: self._check_remote(api, tree, tag))
+        log.info("%s: %s -> %s (new commit: %s)", self.uri, tag, commit or BRANCH, created)
         return PublishResult(target=self.uri, tag=tag, commit=commit, created_commit=created)
 
     def fetch_file(self, path: str, *, revision: str) -> bytes | None:
@@ -144,26 +155,30 @@ class ModelScopeTarget:
         return self._step(f"read {path}@{revision}", lambda: self._get(api, path, revision))
 
     def download(self, tag: str, dest: Path) -> Path:
-        """Materialise the tree tagged `tag` into `dest`; README.md becomes the HF card again."""
+        """The tree tagged `tag` as ModelScope users get it (the SDK's download), README.md the HF card again."""
         from lmsynth.io import atomic_dir
 
         api = get_modelscope_api()
-        files = self._step(f"list {tag}", lambda: self._list(api, tag))
-        if MANIFEST_FILE not in files:
+        if self._step(f"read {MANIFEST_FILE}@{tag}", lambda: self._get(api, MANIFEST_FILE, tag)) is None:
             raise TargetError(self.uri, f"no release `{tag}` (tag or {MANIFEST_FILE} missing)")
         with atomic_dir(dest) as tmp:
-            for path in files:
-                data = self._step(f"download {path}", lambda p=path: self._get(api, p, tag))
-                out = tmp / (INDEX_CARD if path == HF_CARD_COPY else path)
-                if path == INDEX_CARD:
-                    continue
+            got = tmp / ".download"
+            self._step(
+                f"download {tag}", lambda: api._api.download_repo(self.repo_id, REPO_TYPE, revision=tag, local_dir=got)
+            )
+            for path in sorted(got.rglob("*")):
+                rel = path.relative_to(got)
+                if path.is_dir() or any(p.startswith(".") for p in rel.parts) or rel.as_posix() == INDEX_CARD:
+                    continue  # the SDK's bookkeeping, and ModelScope's card (the HF card takes its place)
+                out = tmp / (INDEX_CARD if rel.as_posix() == HF_CARD_COPY else rel)
                 out.parent.mkdir(parents=True, exist_ok=True)
-                out.write_bytes(data or b"")
+                os.replace(path, out)
+            shutil.rmtree(got)
         return Path(dest)
 
-    def load_dataset_args(self, tag: str) -> tuple[str, dict]:
-        """ModelScope is not a `datasets` hub: load a downloaded copy (`download(tag, dest)`) instead."""
-        raise TargetError(self.uri, "load a ModelScope release from `download(tag, dest)`, not by repo id")
+    def load_dataset_args(self, tag: str) -> None:
+        """None: ModelScope is not a `datasets` hub; a release is checked by loading its download."""
+        return None
 
     # Private helpers
 
@@ -175,33 +190,86 @@ class ModelScopeTarget:
             self.repo_id, repo_type=REPO_TYPE, visibility=VISIBILITY_PUBLIC, license="Other", exist_ok=True
         )
 
-    def _tags(self, api, *, branches: bool = False) -> dict[str, str]:
+    def _tags(self, api) -> set[str]:
+        """The repo's tag names (the revisions listing carries `Revision` and `CreatedAt`, no commit)."""
         from modelscope_hub.errors import NotExistError
 
         try:
-            detail = api._api.legacy.list_revisions_detail(repo_id=self.repo_id, repo_type=REPO_TYPE)
+            _, tags = api._api.legacy.list_revisions_detail(repo_id=self.repo_id, repo_type=REPO_TYPE)
+        except NotExistError:
+            return set()
+        return {r.get("Revision") for r in tags}
+
+    def _commit(self, api, stage: Path, message: str, force: bool) -> str | None:
+        """Upload `stage` and delete what it no longer has in ONE commit; return the commit's id if the hub says."""
+        from modelscope_hub._upload import _upload_mode
+        from modelscope_hub.constants import UPLOAD_COMMIT_BATCH_MAX_OPERATIONS
+
+        files = {p.relative_to(stage).as_posix(): p for p in sorted(stage.rglob("*")) if p.is_file()}
+        stale = sorted(set(self._remote_files(api, BRANCH)) - set(files))
+        if len(files) + len(stale) > UPLOAD_COMMIT_BATCH_MAX_OPERATIONS:
+            if not force:
+                raise TargetError(
+                    self.uri,
+                    f"{len(files)} files and {len(stale)} deletions exceed one ModelScope commit "
+                    f"({UPLOAD_COMMIT_BATCH_MAX_OPERATIONS} operations); pass --force to upload in several commits",
+                )
+            api.upload_folder(
+                repo_id=self.repo_id,
+                folder_path=str(stage),
+                repo_type=REPO_TYPE,
+                revision=BRANCH,
+                commit_message=message,
+                use_cache=False,
+                sync_remote_repo=True,
+            )
+            return None
+        legacy = api._api.legacy
+        ops: list[dict] = []
+        blobs: dict[str, tuple[Path, int]] = {}
+        for rel, path in files.items():
+            size = path.stat().st_size
+            if _upload_mode(rel, size, REPO_TYPE) == "lfs":
+                sha = sha256_file(path)
+                blobs[sha] = (path, size)
+                ops.append(_op("create", rel, "lfs", size=size, sha256=sha))
+            else:
+                ops.append(_op("create", rel, "normal", size=size, content=base64.b64encode(path.read_bytes())))
+        ops += [_op("delete", rel, "normal") for rel in stale]
+        shas = list(blobs)
+        for i in range(0, len(shas), BLOB_BATCH):
+            objects = [{"oid": sha, "size": blobs[sha][1]} for sha in shas[i : i + BLOB_BATCH]]
+            for sha, url in legacy.validate_blobs(self.repo_id, REPO_TYPE, objects).items():
+                if url:
+                    with open(blobs[sha][0], "rb") as f:
+                        legacy.upload_blob(url, f, blobs[sha][1])
+        return _commit_id(legacy.create_commit(self.repo_id, REPO_TYPE, ops, message, revision=BRANCH))
+
+    def _remote_files(self, api, revision: str) -> dict[str, str | None]:
+        """Path → sha256 of every file at `revision` (folder entries left out)."""
+        from modelscope_hub.errors import NotExistError
+
+        try:
+            entries = api._api.list_repo_files(self.repo_id, REPO_TYPE, revision=revision)
         except NotExistError:
             return {}
-        heads, tags = detail
-        refs = heads if branches else tags
-        return {r.get("Revision"): r.get("CommitId") or r.get("Revision") for r in refs}
+        return {f.path: f.sha256 for f in entries if f.path and getattr(f, "type", "blob") != "tree"}
 
     def _check_remote(self, api, tree: Path, revision: str) -> None:
-        from lmsynth.io import sha256_file
+        """`revision` holds exactly the tree: every file with its checksum, and nothing else."""
         from lmsynth.release.manifest import ChecksumManifest
 
         manifest = ChecksumManifest.model_validate_json((tree / MANIFEST_FILE).read_bytes())
-        remote = {f.path: f.sha256 for f in api._api.list_repo_files(self.repo_id, REPO_TYPE, revision=revision)}
+        remote = self._remote_files(api, revision)
         expected = {p: e.sha256 for p, e in manifest.files.items() if p != INDEX_CARD}
         expected[HF_CARD_COPY] = sha256_file(tree / INDEX_CARD)
         expected[MANIFEST_FILE] = sha256_file(tree / MANIFEST_FILE)
-        missing = sorted(p for p, sha in expected.items() if remote.get(p) != sha)
-        if missing:
-            raise TargetError(self.uri, f"upload incomplete ({len(missing)} files differ, e.g. {missing[0]}); rerun")
-
-    def _list(self, api, revision: str) -> list[str]:
-        files = api._api.list_repo_files(self.repo_id, REPO_TYPE, revision=revision)
-        return sorted(getattr(f, "path", None) or f["Path"] for f in files)
+        differ = sorted(p for p, sha in expected.items() if remote.get(p) != sha)
+        extra = sorted(set(remote) - set(expected) - {INDEX_CARD})
+        if differ:
+            raise TargetError(self.uri, f"{revision}: {len(differ)} files differ from the release, e.g. {differ[0]}")
+        if extra:
+            raise TargetError(self.uri, f"{revision}: holds {len(extra)} files the release does not, e.g. {extra[0]}")
 
     def _get(self, api, path: str, revision: str) -> bytes | None:
         from modelscope_hub.errors import NotExistError
@@ -215,20 +283,33 @@ class ModelScopeTarget:
                 return None
             return Path(local).read_bytes()
 
-    def _upload(self, api, stage: Path, message: str) -> None:
-        api.upload_folder(
-            repo_id=self.repo_id,
-            folder_path=str(stage),
-            repo_type=REPO_TYPE,
-            revision=BRANCH,
-            commit_message=message,
-            use_cache=False,
-        )
-
-    def _tag(self, api, tag: str, commit: str) -> None:
+    def _tag(self, api, tag: str, revision: str) -> None:
         if tag in self._tags(api):
             return
-        api.create_repo_tag(self.repo_id, REPO_TYPE, tag, revision=commit)
+        api.create_repo_tag(self.repo_id, REPO_TYPE, tag, revision=revision)
+
+
+def _op(action: str, path: str, kind: str, *, size: int = 0, sha256: str = "", content: bytes = b"") -> dict:
+    """One action of a ModelScope commit, in the SDK's own shape."""
+    return {
+        "action": action,
+        "path": path,
+        "type": kind,
+        "size": size,
+        "sha256": sha256,
+        "content": content.decode(),
+        "encoding": "base64" if content else "",
+    }
+
+
+def _commit_id(data: object) -> str | None:
+    """The id of the commit a commit call created, when the answer carries one."""
+    if isinstance(data, dict):
+        for key in ("CommitId", "Sha", "Oid", "Revision"):
+            value = data.get(key)
+            if isinstance(value, str) and re.fullmatch(r"[0-9a-f]{7,64}", value):
+                return value
+    return None
 
 
 def _split_card(text: str) -> tuple[dict, str]:

@@ -288,7 +288,15 @@ class _Handler(DispatchingHandler):
         repo = self.state.repos.get((kind, repo_id))
         if repo is None:
             self._error(404, "Repository not found", code="RepoNotFound")
+        elif repo.private and not self._can_read():
+            # Like the Hub: a private repo is indistinguishable from a missing one without a valid token.
+            self._error(401, "Repository not found", code="RepoNotFound")
+            return None
         return repo
+
+    def _can_read(self) -> bool:
+        auth = self.headers.get("Authorization", "")
+        return auth.startswith("Bearer ") and (self.state.tokens is None or self._authorized())
 
     def _commit_at(self, repo: Repo, rev: str) -> Commit | None:
         commit = repo.resolve(rev)

@@ -100,6 +100,11 @@ class MsStandIn(StandInServer):
 _REPO = r"(?P<o>[^/]+)/(?P<n>[^/]+)"
 
 
+def _parents(path: str) -> list[str]:
+    parts = path.split("/")[:-1]
+    return ["/".join(parts[: i + 1]) for i in range(len(parts))]
+
+
 class _Handler(DispatchingHandler):
     state: MsState
     endpoint: str
@@ -250,8 +255,9 @@ class _Handler(DispatchingHandler):
     def _revisions(self, g: dict, body: bytes) -> None:
         if (repo := self._repo(g)) is None:
             return
-        tags = [{"Revision": t, "CommitId": o} for t, o in sorted(repo.tags.items())]
-        branches = [{"Revision": b, "CommitId": o} for b, o in sorted(repo.branches.items())]
+        # What the SDK documents and reads: `Revision` and `CreatedAt` (no commit id).
+        tags = [{"Revision": t, "CreatedAt": 1767225600} for t in sorted(repo.tags)]
+        branches = [{"Revision": b, "CreatedAt": 1767225600} for b in sorted(repo.branches)]
         self._reply({"RevisionMap": {"Tags": tags, "Branches": branches}})
 
     def _tree(self, g: dict, body: bytes) -> None:
@@ -260,7 +266,10 @@ class _Handler(DispatchingHandler):
         files = repo.resolve(self.query.get("Revision") or "master")
         if files is None:
             return self._reply(None, status=404, message="revision not found")
-        entries = [
+        # Folders are listed too (`Type: "tree"`), as ModelScope does and as the SDK's own download skips them.
+        folders = sorted({f for p in files for f in _parents(p)})
+        entries = [{"Path": f, "Name": f.rsplit("/", 1)[-1], "Type": "tree", "Size": 0} for f in folders]
+        entries += [
             {"Path": p, "Name": p.rsplit("/", 1)[-1], "Type": "blob", "Size": size, "Sha256": sha, "IsLFS": True}
             for p, (sha, size) in sorted(files.items())
         ]

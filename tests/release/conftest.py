@@ -47,3 +47,18 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Project:
     manifest = tmp_path / "v0.5.yaml"
     manifest.write_text(yaml.safe_dump(data, allow_unicode=True, sort_keys=False), encoding="utf-8")
     return Project(root=tmp_path, manifest=manifest, passphrase=SecretStr(PASSPHRASE))
+
+
+SMALL_N = 12
+
+
+@pytest.fixture
+def small_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The real v0.5 manifest cut to its gemma-3 subset, over a small synthetic run folder and prepared folder."""
+    monkeypatch.chdir(tmp_path)
+    data = yaml.safe_load((constants.RELEASE_DIR / "v0.5.yaml").read_text(encoding="utf-8"))
+    data["subsets"] = [s for s in data["subsets"] if s["config"] == "gemma-3"]
+    data["subsets"][0].update(records="runs/gemma-3", prepared="runs/prepared", pipelines=[])
+    write_run_dir(tmp_path / "runs" / "gemma-3", SMALL_N, seed=7, unsafe_n=2, prepared=tmp_path / "runs" / "prepared")
+    (tmp_path / "v0.5.yaml").write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
+    return tmp_path

@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from pydantic import SecretStr
 
+from lmsynth import keycheck
 from lmsynth.crypto import decrypt_file
 from lmsynth.errors import InputRecordError, LeakError, ManifestError, PassphraseError, TagConflictError
 from lmsynth.records import RUN_RECORDS_DIR
@@ -137,6 +138,8 @@ class TestDeterminismAndIdempotence:
                     for f, e in m["files"].items():
                         if layout.is_encrypted(f):
                             e.pop("sha256"), e.pop("size")
+                    # The key check is salted afresh (like gpg's output); a re-release keeps the published one.
+                    assert keycheck.matches(m.pop("source_fingerprint"), project.passphrase)
                 assert ma == mb
             else:
                 assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel

@@ -93,6 +93,12 @@ class TestRefusals:
             gather([*shards, copy], out_dir=tmp_path / "out")
         assert set(err.value.shards) == {str(shards[1]), str(copy)}
 
+    def test_same_shard_folder_given_twice_is_named(self, shards: list[Path], tmp_path: Path) -> None:
+        with pytest.raises(ShardSetError, match=f"shard folder {shards[1]} is given twice") as err:
+            gather([shards[0], shards[1], shards[1]], out_dir=tmp_path / "out")
+        assert err.value.reason == "duplicated" and err.value.shards == [str(shards[1])]
+        assert not (tmp_path / "out").exists()
+
     def test_unfinished_shard_is_named(self, shards: list[Path], tmp_path: Path) -> None:
         (shards[2] / RUN_INFO_FILE).unlink()
         with pytest.raises(ShardSetError, match="unfinished shard run") as err:
