@@ -30,11 +30,15 @@ os.umask(_UMASK)
 
 
 @contextlib.contextmanager
-def atomic_path(path: Path | str) -> Iterator[Path]:
-    """Yield a temporary path next to `path`; rename it over `path` only if the block succeeds."""
+def atomic_path(path: Path | str, *, tmp_dir: Path | str | None = None) -> Iterator[Path]:
+    """Yield a temporary path next to `path` (or in `tmp_dir`, same file system); rename it over `path` on success.
+
+    A killed process leaves its temporary file behind: give a `tmp_dir` that the next command cleans when
+    other processes may write into `path`'s folder at the same time.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=tmp_dir or path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp's 0600 would make finished files private

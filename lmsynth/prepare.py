@@ -31,7 +31,13 @@ from lmsynth.errors import ArgumentError, InputRecordError
 from lmsynth.faults import kill_point
 from lmsynth.io import atomic_dir, dump_json_line, parse_line, write_json
 from lmsynth.progress import track
-from lmsynth.records import PREPARED_INSTRUCTIONS, PREPARED_UNSAFE, InstructionRecord, SourceConversation
+from lmsynth.records import (
+    PREPARED_INSTRUCTIONS,
+    PREPARED_MARKER,
+    PREPARED_UNSAFE,
+    InstructionRecord,
+    SourceConversation,
+)
 from lmsynth.source import Source, open_source
 from lmsynth.templates import TemplateRules, load_rules
 
@@ -39,7 +45,6 @@ from lmsynth.templates import TemplateRules, load_rules
 logger = logging.getLogger(__name__)
 
 PREPARED_STATS = "stats.json"
-PREPARED_MARKER = "_COMPLETE"
 DEFAULT_LANGUAGES: tuple[str, ...] = ("Japanese", "English")
 
 # Reasons a source row is dropped (keys of `PrepareStats.dropped`).

@@ -183,6 +183,7 @@ PUBLIC_FIELDS: tuple[str, ...] = tuple(f for f in SynthRecord.model_fields if f 
 # ---------------------------------------------------------------------------
 
 # `lmsynth prepare --out DIR` writes these (InstructionRecord lines) plus stats.json.
+PREPARED_MARKER = "_COMPLETE"  # written last by `lmsynth prepare`: the folder is finished
 PREPARED_INSTRUCTIONS = "instructions.jsonl"  # Japanese/English, not flagged
 PREPARED_UNSAFE = "unsafe.jsonl"  # moderation-flagged: translated for the `+unsafe` set, never answered
 

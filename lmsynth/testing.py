@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from lmsynth.io import atomic_path
-from lmsynth.prepare import PREPARED_MARKER
 from lmsynth.records import (
     PREPARED_INSTRUCTIONS,
+    PREPARED_MARKER,
     PREPARED_UNSAFE,
     RUN_INFO_FILE,
     RUN_RECORDS_DIR,

@@ -8,6 +8,7 @@ changed; a killed run loses at most the units in flight, because each unit is wr
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +20,7 @@ from lmsynth.config import StrictModel
 from lmsynth.errors import InputRecordError
 from lmsynth.fingerprint import FINGERPRINT_VERSION, digest_rows
 from lmsynth.io import atomic_path, parse_line
+from lmsynth.pipeline.workdir import sweep_locks, unit_lock
 
 
 logger = logging.getLogger(__name__)
@@ -37,10 +39,20 @@ class CachedUnit(StrictModel):
 class StageCache:
     """The units of one stage under one fingerprint."""
 
-    def __init__(self, root: Path | str, *, stage: str, fingerprint: str) -> None:
+    def __init__(self, root: Path | str, *, stage: str, fingerprint: str, scratch: Path | str | None = None) -> None:
+        """The units of `stage` under `fingerprint` in cache `root`.
+
+        Args:
+            root: the cache root.
+            stage: the stage name.
+            fingerprint: the stage fingerprint (`config.stage_fingerprint`).
+            scratch: where units are written before their rename (the run's work folder, which the next run
+                removes if this one is killed); None: beside the units.
+        """
         self.stage = stage
         self.fingerprint = fingerprint
         self.dir = Path(root) / stage / fingerprint
+        self.scratch = Path(scratch) if scratch is not None else None
 
     def key(self, views: Sequence[Any]) -> str:
         """The unit key: digest of what the stage reads from each row, in order."""
@@ -65,9 +77,19 @@ class StageCache:
         """Write a unit atomically (temp file + rename)."""
         path = self.dir / f"{key}.json"
         unit = CachedUnit(stage=self.stage, fingerprint=self.fingerprint, input_digest=key, outputs=list(outputs))
-        with atomic_path(path) as tmp:
-            tmp.write_text(unit.model_dump_json(), encoding="utf-8")
+        if self.scratch is not None:
+            self.scratch.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path, tmp_dir=self.scratch) as tmp:
+            tmp.write_bytes(unit.__pydantic_serializer__.to_json(unit))
         return path
+
+    def lock(self, key: str) -> contextlib.AbstractContextManager[None]:
+        """The lock under which unit `key` is computed (`<key>.lock`, removed on release)."""
+        return unit_lock(self.dir / f"{key}.lock")
+
+    def sweep(self) -> int:
+        """Remove unit locks that no process holds (left by a killed run); return how many."""
+        return sweep_locks(self.dir)
 
     def units(self) -> list[Path]:
         """The finished unit files."""

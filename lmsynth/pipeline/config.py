@@ -35,6 +35,11 @@ class PipelineConfig(StrictModel):
     batch_size: int = Field(
         128, ge=1, le=100_000, description="Rows per distilabel batch and per cache unit (≥ max_num_seqs / n)."
     )
+    window: int = Field(
+        2048,
+        ge=1,
+        description="Rows the run holds at once: each window runs through every stage, then its records are written.",
+    )
     shard_records: int = Field(10_000, ge=1, description="SynthRecords per output shard file.")
     models: dict[str, ModelConfig] = Field(min_length=1)
     translate: TranslateConfig

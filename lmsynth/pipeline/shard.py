@@ -160,13 +160,12 @@ def run_shard(
     Raises:
         ConfigError, InputRecordError, PipelineError: as `run_pipeline`.
     """
-    from lmsynth.fingerprint import digest_rows
     from lmsynth.pipeline.config import load_pipeline_config, run_fingerprint
-    from lmsynth.pipeline.run import load_rows, run_pipeline
+    from lmsynth.pipeline.run import run_pipeline, scan_input
     from lmsynth.pipeline.telemetry import Telemetry, report_from_run, write_report
 
     config = load_pipeline_config(pipeline_path)
-    whole = digest_rows(r.record for r in load_rows(Path(input_dir), limit=config.limit))
+    whole = scan_input(Path(input_dir), limit=config.limit).digest
     info = ShardInfo(
         shard=shard,
         pipeline=config.name,

@@ -7,7 +7,7 @@ it does not alter what this stage reads) keeps its cached units valid.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import BaseModel, TypeAdapter
 
@@ -35,16 +35,32 @@ def run_stage(stage: str, rows: Sequence[PipelineRow], *, model: ChatModel, conf
     return _FUNCTIONS[stage](rows, model=model, config=config)
 
 
+class UnitResult(NamedTuple):
+    """A unit's stage outputs (JSON, one per row) and whether the cache served them."""
+
+    outputs: list[str]
+    cached: bool
+
+
 def run_unit(
     stage: str, rows: Sequence[PipelineRow], *, model: ChatModel, config: Any, cache: StageCache
-) -> list[str]:
-    """One cache unit: the stage outputs (JSON) for `rows`, from the cache or computed and then cached."""
+) -> UnitResult:
+    """One cache unit: the stage outputs (JSON) for `rows`, from the cache or computed and then cached.
+
+    A unit missing from the cache is computed under its lock, so a concurrent run that reaches the same unit
+    waits for it and then reads it instead of computing it again.
+    """
     key = cache.key([view(stage, r, config) for r in rows])
     outputs = cache.get(key, n_rows=len(rows))
-    if outputs is None:
+    if outputs is not None:
+        return UnitResult(outputs, cached=True)
+    with cache.lock(key):
+        outputs = cache.get(key, n_rows=len(rows))
+        if outputs is not None:
+            return UnitResult(outputs, cached=True)
         outputs = [r.model_dump_json() for r in run_stage(stage, rows, model=model, config=config)]
         cache.put(key, outputs)
-    return outputs
+    return UnitResult(outputs, cached=False)
 
 
 # ---------------------------------------------------------------------------

@@ -8,6 +8,7 @@ calling the model, which is what makes reruns resume and changed rows regenerate
 # No `from __future__ import annotations`: distilabel inspects `StepInput` hints at run time.
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Annotated, Any
 
 from distilabel.models.llms.base import LLM
@@ -26,9 +27,10 @@ from lmsynth.llm import (
 )
 from lmsynth.pipeline import stages
 from lmsynth.pipeline.cache import StageCache
-from lmsynth.pipeline.flags import mark_flags
+from lmsynth.pipeline.flags import FirstSeen, mark_flags
 from lmsynth.pipeline.rows import INSTRUCTION_COLUMNS, PipelineRow
 from lmsynth.pipeline.select import SelectConfig, select
+from lmsynth.pipeline.sink import finish_rows
 from lmsynth.pipeline.telemetry import MeteredChatModel, append_event
 
 
@@ -123,6 +125,7 @@ class StageTask(Task):
     cache_dir: str
     fingerprint: str
     events_dir: str | None = Field(None, description="Folder for per-batch telemetry events (None: no events).")
+    scratch_dir: str | None = Field(None, description="The run's work folder, for unit files before their rename.")
     add_raw_output: bool = False
     add_raw_input: bool = False
 
@@ -148,16 +151,21 @@ class StageTask(Task):
         """Serve the batch from the cache, or run the stage and cache it."""
         rows = [PipelineRow.from_columns(r) for r in inputs]
         config = stages.parse_config(self.stage, self.stage_config)
-        cache = StageCache(self.cache_dir, stage=self.stage, fingerprint=self.fingerprint)
+        cache = StageCache(self.cache_dir, stage=self.stage, fingerprint=self.fingerprint, scratch=self.scratch_dir)
         model = MeteredChatModel(self.llm)
-        outputs = stages.run_unit(self.stage, rows, model=model, config=config, cache=cache)
+        unit = stages.run_unit(self.stage, rows, model=model, config=config, cache=cache)
         if self.events_dir is not None:
-            append_event(self.events_dir, model.event(self.stage, rows=len(rows)))
-        yield [{**row, self.stage: out} for row, out in zip(inputs, outputs, strict=True)]
+            append_event(self.events_dir, model.event(self.stage, rows=len(rows), cached=unit.cached))
+        yield [{**row, self.stage: out} for row, out in zip(inputs, unit.outputs, strict=True)]
 
 
 class FlagsStep(GlobalStep):
-    """Empty and duplicate flags need every row, in input order: a global step."""
+    """Empty and duplicate flags need every row of the window, in input order: a global step.
+
+    Duplicates are found across the whole run: `seen_path` holds the first occurrences of earlier windows.
+    """
+
+    seen_path: str | None = Field(None, description="`flags.FirstSeen` file of earlier windows (None: none).")
 
     @property
     def inputs(self) -> list[str]:
@@ -171,7 +179,8 @@ class FlagsStep(GlobalStep):
 
     def process(self, inputs: StepInput) -> Any:  # type: ignore[override]
         """Flag the whole input at once."""
-        flags = mark_flags(PipelineRow.from_columns(r) for r in inputs)
+        seen = FirstSeen.read(self.seen_path) if self.seen_path else FirstSeen()
+        flags = mark_flags((PipelineRow.from_columns(r) for r in inputs), seen=seen)
         yield [{**row, "flags": f.model_dump_json()} for row, f in zip(inputs, flags, strict=True)]
 
 
@@ -195,6 +204,51 @@ class SelectStep(Step):
         config = SelectConfig.model_validate_json(self.select_config)
         picks = select([PipelineRow.from_columns(r) for r in inputs], config=config)
         yield [{**row, "select": p.model_dump_json()} for row, p in zip(inputs, picks, strict=True)]
+
+
+class RecordSink(Step):
+    """The last step: writes each finished row's record into the window's files, returns only its summary."""
+
+    records_dir: str = Field(description="The window's record folder (`sink.read_records` merges it).")
+    stages: list[str] = Field(description="The pipeline's stages; a row without one of their outputs failed.")
+    llm_stages: list[str]
+    english: bool = False
+    multiturn: bool = False
+    judged: bool = False
+
+    @property
+    def inputs(self) -> list[str]:
+        """Every column: the instruction and each stage output."""
+        return ["row_index", *INSTRUCTION_COLUMNS, *self.stages]
+
+    @property
+    def outputs(self) -> list[str]:
+        """A `sink.RowSummary` as JSON."""
+        return ["summary"]
+
+    def process(self, inputs: StepInput) -> Any:  # type: ignore[override]
+        """Assemble and write the batch's records."""
+        summaries = finish_rows(
+            inputs,
+            stages=self.stages,
+            llm_stages=self.llm_stages,
+            english=self.english,
+            multiturn=self.multiturn,
+            judged=self.judged,
+            records_dir=Path(self.records_dir),
+        )
+        yield [{"row_index": s.row_index, "summary": s.model_dump_json()} for s in summaries]
+
+
+def without_checkpoints(pipeline: Any) -> Any:
+    """Turn off distilabel's checkpoint after every batch (`_cache`): lmsynth resumes from its own stage cache.
+
+    distilabel saves the pipeline, its batch manager and every built batch's rows as JSON after each batch
+    it routes, even with `use_cache=False`, so its cost grows with the rows in flight (see `_cache` in
+    distilabel 1.5.3 `pipeline/base.py`). Nothing reads those files when a run starts with `use_cache=False`.
+    """
+    pipeline._cache = lambda: None
+    return pipeline
 
 
 def to_rows(rows: Sequence[PipelineRow]) -> list[dict[str, Any]]:

@@ -108,6 +108,7 @@ class BatchEvent(StrictModel):
     seconds: float = Field(0.0, ge=0, description="Time inside model calls (engine start excluded).")
     started_at: float | None = Field(None, description="Epoch seconds when the first model call began.")
     ended_at: float | None = Field(None, description="Epoch seconds when the last model call ended.")
+    cached: bool = Field(False, description="The batch was one cache unit served from the stage cache.")
 
 
 class MeteredChatModel:
@@ -146,7 +147,7 @@ class MeteredChatModel:
             self.output_tokens += sum(c.completion_tokens for c in completions)
         return out
 
-    def event(self, step: str, *, rows: int) -> BatchEvent:
+    def event(self, step: str, *, rows: int, cached: bool = False) -> BatchEvent:
         """The counters as one event of `step`."""
         return BatchEvent(
             step=step,
@@ -158,6 +159,7 @@ class MeteredChatModel:
             seconds=round(self.seconds, 6),
             started_at=self.started_at,
             ended_at=self.ended_at,
+            cached=cached,
         )
 
 
@@ -214,6 +216,7 @@ class Telemetry:
         self._t0_epoch = time.time()
         self._busy: list[tuple[float, float]] = []  # epoch intervals: engine starts and batches' model calls
         self._engines: list[EngineReport] = []
+        self._units: dict[str, list[int]] = {}  # step → [units computed, units served from the cache]
 
     def record_batch(
         self,
@@ -247,6 +250,8 @@ class Telemetry:
             if self._first_batch_at is None:
                 # When the first batch began: everything before it (engine start) does not grow with the input.
                 self._first_batch_at = max(self._clock() - event.seconds, self._t0)
+            units = self._units.setdefault(event.step, [0, 0])
+            units[int(event.cached)] += 1
             span = self._spans.get(event.step)
             if event.started_at is not None and event.ended_at is not None:
                 self._busy.append((event.started_at, event.ended_at))
@@ -337,6 +342,11 @@ class Telemetry:
                 yield
             finally:
                 self._advance = None
+
+    def units(self) -> dict[str, tuple[int, int]]:
+        """Per step, the cache units this run computed and those it reused (one per batch event)."""
+        with self._lock:
+            return {step: (made, reused) for step, (made, reused) in self._units.items()}
 
     def rate_text(self) -> str:
         """`"3.2 req/s · 410 tok/s"` over the run so far."""

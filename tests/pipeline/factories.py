@@ -8,7 +8,7 @@ from typing import Any
 from lmsynth.io import write_jsonl
 from lmsynth.llm import FakeChatModel, FakeModelConfig
 from lmsynth.pipeline.rows import FlagsOutput, GenerateOutput, PipelineRow, TranslateOutput
-from lmsynth.records import InstructionRecord
+from lmsynth.records import PREPARED_MARKER, InstructionRecord
 
 
 def make_record(i: int = 0, **kw: Any) -> InstructionRecord:
@@ -44,6 +44,7 @@ def write_prepared(folder: Path, records: list[InstructionRecord], unsafe: list[
     folder.mkdir(parents=True, exist_ok=True)
     write_jsonl(folder / "instructions.jsonl", records)
     write_jsonl(folder / "unsafe.jsonl", [r.model_copy(update={"flagged": True}) for r in unsafe])
+    (folder / PREPARED_MARKER).write_text("ok\n", encoding="utf-8")
     return folder
 
 
@@ -68,7 +69,7 @@ judge: {{mode: single, model: f}}
 
 
 def write_fake_pipeline(
-    folder: Path, *, batch_size: int = 2, sleep_s: float = 0.0, prompt: Path | None = None
+    folder: Path, *, batch_size: int = 2, sleep_s: float = 0.0, prompt: Path | None = None, window: int | None = None
 ) -> tuple[Path, Path]:
     """A fake-backend pipeline YAML and the call log its model appends to."""
     from lmsynth import constants
@@ -76,5 +77,6 @@ def write_fake_pipeline(
     prompt = prompt or constants.PIPELINES_DIR / "prompts" / "translate_en_ja.txt"
     log = folder / "calls.jsonl"
     path = folder / "fake.yaml"
-    path.write_text(FAKE_PIPELINE.format(batch_size=batch_size, sleep_s=sleep_s, call_log=log, prompt=prompt))
+    text = FAKE_PIPELINE.format(batch_size=batch_size, sleep_s=sleep_s, call_log=log, prompt=prompt)
+    path.write_text(text + (f"window: {window}\n" if window else ""))
     return path, log

@@ -17,7 +17,8 @@ def units(rows, size):
 
 def translate_all(rows, cache, model, config=None):
     config = config or TranslateConfig(model="m")
-    return [o for u in units(rows, 2) for o in run_unit("translate", u, model=model, config=config, cache=cache)]
+    done = [run_unit("translate", u, model=model, config=config, cache=cache) for u in units(rows, 2)]
+    return [o for unit in done for o in unit.outputs]
 
 
 def test_rerun_reuses_every_unit(tmp_path: Path) -> None:

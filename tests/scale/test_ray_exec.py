@@ -102,7 +102,7 @@ class TestPlan:
         pipeline = build_pipeline(config, rows, cache_root=tmp_path / "c", work_dir=tmp_path / "w")
         apply_tensor_parallel(pipeline, {"generate": 2, "judge": 2, "translate": 0})
         demand = {s.step: s.gpus for s in plan_resources(pipeline).steps}
-        assert demand == {"load": 0, "translate": 0, "flags": 0, "generate": 2, "judge": 2, "select": 0}
+        assert demand == {"load": 0, "translate": 0, "flags": 0, "generate": 2, "judge": 2, "select": 0, "records": 0}
         with pytest.raises(ValueError, match=r"does not have: \['nope'\]"):
             apply_tensor_parallel(pipeline, {"nope": 1})
 
@@ -127,8 +127,7 @@ def ray_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[RayOptions]:
 @pytest.mark.ray
 @pytest.mark.timeout(600)
 def test_ray_run_gives_the_same_records_as_a_local_run(tmp_path: Path, ray_env: RayOptions) -> None:
-    from lmsynth.pipeline.assemble import to_synth_record
-    from lmsynth.pipeline.run import _check_rows, _distiset_rows, build_pipeline, execute, load_rows
+    from lmsynth.pipeline.run import execute, load_rows
 
     pipe, log = write_fake_pipeline(tmp_path, batch_size=4)
     config = load_pipeline_config(pipe)
@@ -138,16 +137,12 @@ def test_ray_run_gives_the_same_records_as_a_local_run(tmp_path: Path, ray_env: 
 
     local = execute(config, rows, cache_root=tmp_path / "c-local", work_dir=tmp_path / "w-local")
     local_calls = len(log.read_text().splitlines())
-    pipeline = build_pipeline(config, rows, cache_root=tmp_path / "c-ray", work_dir=tmp_path / "w-ray")
-    distiset = run_on_ray(pipeline, options=ray_env, use_cache=False)
-    on_ray = _check_rows(config, rows, list(_distiset_rows(distiset)))
+    on_ray = execute(config, rows, cache_root=tmp_path / "c-ray", work_dir=tmp_path / "w-ray", ray=ray_env)
 
-    def synth(done: list) -> list:
-        return [to_synth_record(r, english=True, multiturn=False) for r in done]
-
-    assert synth(on_ray) == synth(local)
+    assert [f.record for f in on_ray] == [f.record for f in local]
+    assert [f.summary for f in on_ray] == [f.summary for f in local]
     assert len(log.read_text().splitlines()) == 2 * local_calls  # the Ray run called the model itself
-    assert any(r.synthesized_assistant_responses for r in synth(on_ray))
+    assert any(f.summary.counts.get("responses_ja") for f in on_ray)
 
 
 @pytest.mark.ray
