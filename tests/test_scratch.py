@@ -88,3 +88,15 @@ def test_a_killed_prepare_leaves_no_half_built_output_after_the_next_command(tmp
     done = subprocess.run([*cmd, "prepare", "--out", "prepared"], cwd=tmp_path, env=env, timeout=120)
     assert done.returncode == 0 and (tmp_path / "prepared" / "_COMPLETE").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["prepared"]
+
+
+def test_any_command_removes_a_killed_runs_work_folder() -> None:
+    from lmsynth.pipeline.workdir import WORK_DIR
+
+    stale = constants.CACHE_DIR / WORK_DIR / "999999-killed"
+    (stale / "distilabel").mkdir(parents=True)
+    (stale / ".lock").touch()  # nobody holds it: its run was killed
+    (stale / "distilabel" / "records.jsonl").write_text('{"translated_conversation": "..."}\n')
+    env = {**os.environ, "LMSYNTH_CACHE": str(constants.CACHE_DIR)}
+    assert subprocess.run([sys.executable, "-m", "lmsynth", "version"], env=env, timeout=60).returncode == 0
+    assert not stale.exists()

@@ -41,10 +41,15 @@ app = typer.Typer(
 
 @app.callback()
 def _root() -> None:
-    """Before any command: remove what killed lmsynth commands left in the scratch folder (never a live one's)."""
+    """Before any command: remove what killed lmsynth commands left (scratch and run work folders; never a live one's).
+
+    A killed run's work folder holds translated (gated) instructions: any later command removes it, not only a run.
+    """
+    from lmsynth.pipeline.workdir import WORK_DIR, clean_stale_work_dirs
     from lmsynth.scratch import clean_stale
 
     clean_stale()
+    clean_stale_work_dirs(constants.CACHE_DIR / WORK_DIR)
 
 
 class Output:
