@@ -74,6 +74,14 @@ def arrow_schema(spec: SubsetSpec):  # noqa: ANN201 — pyarrow is imported lazi
     """The fixed Arrow schema of a subset's shards."""
     import pyarrow as pa
 
+    types = _field_types()
+    return pa.schema([(name, types[name]) for name in public_columns(spec)])
+
+
+def _field_types() -> dict:
+    """The Arrow type of every SynthRecord field, public and gated."""
+    import pyarrow as pa
+
     msg = pa.struct([("role", pa.string()), ("content", pa.string())])
     annotation = pa.struct(
         [
@@ -83,17 +91,17 @@ def arrow_schema(spec: SubsetSpec):  # noqa: ANN201 — pyarrow is imported lazi
             ("preference_score", pa.float64()),
         ]
     )
-    types = {
+    return {
         "conversation_id": pa.string(),
         "duplicate_user_instruction_ja": pa.string(),
         "empty_user_instruction_ja": pa.bool_(),
+        "translated_conversation": pa.list_(msg),
         "is_template_instruction": pa.string(),
         "synthesized_assistant_responses": pa.list_(msg),
         "synthesized_response_scoring_annotations": pa.list_(annotation),
         "synthesized_assistant_responses_en": pa.list_(msg),
         "synthesized_multiturn_conversation": pa.list_(pa.list_(msg)),
     }
-    return pa.schema([(name, types[name]) for name in public_columns(spec)])
 
 
 def input_files(path: RunInput | Path, subdir: str = RUN_RECORDS_DIR) -> list[RunInput]:
@@ -295,26 +303,7 @@ def full_schema():  # noqa: ANN201 — pyarrow is imported lazily
     """The Arrow schema of a whole SynthRecord line (public and gated fields): what a batch is read with."""
     import pyarrow as pa
 
-    msg = pa.struct([("role", pa.string()), ("content", pa.string())])
-    annotation = pa.struct(
-        [
-            ("response_token_length", pa.int64()),
-            ("judgement", pa.string()),
-            ("repetition_flag", pa.bool_()),
-            ("preference_score", pa.float64()),
-        ]
-    )
-    types = {
-        "conversation_id": pa.string(),
-        "duplicate_user_instruction_ja": pa.string(),
-        "empty_user_instruction_ja": pa.bool_(),
-        "translated_conversation": pa.list_(msg),
-        "is_template_instruction": pa.string(),
-        "synthesized_assistant_responses": pa.list_(msg),
-        "synthesized_response_scoring_annotations": pa.list_(annotation),
-        "synthesized_assistant_responses_en": pa.list_(msg),
-        "synthesized_multiturn_conversation": pa.list_(pa.list_(msg)),
-    }
+    types = _field_types()
     return pa.schema([(name, types[name]) for name in SynthRecord.model_fields])
 
 
