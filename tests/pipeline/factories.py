@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -80,3 +83,15 @@ def write_fake_pipeline(
     text = FAKE_PIPELINE.format(batch_size=batch_size, sleep_s=sleep_s, call_log=log, prompt=prompt)
     path.write_text(text + (f"window: {window}\n" if window else ""))
     return path, log
+
+
+def run_cli(pipe: Path, prep: Path, out: Path, cache: Path, log: Path) -> subprocess.Popen:
+    """`lmsynth run` as its own process (and session, so a test can kill its whole group) on cache `cache`."""
+    env = {**os.environ, "LMSYNTH_CACHE": str(cache)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "lmsynth", "run", str(pipe), "--input", str(prep), "--out", str(out)],
+        env=env,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +16,7 @@ import pytest
 
 from lmsynth.pipeline.workdir import WORK_DIR
 from lmsynth.records import iter_synth_records
-from tests.pipeline.factories import make_record, write_fake_pipeline, write_prepared
+from tests.pipeline.factories import make_record, run_cli, write_fake_pipeline, write_prepared
 
 
 N = 12
@@ -41,17 +39,6 @@ KILL_POINTS: dict[str, Callable[[Path, Path], bool]] = {
 }
 
 
-def _start(pipe: Path, prep: Path, out: Path, cache: Path, log: Path) -> subprocess.Popen:
-    env = {**os.environ, "LMSYNTH_CACHE": str(cache)}
-    return subprocess.Popen(
-        [sys.executable, "-m", "lmsynth", "run", str(pipe), "--input", str(prep), "--out", str(out)],
-        env=env,
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-
-
 def leftovers(root: Path, out: Path, cache: Path) -> list[str]:
     """What a run leaves besides its finished folder and cache units."""
     found = [p for p in out.iterdir() if p.name.startswith(".")] if out.is_dir() else []
@@ -66,7 +53,7 @@ def test_kill_then_rerun_leaves_nothing_behind(tmp_path: Path, point: str) -> No
     prep = write_prepared(tmp_path / "prep", [make_record(i) for i in range(N)], [make_record(90)])
     pipe, _ = write_fake_pipeline(tmp_path, batch_size=2, sleep_s=0.1, window=4)
     out, cache = tmp_path / "out", tmp_path / "cache"
-    proc = _start(pipe, prep, out, cache, tmp_path / "killed.log")
+    proc = run_cli(pipe, prep, out, cache, tmp_path / "killed.log")
     deadline = time.time() + 400
     while time.time() < deadline and proc.poll() is None and not KILL_POINTS[point](out, cache):
         time.sleep(0.05)
@@ -75,7 +62,7 @@ def test_kill_then_rerun_leaves_nothing_behind(tmp_path: Path, point: str) -> No
     proc.wait()
     assert not (out / "run.json").exists()
     print(f"\nkill -9 during {point}: left {leftovers(tmp_path, out, cache)}")
-    rerun = _start(pipe, prep, out, cache, tmp_path / "rerun.log")
+    rerun = run_cli(pipe, prep, out, cache, tmp_path / "rerun.log")
     assert rerun.wait(timeout=400) == 0, (tmp_path / "rerun.log").read_text()[-3000:]
     assert [r.conversation_id for r in iter_synth_records(out)] == [f"c{i}" for i in range(N)]
     assert [r.conversation_id for r in iter_synth_records(out / "unsafe")] == ["c90"]

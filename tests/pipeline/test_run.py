@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,7 +13,7 @@ import pytest
 from lmsynth.pipeline.run import RunInfo, run_pipeline
 from lmsynth.pipeline.telemetry import read_report
 from lmsynth.records import SynthRecord, iter_synth_records
-from tests.pipeline.factories import make_record, write_fake_pipeline, write_prepared
+from tests.pipeline.factories import make_record, run_cli, write_fake_pipeline, write_prepared
 
 
 def prepared(tmp_path: Path, n: int = 6) -> Path:
@@ -73,17 +71,6 @@ def test_run_writes_the_folder_contract_and_resumes(tmp_path: Path) -> None:
     assert len(calls(log)) == n_calls
     assert sum(again.units_generated.values()) == 0
     assert list(iter_synth_records(tmp_path / "out")) == records
-
-
-def run_cli(pipe: Path, prep: Path, out: Path, cache: Path, log: Path) -> subprocess.Popen:
-    env = {**os.environ, "LMSYNTH_CACHE": str(cache)}
-    return subprocess.Popen(
-        [sys.executable, "-m", "lmsynth", "run", str(pipe), "--input", str(prep), "--out", str(out)],
-        env=env,
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
 
 
 @pytest.mark.timeout(300)

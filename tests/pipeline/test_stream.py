@@ -14,7 +14,7 @@ from lmsynth.errors import PipelineError
 from lmsynth.pipeline.run import RunInfo, run_pipeline
 from lmsynth.pipeline.workdir import WORK_DIR, clean_stale_work_dirs, run_work_dir, unit_lock
 from lmsynth.records import PREPARED_MARKER, iter_synth_records
-from tests.pipeline.factories import make_record, write_fake_pipeline, write_prepared
+from tests.pipeline.factories import make_record, run_cli, write_fake_pipeline, write_prepared
 
 
 def prepared_with_late_duplicate(tmp_path: Path, n: int = 12) -> Path:
@@ -143,16 +143,6 @@ def test_units_reused_counts_only_this_runs_units(tmp_path: Path) -> None:
     assert again.units_generated == {"translate": 0, "generate": 0, "judge": 0}
 
 
-def _run(pipe: Path, prep: Path, out: Path, cache: Path, log: Path) -> subprocess.Popen:
-    env = {**os.environ, "LMSYNTH_CACHE": str(cache)}
-    return subprocess.Popen(
-        [sys.executable, "-m", "lmsynth", "run", str(pipe), "--input", str(prep), "--out", str(out)],
-        env=env,
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-    )
-
-
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("same_out", [True, False], ids=["same-out", "different-out"])
 def test_two_runs_at_once_both_succeed_and_share_the_work(tmp_path: Path, same_out: bool) -> None:
@@ -160,7 +150,7 @@ def test_two_runs_at_once_both_succeed_and_share_the_work(tmp_path: Path, same_o
     pipe, log = write_fake_pipeline(tmp_path, batch_size=2, sleep_s=0.05)
     cache = tmp_path / "cache"
     outs = [tmp_path / "out", tmp_path / ("out" if same_out else "out2")]
-    procs = [_run(pipe, prep, out, cache, tmp_path / f"run{k}.log") for k, out in enumerate(outs)]
+    procs = [run_cli(pipe, prep, out, cache, tmp_path / f"run{k}.log") for k, out in enumerate(outs)]
     for k, proc in enumerate(procs):
         assert proc.wait(timeout=500) == 0, (tmp_path / f"run{k}.log").read_text()[-3000:]
     ids = [f"c{i}" for i in range(8)]
