@@ -45,11 +45,11 @@ if step == "recover":
                   passphrase=SecretStr(sys.argv[5]))
     rows = sum(s.written for s in res.report.subsets.values())
 elif step == "export-sft":
-    from lmsynth.export import export_sft
+    from lmsynth.export.build import export_sft
     res = export_sft(Path(work) / "recovered", out_dir=Path(work) / "sft", test_size=0.01)
     rows = sum(res.rows.values())
 else:
-    from lmsynth.export import export_dpo
+    from lmsynth.export.build import export_dpo
     res = export_dpo(Path(work) / "recovered", out_dir=Path(work) / "dpo", test_size=0.01)
     rows = sum(res.rows.values())
 secs = time.perf_counter() - t0
@@ -175,7 +175,7 @@ def main() -> None:
 
 def _write_shard(pq, pa, path: Path, rows: list[dict]) -> None:  # noqa: ANN001 — pyarrow modules passed in
     path.parent.mkdir(parents=True, exist_ok=True)
-    # 1,000-row groups, as the release builder writes them (lmsynth.release.shards.ROWS_PER_GROUP).
+    # 1,000-row groups, as the release builder writes them (lmsynth.release.data_files.ROWS_PER_GROUP).
     pq.write_table(pa.Table.from_pylist(rows), path, compression="zstd", row_group_size=1_000)
 
 

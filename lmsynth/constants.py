@@ -25,7 +25,7 @@ TEMPLATE_RULES = PACKAGE_DIR / "sample" / "template_rules.yaml"
 # Working folders.
 CACHE_DIR = Path(os.environ.get("LMSYNTH_CACHE", Path.home() / ".cache" / "lmsynth"))
 
-# Secrets: read here, wrapped in SecretStr by lmsynth.secrets, never logged.
+# Secrets: read here, wrapped in SecretStr by lmsynth.passphrase, never logged.
 PASSPHRASE_ENV = "LMSYNTH_PASSPHRASE"
 DEBUG = _is_true(os.environ.get("LMSYNTH_DEBUG"))
 

@@ -135,7 +135,7 @@ def recover(
         subsets = _subsets(manifest)
         # 2. The key: given, from the environment, or derived from the source (a full streamed pass).
         if passphrase is None:
-            from lmsynth.secrets import resolve_passphrase
+            from lmsynth.passphrase import resolve_passphrase
 
             passphrase = resolve_passphrase(
                 passphrase_file=None, source=source if source is not None else str(constants.SAMPLE_SOURCE)

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from lmsynth.errors import ExportError
-from lmsynth.export import export_dpo, export_sft
+from lmsynth.export.build import export_dpo, export_sft
 from lmsynth.export.rows import ExportFilters, best_index, dpo_row, split_of, worst_index
 from lmsynth.io import write_json, write_jsonl
 from lmsynth.recover import REPORT_FILE, RecoveredRecord, RecoverReport, SubsetLicense, SubsetRecovery
@@ -230,7 +230,7 @@ class TestExportSft:
             export_sft(recovered, out_dir=tmp_path / "out", subsets=["nope"])
 
     def test_shards_rotate(self, recovered: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-        import lmsynth.export as export
+        import lmsynth.export.build as export
 
         monkeypatch.setattr(export, "SHARD_ROWS", 2)
         res = export_sft(recovered, out_dir=tmp_path / "out")
@@ -321,7 +321,7 @@ class TestPush:
         import subprocess
         import sys
 
-        from lmsynth.export import export_tag
+        from lmsynth.export.build import export_tag
 
         res = export_sft(recovered, out_dir=tmp_path / "out", test_size=0.5, seed=3)
         root = Path(__file__).resolve().parent.parent

@@ -375,7 +375,7 @@ def load_rows(out: Path, config: str) -> list[dict]:
 
 class TestRoundTrip:
     def test_release_recover_export_load(self, released: Path, tmp_path: Path) -> None:
-        from lmsynth.export import export_dpo, export_sft
+        from lmsynth.export.build import export_dpo, export_sft
 
         # Key derived from the bundled sample (no passphrase given, none in the environment).
         res = recover(str(released), revision="v0.5", source=None, out_dir=tmp_path / "rec", passphrase=None)

@@ -63,9 +63,9 @@ def release_cmd(
     source: SourceOpt = None,
 ) -> None:
     """Build release VERSION (Parquet, cards, figures, encrypted JA instructions, MANIFEST.json) and publish it."""
+    from lmsynth.passphrase import resolve_passphrase
     from lmsynth.progress import enabled
     from lmsynth.release.build import build_release
-    from lmsynth.secrets import resolve_passphrase
 
     passphrase = resolve_passphrase(passphrase_file=passphrase_file, source=source or str(constants.SAMPLE_SOURCE))
     with enabled():
@@ -95,8 +95,8 @@ def verify_cmd(
     manifest: ManifestOpt = None,
 ) -> None:
     """Check release VERSION: files against MANIFEST.json, load_dataset per config, and (given a key) decryption."""
+    from lmsynth.passphrase import resolve_passphrase
     from lmsynth.release.verify import verify
-    from lmsynth.secrets import resolve_passphrase
 
     wants_key = passphrase_file is not None or source is not None or constants.passphrase_from_env() is not None
     passphrase = resolve_passphrase(passphrase_file=passphrase_file, source=source) if wants_key else None

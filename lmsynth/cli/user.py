@@ -62,9 +62,9 @@ def recover_cmd(
     \b
     Example: lmsynth recover --from hub --revision v0.5 --source lmsys-chat-1m/ --out recovered
     """
+    from lmsynth.passphrase import resolve_passphrase
     from lmsynth.progress import enabled
     from lmsynth.recover import recover
-    from lmsynth.secrets import resolve_passphrase
 
     passphrase = resolve_passphrase(passphrase_file=passphrase_file, source=None) if passphrase_file else None
     with enabled():
@@ -108,7 +108,7 @@ def export_sft_cmd(
     \b
     Example: lmsynth export sft --input recovered --out sft-ja --exclude-pii --min-score 7 --test-size 0.01
     """
-    from lmsynth.export import export_sft
+    from lmsynth.export.build import export_sft
     from lmsynth.progress import enabled
 
     with enabled():
@@ -151,7 +151,7 @@ def export_dpo_cmd(
     \b
     Example: lmsynth export dpo --input recovered --out dpo-ja --min-margin 2 --test-size 0.01
     """
-    from lmsynth.export import export_dpo
+    from lmsynth.export.build import export_dpo
     from lmsynth.progress import enabled
 
     with enabled():
@@ -174,7 +174,7 @@ def export_dpo_cmd(
 
 
 def _report(res: object, *, push: str | None, private: bool, tag: str | None) -> None:
-    from lmsynth.export import ExportResult, export_tag
+    from lmsynth.export.build import ExportResult, export_tag
     from lmsynth.export.publish import publish_export
 
     assert isinstance(res, ExportResult)

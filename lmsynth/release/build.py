@@ -120,7 +120,7 @@ def build_release(
         passphrase: Encrypts the gated files.
         records_overrides: `{config: path or URL}` replacing a subset's `records:`.
         runs_root: Folder or URL (`hf://datasets/ORG/NAME@REV`) relative manifest paths resolve against.
-        shard_bytes: Rotate Parquet shards at this size (default: `shards.SHARD_BYTES`).
+        shard_bytes: Rotate Parquet shards at this size (default: `data_files.SHARD_BYTES`).
 
     Returns:
         The result: tag, commit (None for a dry run), counts, files.
@@ -247,7 +247,7 @@ def plan_release(
     Returns:
         The plan: every file with sha256 and size, counts, reused ciphertexts.
     """
-    from lmsynth.release import cards, figures, shards
+    from lmsynth.release import cards, data_files, figures
     from lmsynth.release.leak_guard import GatedIndex, scan_tree
 
     # 1. Check everything that can be checked before any work.
@@ -268,7 +268,7 @@ def plan_release(
     prev_manifest = _previous_manifest(previous)
 
     key_matches = prev_manifest is not None and keycheck.matches(prev_manifest.source_fingerprint, passphrase)
-    # Sort spills of the gated instructions (past `shards.SPILL_LINES` records) live in a scratch folder.
+    # Sort spills of the gated instructions (past `data_files.SPILL_LINES` records) live in a scratch folder.
     with scratch_dir("gated") as work:
         # 2. Public shards, gated plaintexts, figures: one streaming pass per subset.
         built: list[cards.SubsetCardData] = []
@@ -277,8 +277,12 @@ def plan_release(
         reused: list[str] = []
         index = GatedIndex()
         for spec in manifest.subsets:
-            out = shards.write_subset(
-                spec, records=records[spec.config], tree=tree, work=work, shard_bytes=shard_bytes or shards.SHARD_BYTES
+            out = data_files.write_subset(
+                spec,
+                records=records[spec.config],
+                tree=tree,
+                work=work,
+                shard_bytes=shard_bytes or data_files.SHARD_BYTES,
             )
             fig_paths = [
                 layout.figure_path(spec.config, figures.SCORE_FIGURE),
@@ -286,7 +290,7 @@ def plan_release(
             ]
             figures.plot_scores(tree / fig_paths[0], hist=out.score_hist, failed=out.failed_scores, title=spec.config)
             figures.plot_lengths(
-                tree / fig_paths[1], hist=out.length_hist, bin_width=shards.LENGTH_BIN, title=spec.config
+                tree / fig_paths[1], hist=out.length_hist, bin_width=data_files.LENGTH_BIN, title=spec.config
             )
             gated_paths: dict[str, str] = {}
             for which, lines in out.gated.items():
@@ -309,7 +313,7 @@ def plan_release(
                     reused.append(rel)
                 if keep_gated is not None:
                     with atomic_path(keep_gated / rel.removesuffix(".gpg")) as tmp, open(tmp, "wb") as f:
-                        for chunk in shards.gz_chunks(lines()):
+                        for chunk in data_files.gz_chunks(lines()):
                             f.write(chunk)
                 kill_point("release.encrypted")
             if prepared[spec.config] is not None:
@@ -469,7 +473,7 @@ def _encrypt_or_reuse(
     this file, the plaintext digest is computed first (no encryption) so an unchanged file costs no gpg run.
     """
     from lmsynth.crypto import encrypt_stream
-    from lmsynth.release.shards import gz_chunks
+    from lmsynth.release.data_files import gz_chunks
 
     old = prev.files.get(rel) if prev is not None else None
     if old is not None and previous is not None:

@@ -173,7 +173,7 @@ def features_yaml(spec: SubsetSpec) -> list[dict]:
 
     Written here rather than through `datasets` (a test checks they agree), which a release does not import.
     """
-    from lmsynth.release.shards import arrow_schema
+    from lmsynth.release.data_files import arrow_schema
 
     return [{"name": f.name, **_feature_yaml(f.type)} for f in arrow_schema(spec)]
 

@@ -14,7 +14,7 @@ import pytest
 from lmsynth import constants
 from lmsynth.errors import InputRecordError
 from lmsynth.records import RUN_RECORDS_DIR, GatedInstruction
-from lmsynth.release import shards
+from lmsynth.release import data_files
 from lmsynth.release.manifest import load_manifest
 from lmsynth.testing import write_run_dir
 
@@ -33,9 +33,9 @@ def _mutate(run: Path, index: int, fn) -> Path:  # noqa: ANN001
     return shard
 
 
-def _write(run: Path, tmp_path: Path, config: str = "gemma-3") -> shards.SubsetOutput:
+def _write(run: Path, tmp_path: Path, config: str = "gemma-3") -> data_files.SubsetOutput:
     (tmp_path / "work").mkdir(parents=True, exist_ok=True)
-    return shards.write_subset(
+    return data_files.write_subset(
         _spec(config), records=run, tree=tmp_path / "tree", work=tmp_path / "work", rows_per_group=7
     )
 
@@ -72,7 +72,7 @@ def test_constraint_violations_name_file_line_and_field(tmp_path: Path, mutate, 
 def test_bulk_and_line_by_line_give_the_same_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     run = write_run_dir(tmp_path / "run", 40, shape="v0.3", seed=5)
     fast = _write(run, tmp_path / "fast", config="gemma-2")
-    monkeypatch.setattr(shards, "_bulk_valid", lambda spec, table: False)  # every batch takes the slow path
+    monkeypatch.setattr(data_files, "_bulk_valid", lambda spec, table: False)  # every batch takes the slow path
     slow = _write(run, tmp_path / "slow", config="gemma-2")
     assert fast.counts == slow.counts and fast.counts.multiturn > 0
     for a, b in zip(fast.shards, slow.shards, strict=True):
@@ -92,4 +92,4 @@ def test_card_features_are_what_datasets_writes(config: str) -> None:
     from lmsynth.release.cards import features_yaml
 
     spec = _spec(config)
-    assert features_yaml(spec) == Features.from_arrow_schema(shards.arrow_schema(spec))._to_yaml_list()
+    assert features_yaml(spec) == Features.from_arrow_schema(data_files.arrow_schema(spec))._to_yaml_list()

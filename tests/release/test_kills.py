@@ -24,7 +24,7 @@ from tests.release.conftest import PASSPHRASE
 
 # A CLI whose gated sort spills every 5 lines (small runs would otherwise stay in memory).
 _CLI = (
-    "import sys; import lmsynth.release.shards as s; s.SPILL_LINES = 5; from lmsynth.cli.app import main; "
+    "import sys; import lmsynth.release.data_files as s; s.SPILL_LINES = 5; from lmsynth.cli.app import main; "
     "sys.argv = ['lmsynth', *sys.argv[1:]]; main()"
 )
 RELEASE = ("release", "v0.5", "--manifest", "v0.5.yaml", "--to", "hub")

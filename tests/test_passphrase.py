@@ -10,7 +10,7 @@ import pytest
 from lmsynth import constants
 from lmsynth.errors import PassphraseError
 from lmsynth.key import derive_key
-from lmsynth.secrets import read_passphrase_file, resolve_passphrase
+from lmsynth.passphrase import read_passphrase_file, resolve_passphrase
 
 
 PLANTED = "correct horse battery staple ✓ 42"
