@@ -1,6 +1,6 @@
 """Benchmark `recover` + `export sft` + `export dpo` on synthetic v0.5-shaped releases: time and peak RSS.
 
-For each size N it builds (untimed) a release tree in the `lmsynth.release.layout` layout from
+For each size N it builds (untimed) a release tree in the `lmsynth.tree.layout` layout from
 `lmsynth.testing.iter_run_dicts` records (10 JA responses of realistic length with scoring annotations,
 planted empty/duplicate instructions): public Parquet shards without gated text, the gated JA instructions
 encrypted with GnuPG, MANIFEST.json, plus an LMSYS-schema source JSONL holding the English originals in
@@ -68,9 +68,9 @@ def build_release(root: Path, n: int) -> tuple[Path, Path]:
     from lmsynth import __version__
     from lmsynth.crypto import encrypt_file
     from lmsynth.io import sha256_file
-    from lmsynth.release import layout
-    from lmsynth.release.manifest import ChecksumManifest
     from lmsynth.testing import en_instruction_for, iter_run_dicts
+    from lmsynth.tree import layout
+    from lmsynth.tree.manifest import ChecksumManifest
 
     tree = root / "tree"
     n_shards = (n + SHARD_ROWS - 1) // SHARD_ROWS

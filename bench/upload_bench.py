@@ -123,7 +123,7 @@ def _write_tree(root: Path, *, mb: int, shards: int) -> Path:
 def _worker(method: str, tree: Path) -> None:
     t0 = time.perf_counter()
     if method == "lmsynth":
-        from lmsynth.hub.publish import publish_tree
+        from lmsynth.release.publish import publish_tree
 
         repo = "bench/lmsynth"
         publish_tree(tree, to=f"hf://{repo}", tag="v0.5")

@@ -24,6 +24,7 @@ from pydantic import Field, SecretStr
 
 from lmsynth.config import StrictModel
 from lmsynth.errors import PipelineError
+from lmsynth.retry import RetryPolicy
 
 
 logger = logging.getLogger(__name__)
@@ -268,6 +269,8 @@ class OpenAIChatModel:
         self.model_id = config.model
         self.revision = config.revision
         self._api_key = api_key
+        # The retry policy of every remote call (`lmsynth.retry`): max_retries retries, backoff_s doubling.
+        self._retry = RetryPolicy(attempts=config.max_retries + 1, base_delay_s=config.backoff_s)
         self._servers = 0
         self._urls: Iterator[str] = iter(())
 
@@ -327,25 +330,36 @@ class OpenAIChatModel:
         import httpx
 
         headers = {"Authorization": f"Bearer {self._api_key.get_secret_value()}"} if self._api_key else {}
-        delay = self.config.backoff_s
-        last = ""
-        for attempt in range(self.config.max_retries + 1):
+
+        async def attempt() -> list[Completion]:
             url = next(self._urls)
             try:
                 resp = await client.post(f"{url}/chat/completions", json=body, headers=headers)
             except httpx.TransportError as e:
-                last = f"{url}: {type(e).__name__}"
-            else:
-                if resp.status_code == 200:
-                    return _parse_chat_response(resp.json(), n=body["n"])
-                last = f"{url}: HTTP {resp.status_code}"
-                if resp.status_code not in self.RETRY_STATUSES:
-                    break
-            if attempt < self.config.max_retries:
-                logger.warning("chat request failed (%s); retry %d in %.1fs", last, attempt + 1, delay)
-                await asyncio.sleep(delay)
-                delay *= 2
-        raise PipelineError(f"OpenAI-compatible request failed after retries: {last}")
+                raise _RequestFailed(f"{url}: {type(e).__name__}", transient=True) from None
+            if resp.status_code != 200:
+                raise _RequestFailed(
+                    f"{url}: HTTP {resp.status_code}", transient=resp.status_code in self.RETRY_STATUSES
+                )
+            return _parse_chat_response(resp.json(), n=body["n"])
+
+        def on_retry(e: Exception, attempt: int, wait: float) -> None:
+            logger.warning("chat request failed (%s); retry %d in %.1fs", e, attempt, wait)
+
+        try:
+            return await self._retry.call_async(
+                attempt, retryable=lambda e: isinstance(e, _RequestFailed) and e.transient, on_retry=on_retry
+            )
+        except _RequestFailed as e:
+            raise PipelineError(f"OpenAI-compatible request failed after retries: {e}") from None
+
+
+class _RequestFailed(Exception):
+    """One failed try of a chat request; `transient` ones (overload, network) are worth another."""
+
+    def __init__(self, message: str, *, transient: bool) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 # ---------------------------------------------------------------------------

@@ -18,22 +18,19 @@ import shutil
 import sqlite3
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from pydantic import Field, SecretStr, ValidationError
 
 from lmsynth import constants
 from lmsynth.config import StrictModel, dotted
-from lmsynth.errors import ChecksumError, InputRecordError, PassphraseError, VerifyError
-from lmsynth.io import atomic_dir, open_text, parse_line, sha256_file, write_json, write_jsonl
+from lmsynth.errors import InputRecordError, PassphraseError, VerifyError
+from lmsynth.io import atomic_dir, open_text, parse_line, write_json, write_jsonl
 from lmsynth.progress import track
 from lmsynth.records import GatedInstruction, Message, SynthRecord
-from lmsynth.release import layout
 from lmsynth.scratch import scratch_dir
-
-
-if TYPE_CHECKING:
-    from lmsynth.release.manifest import ChecksumManifest
+from lmsynth.targets import open_target
+from lmsynth.tree import layout
+from lmsynth.tree.manifest import ChecksumManifest, check_tree
 
 
 logger = logging.getLogger(__name__)
@@ -117,19 +114,17 @@ def recover(
         The output folder and the report also written to `recover_report.json`.
 
     Raises:
-        ChecksumError: a file of the release does not match MANIFEST.json (nothing is decrypted).
+        ChecksumError: the release breaks the tree rule of `lmsynth.tree.manifest` (nothing is decrypted).
         PassphraseError: the key does not decrypt the gated files (nothing is written).
-        VerifyError: the release has no MANIFEST.json or no subset.
+        VerifyError: the release has no subset.
     """
     if not revision:
         raise VerifyError("`revision` can't be empty: name the release tag, e.g. v0.5")
-    from lmsynth.targets.base import open_target
-
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     # Decrypted instructions and the merge store live in a scratch folder (removed after a kill by the next command).
     with scratch_dir("recover") as work:
-        # 1. Fetch the tree and refuse it before any decryption if a byte differs from MANIFEST.json.
+        # 1. Fetch the tree and refuse it before any decryption unless it is exactly what MANIFEST.json lists.
         tree = open_target(target_uri).download(revision, work / "tree")
         manifest = check_tree(tree)
         subsets = _subsets(manifest)
@@ -171,37 +166,6 @@ def recover(
         finally:
             store.close()
     return RecoverResult(out_dir=out_dir, report=report)
-
-
-def check_tree(tree: Path) -> ChecksumManifest:
-    """Check every file that MANIFEST.json lists against its size and sha256; return the manifest.
-
-    Raises:
-        VerifyError: MANIFEST.json is missing or invalid.
-        ChecksumError: a listed file is missing, has another size, or another sha256; names the file.
-    """
-    from lmsynth.release.manifest import ChecksumManifest
-
-    manifest_path = tree / layout.MANIFEST_FILE
-    if not manifest_path.is_file():
-        raise VerifyError(f"{manifest_path}: the release has no {layout.MANIFEST_FILE}")
-    try:
-        manifest = ChecksumManifest.model_validate_json(manifest_path.read_text(encoding="utf-8"), strict=True)
-    except ValidationError as e:
-        first = e.errors()[0]
-        raise VerifyError(f"{layout.MANIFEST_FILE}: `{dotted(first['loc'])}`: {first['msg']}") from e
-    files = sorted(manifest.files.items())
-    for rel, entry in track(files, "Checking checksums", total=len(files), unit="files"):
-        path = tree / rel
-        if not path.is_file():
-            raise ChecksumError(rel, f"listed in {layout.MANIFEST_FILE} but missing from the release")
-        if path.stat().st_size != entry.size:
-            raise ChecksumError(
-                rel, f"size {path.stat().st_size} does not match {layout.MANIFEST_FILE} ({entry.size})"
-            )
-        if sha256_file(path) != entry.sha256:
-            raise ChecksumError(rel, f"sha256 does not match {layout.MANIFEST_FILE}; refusing to recover")
-    return manifest
 
 
 def iter_recovered(path: Path | str) -> Iterator[RecoveredRecord]:

@@ -1,6 +1,6 @@
 """recover: checksums before decryption, wrong key → one line and nothing written, missing source rows counted.
 
-The release trees here are built by hand in the layout of `lmsynth.release.layout` (real Parquet, real
+The release trees here are built by hand in the layout of `lmsynth.tree.layout` (real Parquet, real
 GnuPG, a real MANIFEST.json model) so each guarantee is tested on exactly the bytes it is about.
 """
 
@@ -18,8 +18,8 @@ from lmsynth.crypto import encrypt_file
 from lmsynth.errors import ChecksumError, ExportError, PassphraseError
 from lmsynth.io import sha256_file
 from lmsynth.recover import REPORT_FILE, RecoveredRecord, iter_recovered, recover
-from lmsynth.release import layout
-from lmsynth.release.manifest import ChecksumManifest
+from lmsynth.tree import layout
+from lmsynth.tree.manifest import ChecksumManifest
 
 
 KEY = SecretStr("correct horse battery staple")

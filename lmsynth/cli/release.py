@@ -123,7 +123,7 @@ def publish_cmd(
     This is the second half of a reviewed release: `release --dry-run --out DIR` builds and checks the tree,
     `publish DIR` uploads those very bytes. Target names (local, hf, ms) come from release/<TAG>.yaml.
     """
-    from lmsynth.hub.publish import publish_tree
+    from lmsynth.release.publish import publish_tree
 
     res = publish_tree(tree, to=_resolve_target(tag, to, manifest), tag=tag, force=force)
     status = "Published" if res.created_commit or res.moved_tag else "Unchanged"

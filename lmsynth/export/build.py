@@ -38,6 +38,7 @@ from lmsynth.export.rows import (
 from lmsynth.io import atomic_dir, atomic_path
 from lmsynth.progress import track
 from lmsynth.recover import REPORT_FILE, RecoveredRecord, RecoverReport, iter_recovered
+from lmsynth.tree.manifest import write_manifest
 
 
 logger = logging.getLogger(__name__)
@@ -268,25 +269,9 @@ def _export(
         with atomic_path(tmp / "export_stats.json") as stats_tmp:
             stats = {"config": config, "rows": writer.rows, "counts": dict(sorted(counts.items())), **options}
             stats_tmp.write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        _write_manifest(tmp, version=report.revision)
+        # MANIFEST.json over every file, so the folder publishes through the targets like a release tree.
+        write_manifest(tmp, version=report.revision)
     logger.info("exported %s rows to %s", sum(writer.rows.values()), out_dir)
     return ExportResult(
         out_dir=out_dir, config=config, revision=report.revision, rows=writer.rows, counts=dict(counts), files=files
     )
-
-
-def _write_manifest(folder: Path, *, version: str) -> None:
-    """MANIFEST.json over every file, so the folder publishes through the targets like a release tree."""
-    from lmsynth import __version__
-    from lmsynth.io import sha256_file
-    from lmsynth.release.layout import MANIFEST_FILE
-    from lmsynth.release.manifest import ChecksumManifest, FileEntry
-
-    files = {
-        p.relative_to(folder).as_posix(): FileEntry(sha256=sha256_file(p), size=p.stat().st_size)
-        for p in sorted(folder.rglob("*"))
-        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-    }
-    manifest = ChecksumManifest(version=version, tool_version=__version__, subsets={}, files=files)
-    with atomic_path(folder / MANIFEST_FILE) as tmp:
-        tmp.write_text(manifest.to_json(), encoding="utf-8")

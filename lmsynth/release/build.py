@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import Field, SecretStr
 
-from lmsynth import __version__, constants, keycheck
+from lmsynth import constants, keycheck
 from lmsynth.config import StrictModel
 from lmsynth.errors import (
     ConfigError,
@@ -36,20 +36,21 @@ from lmsynth.errors import (
     TagConflictError,
 )
 from lmsynth.faults import kill_point
-from lmsynth.io import atomic_path, sha256_file
-from lmsynth.release import layout
+from lmsynth.io import atomic_dir, atomic_path, sha256_file
 from lmsynth.release.inputs import RunInput, exists, resolve_input
-from lmsynth.release.manifest import (
+from lmsynth.release.manifest import ReleaseManifest, SubsetSpec, load_manifest
+from lmsynth.scratch import scratch_dir
+from lmsynth.targets import open_target
+from lmsynth.targets.gated import publish_gated_repo
+from lmsynth.tree import layout
+from lmsynth.tree.manifest import (
     ChecksumManifest,
     FileEntry,
-    ReleaseManifest,
     SubsetCounts,
     SubsetInfo,
     SubsetInputs,
-    SubsetSpec,
-    load_manifest,
+    write_manifest,
 )
-from lmsynth.scratch import scratch_dir
 
 
 if TYPE_CHECKING:
@@ -134,8 +135,6 @@ def build_release(
         LeakError: a public file contains gated text.
         TagConflictError: the tag exists with different content and `force` is off.
     """
-    from lmsynth.targets import open_target
-
     if not version:
         raise ConfigError("release", "version", "`version` can't be empty")
     manifest_path = Path(manifest_path) if manifest_path else constants.RELEASE_DIR / f"{version}.yaml"
@@ -189,8 +188,6 @@ def build_release(
         kill_point("release.planned")
         kept = None
         if out_dir is not None:
-            from lmsynth.io import atomic_dir
-
             with atomic_dir(out_dir) as tmp:
                 shutil.copytree(staging, tmp, dirs_exist_ok=True)
             kept = Path(out_dir)
@@ -351,25 +348,19 @@ def plan_release(
     # 4. Leak guard over every non-encrypted file, before MANIFEST.json and before any target sees it.
     scanned = scan_tree(tree, index)
 
-    # 5. MANIFEST.json.
-    files: dict[str, FileEntry] = {}
-    for path in sorted(p for p in tree.rglob("*") if p.is_file()):
-        rel = path.relative_to(tree).as_posix()
-        files[rel] = gated_entries.get(rel) or FileEntry(sha256=sha256_file(path), size=path.stat().st_size)
-    checksum = ChecksumManifest(
+    # 5. MANIFEST.json: every file of the tree, the gated ones with their plaintext digest.
+    checksum = write_manifest(
+        tree,
         version=manifest.version,
-        tool_version=__version__,
-        source_fingerprint=_key_check(prev_manifest, passphrase, key_matches),
-        pipelines=pipeline_hashes,
         subsets=infos,
-        files=files,
+        pipelines=pipeline_hashes,
+        source_fingerprint=_key_check(prev_manifest, passphrase, key_matches),
+        known=gated_entries,
     )
-    with atomic_path(tree / layout.MANIFEST_FILE) as tmp:
-        tmp.write_text(checksum.to_json(), encoding="utf-8")
     return ReleasePlan(
         version=manifest.version,
         tree=tree,
-        files=files,
+        files=checksum.files,
         counts={k: v.counts for k, v in infos.items()},
         reused_ciphertexts=reused,
         leak_scanned_files=scanned,
@@ -409,8 +400,6 @@ def _check_finished_inputs(spec: SubsetSpec, records: RunInput, prepared: RunInp
 
 def _publish_gated_repo(manifest: ReleaseManifest, plain_tree: Path, *, version: str) -> None:
     """Send the plaintext JA instructions to the manifest's gated repo (gating on before the upload)."""
-    from lmsynth.hub.gated import publish_gated_repo
-
     lic = manifest.instructions_license
     metadata = {"license": "other", "license_name": lic.name, "license_link": lic.link, "language": ["ja"]}
     publish_gated_repo(plain_tree, spec=manifest.gated_repo, tag=version, metadata=metadata)

@@ -16,8 +16,9 @@ from pydantic import Field
 
 from lmsynth import constants
 from lmsynth.config import StrictModel, load_yaml
-from lmsynth.release import layout
-from lmsynth.release.manifest import ReleaseManifest, SubsetCounts, SubsetSpec
+from lmsynth.release.manifest import ReleaseManifest, SubsetSpec
+from lmsynth.tree import layout
+from lmsynth.tree.manifest import SubsetCounts
 
 
 INDEX_TEMPLATE = "index.md.j2"

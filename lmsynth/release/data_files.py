@@ -28,9 +28,10 @@ from typing import get_args
 from lmsynth.errors import InputRecordError
 from lmsynth.io import parse_line
 from lmsynth.records import RUN_RECORDS_DIR, RUN_UNSAFE_DIR, GatedInstruction, SynthRecord
-from lmsynth.release import layout
 from lmsynth.release.inputs import RunInput, as_input
-from lmsynth.release.manifest import SubsetCounts, SubsetSpec
+from lmsynth.release.manifest import SubsetSpec
+from lmsynth.tree import layout
+from lmsynth.tree.manifest import SubsetCounts
 
 
 ROWS_PER_GROUP = 1_000

@@ -19,23 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from pydantic import Field
-
-from lmsynth.config import StrictModel
 from lmsynth.errors import SourceError
+from lmsynth.tree.manifest import InputRef
 
 
 HF_URL = re.compile(
     r"^hf://(?:(?P<kind>datasets|spaces|models)/)?(?P<repo>[^/@]+/[^/@]+)(?:@(?P<rev>[^/]+))?(?:/(?P<path>.*))?$"
 )
 READ_BLOCK = 1 << 20
-
-
-class InputRef(StrictModel):
-    """Where a subset's records (or prepared folder) were read from, as MANIFEST.json records it."""
-
-    url: str = Field(description="The URL or the path as given (relative to the runs root); never a local home.")
-    commit: str | None = Field(None, description="The commit sha the files were read at (Hub URLs).")
 
 
 @dataclass(frozen=True)

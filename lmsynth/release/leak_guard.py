@@ -24,7 +24,7 @@ from pathlib import Path
 
 from lmsynth.errors import LeakError
 from lmsynth.records import GATED_MIN_BYTES
-from lmsynth.release import layout
+from lmsynth.tree import layout
 
 
 WINDOW = 16

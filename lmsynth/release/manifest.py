@@ -1,13 +1,12 @@
-"""Release manifests (`release/<version>.yaml`) and the checksum manifest (`MANIFEST.json`) of a release tree.
+"""Release manifests (`release/<version>.yaml`): what a version is built from.
 
 A release manifest says what goes into a version: its subsets (one `configs:` entry each), the models and
 settings that produced them, their licenses and where their records are. It is cumulative: v0.5 carries
 the v0.1 and v0.3 subsets too. License data is mandatory for every subset; a manifest missing any of it
 is refused with a `ManifestError` naming the subset and the field, before anything is built.
 
-`MANIFEST.json` lists every other file of a built tree with its sha256 and size. Gated (encrypted) files
-also carry the sha256 of their plaintext and their record count: gpg output is not byte-deterministic, so
-the plaintext digest is what tells a re-release that nothing changed.
+The built tree's `MANIFEST.json` is the tree contract's (`lmsynth.tree.manifest`), which also holds the
+license and model models both files share.
 """
 
 from __future__ import annotations
@@ -16,48 +15,17 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator
 
 from lmsynth.config import StrictModel, dotted, read_yaml, validate_strict
 from lmsynth.errors import ConfigError, ManifestError
-from lmsynth.release.inputs import InputRef
+from lmsynth.targets.gated import GatedRepoSpec
+from lmsynth.tree.manifest import LicenseSpec, ModelRef
 
 
-FORMAT_VERSION = 1
 VERSION_PATTERN = r"^v\d+\.\d+(\.\d+)?$"
 CONFIG_PATTERN = r"^[a-z0-9][a-z0-9._-]*$"
 GatedSet = Literal["default", "unsafe"]
-
-
-class LicenseSpec(StrictModel):
-    """A license: an id from the Hub's list (e.g. `apache-2.0`) or `other` with name, link and notice."""
-
-    id: str = Field(min_length=1, description="Hub license id, or `other` for a custom license.")
-    name: str | None = Field(None, min_length=1, description="Human name, e.g. 'Gemma Terms of Use'.")
-    link: str | None = Field(None, pattern=r"^https?://", description="Official URL of the license text.")
-    notice: str | None = Field(
-        None, min_length=1, description="Notice the license requires (e.g. 'Built with Llama')."
-    )
-
-    @model_validator(mode="after")
-    def _other_needs_everything(self) -> LicenseSpec:
-        if self.id == "other":
-            for field in ("name", "link", "notice"):
-                if getattr(self, field) is None:
-                    raise ValueError(f"`{field}` is required when the license id is `other`")
-        return self
-
-    @property
-    def display_name(self) -> str:
-        """The name to print in cards."""
-        return self.name or self.id
-
-
-class ModelRef(StrictModel):
-    """A model used by a pipeline."""
-
-    id: str = Field(min_length=1, description="Hub model id.")
-    link: str = Field(pattern=r"^https?://")
 
 
 class GenerationParams(StrictModel):
@@ -140,15 +108,6 @@ class TargetsSpec(StrictModel):
         return key
 
 
-class GatedRepoSpec(StrictModel):
-    """The release manifest's `gated_repo:` switch."""
-
-    repo: str = Field(pattern=r"^hf://", description="hf://ORG/NAME of the gated repo (not the public one).")
-    prompt: str = Field(min_length=1, description="`extra_gated_prompt`: the terms users accept.")
-    fields: dict[str, str | dict] = Field(default_factory=dict, description="`extra_gated_fields` of the form.")
-    mode: Literal["auto", "manual"] = Field("manual", description="Approval of access requests.")
-
-
 class ReleaseManifest(StrictModel):
     """`release/<version>.yaml`: everything a release is made of, except the records themselves."""
 
@@ -202,72 +161,6 @@ def load_manifest(path: Path | str) -> ReleaseManifest:
         return validate_strict(ReleaseManifest, data)
     except ValidationError as e:
         raise _manifest_error(path, data, e) from e
-
-
-# ---------------------------------------------------------------------------
-# MANIFEST.json
-# ---------------------------------------------------------------------------
-
-
-class FileEntry(StrictModel):
-    """One file of a release tree."""
-
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    size: int = Field(ge=0)
-    plaintext_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$", description="Gated files only.")
-    records: int | None = Field(None, ge=0, description="Gated files only: lines in the plaintext.")
-
-
-class SubsetCounts(StrictModel):
-    """Counts of one subset, as built."""
-
-    records: int = Field(ge=0, description="Rows of the public Parquet shards (= conversations).")
-    instructions_ja: int = Field(ge=0, description="Records with a non-empty, non-duplicate JA instruction.")
-    responses_ja: int = Field(ge=0)
-    responses_en: int = Field(0, ge=0)
-    multiturn: int = Field(0, ge=0, description="Records with a multiturn conversation of 2+ user turns.")
-    gated_default: int = Field(ge=0)
-    gated_unsafe: int = Field(0, ge=0)
-
-
-class SubsetInputs(StrictModel):
-    """What a subset was built from: its records' and prepared folder's URL and commit."""
-
-    records: InputRef
-    prepared: InputRef | None = None
-
-
-class SubsetInfo(StrictModel):
-    """What MANIFEST.json says about a subset (read back by verify and recover)."""
-
-    title: str
-    generator: ModelRef
-    judge: ModelRef
-    license: LicenseSpec
-    counts: SubsetCounts
-    shards: list[str]
-    gated: dict[str, str] = Field(description="`default`/`unsafe` → path of the encrypted file.")
-    inputs: SubsetInputs | None = Field(None, description="Where the records were read from, at which commit.")
-
-
-class ChecksumManifest(StrictModel):
-    """`MANIFEST.json`: every other file of the tree, counts and fingerprints. Never holds the key."""
-
-    format_version: int = FORMAT_VERSION
-    version: str
-    tool_version: str
-    source_fingerprint: str | None = Field(
-        None, description="Slow, salted key check (`lmsynth.keycheck`, scrypt); never the key."
-    )
-    pipelines: dict[str, str] = Field(default_factory=dict, description="Shipped pipeline file → sha256.")
-    subsets: dict[str, SubsetInfo]
-    files: dict[str, FileEntry]
-
-    def to_json(self) -> str:
-        """Canonical JSON (sorted keys, fixed indent): the same manifest gives the same bytes."""
-        import json
-
-        return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
 
 # Private helpers

@@ -1,10 +1,10 @@
 """`verify`: check a published release against its MANIFEST.json, load every config, and decrypt (given the key).
 
-Three levels, each stronger than the last: every file of the tagged tree matches MANIFEST.json (sha256,
-size, no unlisted file); `datasets.load_dataset(path, config)` loads every config with the recorded row
-count (by repo id at the tag on the HF Hub; on ModelScope, which is not a `datasets` hub, the SDK's download
-of the tag, which is what its users get); and, with the key, every gated file decrypts to the recorded
-plaintext digest and line count.
+Three levels, each stronger than the last: the tagged tree passes the tree rule of `lmsynth.tree.manifest`
+(exactly the files MANIFEST.json lists, with their sha256 and size); `datasets.load_dataset(path, config)`
+loads every config with the recorded row count (by repo id at the tag on the HF Hub; on ModelScope, which is
+not a `datasets` hub, the SDK's download of the tag, which is what its users get); and, with the key, every
+gated file decrypts to the recorded plaintext digest and line count.
 """
 
 from __future__ import annotations
@@ -13,15 +13,16 @@ import gzip
 import logging
 from pathlib import Path
 
-from pydantic import SecretStr, ValidationError
+from pydantic import SecretStr
 
 from lmsynth import keycheck
-from lmsynth.config import StrictModel, dotted
+from lmsynth.config import StrictModel
 from lmsynth.errors import ChecksumError, PassphraseError, VerifyError
 from lmsynth.io import sha256_file
-from lmsynth.release import layout
-from lmsynth.release.manifest import ChecksumManifest
 from lmsynth.scratch import scratch_dir
+from lmsynth.targets import open_target
+from lmsynth.tree import layout
+from lmsynth.tree.manifest import ChecksumManifest, check_tree
 
 
 log = logging.getLogger(__name__)
@@ -51,18 +52,16 @@ def verify(version: str, *, target: str, passphrase: SecretStr | None = None) ->
         The counts checked.
 
     Raises:
-        ChecksumError: a file is missing, unlisted, or differs from MANIFEST.json.
+        ChecksumError: MANIFEST.json is missing or invalid, or a file is missing, unlisted, or differs from it.
         VerifyError: a config does not load or has another row count; a gated file has another content.
         PassphraseError: the passphrase does not match the release.
     """
-    from lmsynth.targets import open_target
-
     if not version:
         raise VerifyError("`version` can't be empty")
     tgt = open_target(target)
     with scratch_dir("verify") as work:  # decrypted files live here, in a scratch folder
         tree = tgt.download(version, work / "tree")
-        manifest = check_files(tree)
+        manifest = check_tree(tree)
         _check_working_folder(tgt, version)
         rows = _check_loading(tgt, version, manifest, tree)
         gated = 0
@@ -79,36 +78,6 @@ def verify(version: str, *, target: str, passphrase: SecretStr | None = None) ->
         )
 
 
-def check_files(tree: Path) -> ChecksumManifest:
-    """Check every file of `tree` against its MANIFEST.json; return the manifest.
-
-    Raises:
-        ChecksumError: a listed file is missing or differs, or a file is not listed.
-        VerifyError: there is no valid MANIFEST.json.
-    """
-    path = tree / layout.MANIFEST_FILE
-    if not path.is_file():
-        raise VerifyError(f"{layout.MANIFEST_FILE}: missing from the release")
-    try:
-        manifest = ChecksumManifest.model_validate_json(path.read_bytes(), strict=True)
-    except ValidationError as e:
-        first = e.errors()[0]
-        raise VerifyError(f"{layout.MANIFEST_FILE}: field `{dotted(first['loc'])}`: {first['msg']}") from e
-    present = {p.relative_to(tree).as_posix() for p in tree.rglob("*") if p.is_file() and ".git" not in p.parts}
-    present.discard(layout.MANIFEST_FILE)
-    for rel in sorted(present - set(manifest.files)):
-        raise ChecksumError(rel, f"not listed in {layout.MANIFEST_FILE}")
-    for rel, entry in sorted(manifest.files.items()):
-        f = tree / rel
-        if not f.is_file():
-            raise ChecksumError(rel, f"listed in {layout.MANIFEST_FILE} but missing")
-        if f.stat().st_size != entry.size:
-            raise ChecksumError(rel, f"size {f.stat().st_size} differs from {layout.MANIFEST_FILE} ({entry.size})")
-        if sha256_file(f) != entry.sha256:
-            raise ChecksumError(rel, f"sha256 differs from {layout.MANIFEST_FILE}")
-    return manifest
-
-
 # Private helpers
 
 
@@ -118,7 +87,7 @@ def _check_working_folder(tgt: object, version: str) -> None:
     if folder is None:
         return
     try:
-        check_files(folder)
+        check_tree(folder)
     except ChecksumError as e:
         raise ChecksumError(
             f"{folder / e.path}",

@@ -27,10 +27,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lmsynth.errors import TagConflictError, TargetError
-from lmsynth.hub.retry import RetryPolicy, with_retries
-from lmsynth.hub.tree import check_tree
-from lmsynth.release.layout import MANIFEST_FILE
+from lmsynth.retry import RetryPolicy
+from lmsynth.targets._retry import policy_from_env, with_retries
 from lmsynth.targets.base import PublishResult
+from lmsynth.tree.layout import MANIFEST_FILE
+from lmsynth.tree.manifest import check_tree
 
 
 if TYPE_CHECKING:
@@ -73,7 +74,7 @@ class HfTarget:
     def __init__(self, repo_id: str, *, retry: RetryPolicy | None = None) -> None:
         self.repo_id = repo_id
         self.uri = f"hf://{repo_id}"
-        self.retry = retry or RetryPolicy.from_env()
+        self.retry = retry or policy_from_env()
 
     @classmethod
     def from_uri(cls, uri: str) -> HfTarget:
@@ -100,7 +101,7 @@ class HfTarget:
         if not tag:
             raise TargetError(self.uri, "`tag` can't be empty")
         tree = Path(tree)
-        files = check_tree(tree)
+        files = check_tree(tree).paths()
         local_manifest = (tree / MANIFEST_FILE).read_bytes()
         api = get_hf_api()
         self._step("create the repo", lambda: api.create_repo(self.repo_id, repo_type=REPO_TYPE, exist_ok=True))

@@ -30,12 +30,13 @@ import yaml
 
 from lmsynth import constants
 from lmsynth.errors import MissingDependencyError, TagConflictError, TargetError
-from lmsynth.hub.retry import RetryPolicy, with_retries
-from lmsynth.hub.tree import check_tree
 from lmsynth.io import sha256_file
-from lmsynth.release.layout import INDEX_CARD, MANIFEST_FILE
+from lmsynth.retry import RetryPolicy
+from lmsynth.targets._retry import policy_from_env, with_retries
 from lmsynth.targets.base import PublishResult
 from lmsynth.targets.hf import parse_repo_id
+from lmsynth.tree.layout import INDEX_CARD, MANIFEST_FILE
+from lmsynth.tree.manifest import check_tree, read_manifest
 
 
 log = logging.getLogger(__name__)
@@ -76,11 +77,9 @@ def get_modelscope_api():  # noqa: ANN201 — the client type is optional
 
 def modelscope_card(tree: Path) -> str:
     """ModelScope's README for `tree`: its YAML vocabulary (full license names) from the HF card's data."""
-    from lmsynth.release.manifest import ChecksumManifest
-
     text = (tree / INDEX_CARD).read_text(encoding="utf-8")
     header, body = _split_card(text)
-    manifest = ChecksumManifest.model_validate_json((tree / MANIFEST_FILE).read_bytes())
+    manifest = read_manifest(tree)
     licenses = sorted({s.license.display_name for s in manifest.subsets.values()})
     hf_license = str(header.get("license") or "other")
     meta: dict = {
@@ -104,7 +103,7 @@ class ModelScopeTarget:
     def __init__(self, repo_id: str, *, retry: RetryPolicy | None = None) -> None:
         self.repo_id = repo_id
         self.uri = f"ms://{repo_id}"
-        self.retry = retry or RetryPolicy.from_env()
+        self.retry = retry or policy_from_env()
 
     @classmethod
     def from_uri(cls, uri: str) -> ModelScopeTarget:
@@ -257,9 +256,7 @@ class ModelScopeTarget:
 
     def _check_remote(self, api, tree: Path, revision: str) -> None:
         """`revision` holds exactly the tree: every file with its checksum, and nothing else."""
-        from lmsynth.release.manifest import ChecksumManifest
-
-        manifest = ChecksumManifest.model_validate_json((tree / MANIFEST_FILE).read_bytes())
+        manifest = read_manifest(tree)
         remote = self._remote_files(api, revision)
         expected = {p: e.sha256 for p, e in manifest.files.items() if p != INDEX_CARD}
         expected[HF_CARD_COPY] = sha256_file(tree / INDEX_CARD)
@@ -322,11 +319,8 @@ def _split_card(text: str) -> tuple[dict, str]:
 
 def _stage(tree: Path, stage: Path) -> Path:
     """A hard-linked copy of `tree` with ModelScope's card as README.md and the HF card as README_hf.md."""
-    for path in tree.rglob("*"):
-        rel = path.relative_to(tree)
-        if path.is_dir() or any(p.startswith(".") for p in rel.parts):
-            continue
-        out = stage / rel
+    for rel in read_manifest(tree).paths():
+        path, out = tree / rel, stage / rel
         out.parent.mkdir(parents=True, exist_ok=True)
         try:
             os.link(path, out)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lmsynth.hub.gated import GatedRepoSpec, publish_gated_repo
+from lmsynth.targets.gated import GatedRepoSpec, publish_gated_repo
 from lmsynth.targets.hf import HfTarget
 from tests.hub.hf_server import HubState
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from lmsynth.errors import ChecksumError, HubAuthError, HubRateLimitError, TagConflictError, TargetError
-from lmsynth.hub.retry import RetryPolicy
+from lmsynth.retry import RetryPolicy
 from lmsynth.targets import open_target
 from lmsynth.targets.hf import HfTarget
 from tests.hub.hf_server import HubState
@@ -182,7 +182,7 @@ class TestRead:
         assert target.fetch_file("MANIFEST.json", revision="v9.9") is None
         assert target.fetch_file("nope.txt", revision="v0.5") is None
         out = target.download("v0.5", tmp_path / "out")
-        from lmsynth.hub.tree import check_tree, tree_files
+        from lmsynth.tree.manifest import check_tree, tree_files
 
         assert tree_files(out) == tree_files(tree)
         check_tree(out)  # every file matches MANIFEST.json

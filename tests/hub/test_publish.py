@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from lmsynth.errors import LeakError, TargetError
-from lmsynth.hub.publish import publish_tree
 from lmsynth.release.leak_guard import GatedIndex
+from lmsynth.release.publish import publish_tree
 from tests.hub.hf_server import HubState
 from tests.hub.trees import write_manifest, write_tree
 

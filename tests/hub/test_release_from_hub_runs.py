@@ -13,8 +13,8 @@ import pytest
 from huggingface_hub import HfApi
 
 from lmsynth.errors import MissingRunsError, SourceError
-from lmsynth.release import layout
 from lmsynth.release.build import build_release
+from lmsynth.tree import layout
 from tests.hub.hf_server import HubState
 from tests.release.conftest import N, Project
 

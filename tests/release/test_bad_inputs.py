@@ -19,11 +19,11 @@ from lmsynth.errors import LmsynthError
 from lmsynth.key import derive_key
 from lmsynth.prepare import prepare
 from lmsynth.records import RUN_RECORDS_DIR
-from lmsynth.release import layout
 from lmsynth.release.build import build_release
 from lmsynth.release.manifest import load_manifest
-from lmsynth.release.verify import check_files
 from lmsynth.testing import write_prepared_dir
+from lmsynth.tree import layout
+from lmsynth.tree.manifest import check_tree
 from tests.hub.trees import write_tree
 
 
@@ -278,7 +278,7 @@ def test_bad_checksum_manifest_field(tmp_path: Path, mutate: Callable, field: st
     mutate(data)
     (tree / layout.MANIFEST_FILE).write_text(json.dumps(data))
     with pytest.raises(LmsynthError) as info:
-        check_files(tree)
+        check_tree(tree)
     _assert_one_line(info.value, file=layout.MANIFEST_FILE, where=None, field=field)
 
 

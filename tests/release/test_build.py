@@ -17,11 +17,12 @@ from lmsynth import keycheck
 from lmsynth.crypto import decrypt_file
 from lmsynth.errors import InputRecordError, LeakError, ManifestError, PassphraseError, TagConflictError
 from lmsynth.records import RUN_RECORDS_DIR
-from lmsynth.release import layout
 from lmsynth.release.build import build_release
-from lmsynth.release.verify import check_files, verify
+from lmsynth.release.verify import verify
 from lmsynth.targets.local import LocalTarget
 from lmsynth.testing import en_instruction_for, ja_instruction_for
+from lmsynth.tree import layout
+from lmsynth.tree.manifest import check_tree
 from tests.release.conftest import PASSPHRASE, N, Project
 
 
@@ -88,7 +89,7 @@ class TestRelease:
         assert gated["records"] == N + 4 and len(gated["plaintext_sha256"]) == 64
         assert "pipelines/gemma-3.yaml" in manifest["pipelines"]
         assert manifest["subsets"]["gemma-3"]["counts"]["gated_default"] == N
-        check_files(project.hub)
+        check_tree(project.hub)
 
     def test_gated_files_decrypt_sorted_and_unsafe_is_a_superset(self, project: Project, tmp_path: Path) -> None:
         _release(project)

@@ -9,7 +9,8 @@ import yaml
 
 from lmsynth import constants
 from lmsynth.errors import ConfigError, ManifestError
-from lmsynth.release.manifest import ChecksumManifest, load_manifest
+from lmsynth.release.manifest import load_manifest
+from lmsynth.tree.manifest import ChecksumManifest
 
 
 def _write(tmp_path: Path, mutate) -> Path:  # noqa: ANN001

@@ -15,10 +15,10 @@ from pydantic import SecretStr
 from lmsynth import keycheck
 from lmsynth.errors import ChecksumError, InputRecordError, ManifestError, TagConflictError, TargetError
 from lmsynth.records import RUN_INFO_FILE
-from lmsynth.release import layout
 from lmsynth.release.build import build_release
 from lmsynth.release.verify import verify
 from lmsynth.targets.local import LocalTarget
+from lmsynth.tree import layout
 
 
 KEY = SecretStr("the-published-key")

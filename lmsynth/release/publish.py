@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from lmsynth.errors import TargetError
-from lmsynth.hub.tree import check_tree
+from lmsynth.release.leak_guard import GatedIndex, scan_tree
 from lmsynth.targets.base import PublishResult, open_target
-
-
-if TYPE_CHECKING:
-    from lmsynth.release.leak_guard import GatedIndex
+from lmsynth.tree.layout import MANIFEST_FILE
+from lmsynth.tree.manifest import check_tree
 
 
 log = logging.getLogger(__name__)
@@ -46,8 +43,8 @@ def publish_tree(
         The target's `PublishResult`.
 
     Raises:
-        TargetError: `tree` is not a release tree, or the target failed (see the target's errors).
-        ChecksumError: a file does not match MANIFEST.json.
+        TargetError: `tree` is not a folder with a MANIFEST.json, or the target failed (see the target's errors).
+        ChecksumError: `tree` breaks the tree rule (`lmsynth.tree.manifest`): a file unlisted, missing or changed.
         LeakError: a public file holds gated text.
         TagConflictError: `tag` exists on different content and `force` is off.
     """
@@ -56,10 +53,10 @@ def publish_tree(
         raise TargetError(to, "`tag` can't be empty")
     if not tree.is_dir():
         raise TargetError(str(tree), "not a folder; pass the release tree built by `lmsynth release --dry-run`")
+    if not (tree / MANIFEST_FILE).is_file():
+        raise TargetError(str(tree), f"not a release tree: no {MANIFEST_FILE}; build it with `lmsynth release`")
     check_tree(tree)
     if leak_index is not None:
-        from lmsynth.release.leak_guard import scan_tree
-
         scan_tree(tree, leak_index)
     target = open_target(to)
     result = target.publish(tree, tag=tag, message=message or f"Release {tag}", force=force)

@@ -1,7 +1,8 @@
-"""Retries with exponential backoff for hub calls, and the mapping of hub failures to one-line errors.
+"""Retries of hub calls (the policy of `lmsynth.retry`), and the mapping of hub failures to one-line errors.
 
-Transient failures (429, 5xx, 412 "the branch moved", network errors) are retried; every attempt of a
-publish step re-reads the remote state first, so a retry after a lost response never commits twice.
+Private to the targets. Transient failures (429, 5xx, 412 "the branch moved", network errors) are retried;
+every attempt of a publish step re-reads the remote state first, so a retry after a lost response never
+commits twice.
 Whatever is left becomes a `TargetError` subclass whose message says what to do:
 
 | failure                    | error               | what the message tells the user               |
@@ -15,17 +16,13 @@ Whatever is left becomes a `TargetError` subclass whose message says what to do:
 from __future__ import annotations
 
 import logging
-import random
-import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from pydantic import Field
-
 from lmsynth import constants
-from lmsynth.config import StrictModel
 from lmsynth.errors import HubAuthError, HubRateLimitError, LmsynthError, TargetError
-from lmsynth.hub.auth import redact
+from lmsynth.retry import RetryPolicy
+from lmsynth.targets._auth import redact
 
 
 log = logging.getLogger(__name__)
@@ -34,23 +31,10 @@ T = TypeVar("T")
 TRANSIENT_STATUS = frozenset({408, 412, 429, 500, 502, 503, 504})
 
 
-class RetryPolicy(StrictModel):
-    """How often and how patiently a hub call is retried."""
-
-    attempts: int = Field(5, ge=1, description="Tries in all, the first included.")
-    base_delay_s: float = Field(1.0, ge=0, description="Wait before the 2nd try; doubles each time.")
-    max_delay_s: float = Field(30.0, ge=0)
-
-    @classmethod
-    def from_env(cls) -> RetryPolicy:
-        """The policy set by `LMSYNTH_HUB_RETRIES` / `LMSYNTH_HUB_RETRY_BASE_S` (defaults: 5 tries, 1 s)."""
-        attempts, base = constants.hub_retry_settings()
-        return cls(attempts=attempts, base_delay_s=base)
-
-    def delay(self, attempt: int) -> float:
-        """Seconds to wait after failed try number `attempt` (1-based), with ±20% jitter."""
-        raw = min(self.base_delay_s * 2 ** (attempt - 1), self.max_delay_s)
-        return raw * random.uniform(0.8, 1.2)
+def policy_from_env() -> RetryPolicy:
+    """The hubs' policy, set by `LMSYNTH_HUB_RETRIES` / `LMSYNTH_HUB_RETRY_BASE_S` (defaults: 5 tries, 1 s)."""
+    attempts, base = constants.hub_retry_settings()
+    return RetryPolicy(attempts=attempts, base_delay_s=base)
 
 
 def with_retries(fn: Callable[[], T], *, target: str, action: str, policy: RetryPolicy) -> T:
@@ -68,28 +52,34 @@ def with_retries(fn: Callable[[], T], *, target: str, action: str, policy: Retry
     Raises:
         TargetError: (or a subclass) the step failed for good; one line, no secrets.
     """
-    for attempt in range(1, policy.attempts + 1):
-        try:
-            return fn()
-        except LmsynthError:
-            raise
-        except Exception as e:  # noqa: BLE001 — every client error is mapped below
-            status = http_status(e)
-            transient = status in TRANSIENT_STATUS if status is not None else is_network_error(e)
-            if not transient or attempt == policy.attempts:
-                raise hub_error(e, target=target, action=action, attempts=attempt) from e
-            wait = policy.delay(attempt)
-            log.warning(
-                "%s: %s failed (%s); retry %d/%d in %.1fs",
-                target,
-                action,
-                _short(e, status),
-                attempt,
-                policy.attempts - 1,
-                wait,
-            )
-            time.sleep(wait)
-    raise AssertionError("unreachable")
+
+    def on_retry(e: Exception, attempt: int, wait: float) -> None:
+        log.warning(
+            "%s: %s failed (%s); retry %d/%d in %.1fs",
+            target,
+            action,
+            _short(e, http_status(e)),
+            attempt,
+            policy.attempts - 1,
+            wait,
+        )
+
+    try:
+        return policy.call(fn, retryable=is_transient, on_retry=on_retry)
+    except LmsynthError:
+        raise
+    except Exception as e:  # noqa: BLE001 — every client error is mapped below
+        # Only a transient failure is retried, so a transient last one is the last of all the tries.
+        attempts = policy.attempts if is_transient(e) else 1
+        raise hub_error(e, target=target, action=action, attempts=attempts) from e
+
+
+def is_transient(e: Exception) -> bool:
+    """Whether a failed hub call is worth another try: 408/412/429/5xx or a network error, never our own error."""
+    if isinstance(e, LmsynthError):
+        return False
+    status = http_status(e)
+    return status in TRANSIENT_STATUS if status is not None else is_network_error(e)
 
 
 def hub_error(e: BaseException, *, target: str, action: str, attempts: int = 1) -> TargetError:

@@ -1,4 +1,4 @@
-"""Where each file lives inside a release tree: the one place recover, verify and the hub targets look.
+"""Where each file lives inside a release tree: the one place the builder, recover, verify and the targets look.
 
 ```
 README.md                                   index card (YAML header with configs:)
@@ -10,6 +10,8 @@ dataset/<config>/lmsys-chat-1m-first-turn-user-instructions-ja+unsafe.jsonl.gz.g
 pipelines/<file>                            pipeline definitions and prompts used
 MANIFEST.json                               sha256 + size of every other file, counts, fingerprints
 ```
+
+Which files a tree may hold is `lmsynth.tree.manifest`'s rule: exactly those MANIFEST.json lists.
 
 Public multiturn conversations carry an empty first user turn: its text is the gated JA instruction,
 which recovery puts back.

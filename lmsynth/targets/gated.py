@@ -10,18 +10,28 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Literal
 
 import yaml
+from pydantic import Field
 
+from lmsynth.config import StrictModel
 from lmsynth.errors import TargetError
-from lmsynth.hub.retry import with_retries
-from lmsynth.hub.tree import tree_files
-from lmsynth.io import sha256_file
-from lmsynth.release.layout import INDEX_CARD, MANIFEST_FILE
-from lmsynth.release.manifest import GatedRepoSpec
 from lmsynth.scratch import scratch_dir
+from lmsynth.targets._retry import with_retries
 from lmsynth.targets.base import PublishResult
 from lmsynth.targets.hf import REPO_TYPE, HfTarget, get_hf_api, parse_repo_id
+from lmsynth.tree.layout import INDEX_CARD
+from lmsynth.tree.manifest import tree_files, write_manifest
+
+
+class GatedRepoSpec(StrictModel):
+    """The release manifest's `gated_repo:` switch: this target's settings."""
+
+    repo: str = Field(pattern=r"^hf://", description="hf://ORG/NAME of the gated repo (not the public one).")
+    prompt: str = Field(min_length=1, description="`extra_gated_prompt`: the terms users accept.")
+    fields: dict[str, str | dict] = Field(default_factory=dict, description="`extra_gated_fields` of the form.")
+    mode: Literal["auto", "manual"] = Field("manual", description="Approval of access requests.")
 
 
 def gated_card(spec: GatedRepoSpec, *, metadata: dict | None = None, body: str = "") -> str:
@@ -50,11 +60,8 @@ def publish_gated_repo(
     Raises:
         TargetError: `src` is empty or the Hub refused (see `HfTarget.publish`).
     """
-    from lmsynth import __version__
-    from lmsynth.release.manifest import ChecksumManifest
-
     src = Path(src)
-    files = [f for f in tree_files(src) if f not in (INDEX_CARD, MANIFEST_FILE)]
+    files = [f for f in tree_files(src) if f != INDEX_CARD]
     if not files:
         raise TargetError(str(src), "no files to publish to the gated repo")
     target = HfTarget(parse_repo_id(spec.repo, "hf"))
@@ -70,12 +77,5 @@ def publish_gated_repo(
             (stage / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src / rel, stage / rel)
         (stage / INDEX_CARD).write_text(gated_card(spec, metadata=metadata), encoding="utf-8")
-        entries = {
-            rel: {"sha256": sha256_file(stage / rel), "size": (stage / rel).stat().st_size}
-            for rel in tree_files(stage)
-        }
-        manifest = ChecksumManifest.model_validate(
-            {"version": tag, "tool_version": __version__, "subsets": {}, "files": entries}
-        )
-        (stage / MANIFEST_FILE).write_text(manifest.to_json(), encoding="utf-8")
+        write_manifest(stage, version=tag)
         return target.publish(stage, tag=tag, message=message or f"Release {tag} (gated)")
