@@ -12,6 +12,7 @@ from pathlib import Path
 
 from lmsynth.errors import ExportError
 from lmsynth.targets.base import PublishResult, open_target
+from lmsynth.targets.hf import REPO_TYPE, get_hf_api, parse_repo_id
 
 
 logger = logging.getLogger(__name__)
@@ -46,8 +47,6 @@ def publish_export(out_dir: Path | str, *, target_uri: str, tag: str, private: b
 
 def _make_private(target_uri: str) -> None:
     if target_uri.startswith("hf://"):
-        from lmsynth.targets.hf import REPO_TYPE, get_hf_api, parse_repo_id
-
         repo_id = parse_repo_id(target_uri, "hf")
         api = get_hf_api()
         api.create_repo(repo_id, repo_type=REPO_TYPE, private=True, exist_ok=True)

@@ -21,12 +21,12 @@ import logging
 import shutil
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from pydantic import Field, SecretStr
 
 from lmsynth import constants, keycheck
 from lmsynth.config import StrictModel
+from lmsynth.crypto import encrypt_stream
 from lmsynth.errors import (
     ConfigError,
     InputRecordError,
@@ -36,8 +36,12 @@ from lmsynth.errors import (
     TagConflictError,
 )
 from lmsynth.faults import kill_point
-from lmsynth.io import atomic_dir, atomic_path, sha256_file
+from lmsynth.io import atomic_dir, atomic_path, parse_line, sha256_file
+from lmsynth.prepare import PREPARED_MARKER
+from lmsynth.records import PREPARED_INSTRUCTIONS, PREPARED_UNSAFE, RUN_INFO_FILE, InstructionRecord
+from lmsynth.release import cards, data_files, figures
 from lmsynth.release.inputs import RunInput, exists, resolve_input
+from lmsynth.release.leak_guard import GatedIndex, scan_tree
 from lmsynth.release.manifest import ReleaseManifest, SubsetSpec, load_manifest
 from lmsynth.scratch import scratch_dir
 from lmsynth.targets import open_target
@@ -51,10 +55,6 @@ from lmsynth.tree.manifest import (
     SubsetInputs,
     write_manifest,
 )
-
-
-if TYPE_CHECKING:
-    from lmsynth.release.leak_guard import GatedIndex
 
 
 log = logging.getLogger(__name__)
@@ -244,9 +244,6 @@ def plan_release(
     Returns:
         The plan: every file with sha256 and size, counts, reused ciphertexts.
     """
-    from lmsynth.release import cards, data_files, figures
-    from lmsynth.release.leak_guard import GatedIndex, scan_tree
-
     # 1. Check everything that can be checked before any work.
     known = {s.config for s in manifest.subsets}
     for config in records_overrides or {}:
@@ -376,9 +373,6 @@ def _check_finished_inputs(spec: SubsetSpec, records: RunInput, prepared: RunInp
 
     Releasing such a folder would publish a part of the data as if it were the whole.
     """
-    from lmsynth.prepare import PREPARED_MARKER
-    from lmsynth.records import RUN_INFO_FILE
-
     if records.is_dir() and not records.child(RUN_INFO_FILE).is_file():
         raise InputRecordError(
             records,
@@ -461,13 +455,10 @@ def _encrypt_or_reuse(
     `prev` is the published MANIFEST.json when it was encrypted with this same key, else None. When it lists
     this file, the plaintext digest is computed first (no encryption) so an unchanged file costs no gpg run.
     """
-    from lmsynth.crypto import encrypt_stream
-    from lmsynth.release.data_files import gz_chunks
-
     old = prev.files.get(rel) if prev is not None else None
     if old is not None and previous is not None:
         plain = hashlib.sha256()
-        for chunk in gz_chunks(lines()):
+        for chunk in data_files.gz_chunks(lines()):
             plain.update(chunk)
         if plain.hexdigest() == old.plaintext_sha256:
             data = previous(rel)
@@ -478,7 +469,7 @@ def _encrypt_or_reuse(
     plain = hashlib.sha256()
 
     def chunks() -> Iterator[bytes]:
-        for chunk in gz_chunks(lines()):
+        for chunk in data_files.gz_chunks(lines()):
             plain.update(chunk)
             yield chunk
 
@@ -499,9 +490,6 @@ def _indexing(lines: Iterator[str], index: GatedIndex | None) -> Iterator[str]:
 
 
 def _index_prepared(index: object, prepared: RunInput) -> None:
-    from lmsynth.io import parse_line
-    from lmsynth.records import PREPARED_INSTRUCTIONS, PREPARED_UNSAFE, InstructionRecord
-
     for name in (PREPARED_INSTRUCTIONS, PREPARED_UNSAFE):
         path = prepared.child(name)
         if path.is_file():

@@ -16,6 +16,7 @@ from pydantic import Field
 
 from lmsynth import constants
 from lmsynth.config import StrictModel, load_yaml
+from lmsynth.release.data_files import arrow_schema
 from lmsynth.release.manifest import ReleaseManifest, SubsetSpec
 from lmsynth.tree import layout
 from lmsynth.tree.manifest import SubsetCounts
@@ -174,8 +175,6 @@ def features_yaml(spec: SubsetSpec) -> list[dict]:
 
     Written here rather than through `datasets` (a test checks they agree), which a release does not import.
     """
-    from lmsynth.release.data_files import arrow_schema
-
     return [{"name": f.name, **_feature_yaml(f.type)} for f in arrow_schema(spec)]
 
 

@@ -27,7 +27,8 @@ from typing import get_args
 
 from lmsynth.errors import InputRecordError
 from lmsynth.io import parse_line
-from lmsynth.records import RUN_RECORDS_DIR, RUN_UNSAFE_DIR, GatedInstruction, SynthRecord
+from lmsynth.progress import track
+from lmsynth.records import PUBLIC_FIELDS, RUN_RECORDS_DIR, RUN_UNSAFE_DIR, GatedInstruction, SynthRecord
 from lmsynth.release.inputs import RunInput, as_input
 from lmsynth.release.manifest import SubsetSpec
 from lmsynth.tree import layout
@@ -61,8 +62,6 @@ class SubsetOutput:
 
 def public_columns(spec: SubsetSpec) -> list[str]:
     """The public fields a subset's Parquet carries: SPEC §3 minus the gated one and the absent ones."""
-    from lmsynth.records import PUBLIC_FIELDS
-
     drop = set()
     if spec.responses_per_instruction.en == 0:
         drop.add("synthesized_assistant_responses_en")
@@ -138,8 +137,6 @@ def write_subset(
     import pyarrow as pa
     import pyarrow.json as pj
     import pyarrow.parquet as pq
-
-    from lmsynth.progress import track
 
     records = as_input(records)
     schema = arrow_schema(spec)

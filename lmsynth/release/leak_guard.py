@@ -23,6 +23,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from lmsynth.errors import LeakError
+from lmsynth.progress import track
 from lmsynth.records import GATED_MIN_BYTES
 from lmsynth.tree import layout
 
@@ -122,8 +123,6 @@ def scan_tree(tree: Path, index: GatedIndex) -> int:
     Raises:
         LeakError: a file contains a gated string (names the file, never the string).
     """
-    from lmsynth.progress import track
-
     files = sorted(p for p in tree.rglob("*") if p.is_file() and not layout.is_encrypted(p.as_posix()))
     for path in track(files, "Leak guard", unit="files"):
         rel = path.relative_to(tree).as_posix()

@@ -17,6 +17,7 @@ from pydantic import SecretStr
 
 from lmsynth import keycheck
 from lmsynth.config import StrictModel
+from lmsynth.crypto import KEY_HINT, decrypt_file
 from lmsynth.errors import ChecksumError, PassphraseError, VerifyError
 from lmsynth.io import sha256_file
 from lmsynth.scratch import scratch_dir
@@ -117,8 +118,6 @@ def _check_loading(tgt: object, version: str, manifest: ChecksumManifest, tree: 
 
 
 def _check_gated(tree: Path, manifest: ChecksumManifest, passphrase: SecretStr, *, work: Path) -> int:
-    from lmsynth.crypto import KEY_HINT, decrypt_file
-
     if keycheck.differs(manifest.source_fingerprint, passphrase):
         raise PassphraseError(f"the passphrase does not match this release's source fingerprint; {KEY_HINT}")
     n = 0

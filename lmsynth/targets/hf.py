@@ -26,7 +26,9 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from lmsynth import __version__
 from lmsynth.errors import TagConflictError, TargetError
+from lmsynth.io import atomic_dir
 from lmsynth.retry import RetryPolicy
 from lmsynth.targets._retry import policy_from_env, with_retries
 from lmsynth.targets.base import PublishResult
@@ -50,8 +52,6 @@ HUB_OWNED = frozenset({".gitattributes"})
 def get_hf_api() -> HfApi:
     """The one place an `HfApi` is built (tests patch this name); the client resolves token and endpoint."""
     from huggingface_hub import HfApi
-
-    from lmsynth import __version__
 
     return HfApi(library_name="lmsynth", library_version=__version__)
 
@@ -119,8 +119,6 @@ class HfTarget:
     def download(self, tag: str, dest: Path) -> Path:
         """Materialise the tree tagged `tag` into `dest` (atomically: a temp folder renamed at the end)."""
         from huggingface_hub import snapshot_download
-
-        from lmsynth.io import atomic_dir
 
         dest = Path(dest)
         if self.fetch_file(MANIFEST_FILE, revision=tag) is None:

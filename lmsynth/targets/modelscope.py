@@ -30,7 +30,7 @@ import yaml
 
 from lmsynth import constants
 from lmsynth.errors import MissingDependencyError, TagConflictError, TargetError
-from lmsynth.io import sha256_file
+from lmsynth.io import atomic_dir, sha256_file
 from lmsynth.retry import RetryPolicy
 from lmsynth.targets._retry import policy_from_env, with_retries
 from lmsynth.targets.base import PublishResult
@@ -155,8 +155,6 @@ class ModelScopeTarget:
 
     def download(self, tag: str, dest: Path) -> Path:
         """The tree tagged `tag` as ModelScope users get it (the SDK's download), README.md the HF card again."""
-        from lmsynth.io import atomic_dir
-
         api = get_modelscope_api()
         if self._step(f"read {MANIFEST_FILE}@{tag}", lambda: self._get(api, MANIFEST_FILE, tag)) is None:
             raise TargetError(self.uri, f"no release `{tag}` (tag or {MANIFEST_FILE} missing)")

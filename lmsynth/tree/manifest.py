@@ -20,6 +20,7 @@ from pathlib import Path, PurePosixPath
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from lmsynth import __version__
 from lmsynth.config import StrictModel, dotted
 from lmsynth.errors import ChecksumError
 from lmsynth.io import atomic_path, sha256_file
@@ -202,8 +203,6 @@ def write_manifest(
         source_fingerprint: the key check of the gated files.
         known: entries computed by whoever wrote the file (gated files: plaintext digest, record count).
     """
-    from lmsynth import __version__
-
     manifest = ChecksumManifest(
         version=version,
         tool_version=__version__,
