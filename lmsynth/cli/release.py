@@ -117,7 +117,7 @@ def publish_cmd(
     force: ForceOpt = False,
     manifest: ManifestOpt = None,
 ) -> None:
-    """Publish an already-built release tree exactly as it is (checksums checked first), then tag it.
+    """Publish an already-built release tree exactly as it is (checked against its MANIFEST.json first), then tag it.
 
     \b
     This is the second half of a reviewed release: `release --dry-run --out DIR` builds and checks the tree,
