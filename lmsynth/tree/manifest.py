@@ -135,12 +135,8 @@ class ChecksumManifest(StrictModel):
     def _paths_inside_the_tree(cls, files: dict[str, FileEntry]) -> dict[str, FileEntry]:
         for rel in files:
             parts = rel.split("/")
-            if (
-                rel in (MANIFEST_FILE, "")
-                or rel.startswith("/")
-                or parts[0] == GIT_DIR
-                or {"", ".", ".."} & set(parts)
-            ):
+            # Empty parts also catch "", "/abs/path" and "a//b".
+            if rel == MANIFEST_FILE or parts[0] == GIT_DIR or {"", ".", ".."} & set(parts):
                 raise ValueError(f"{rel!r} is not the path of a file of the tree")
         return files
 
