@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from distilabel.models.llms.base import LLM
+from distilabel.pipeline.batch import _Batch
 from distilabel.steps import GlobalStep, Step, StepInput
 from distilabel.steps.tasks import Task
 from pydantic import Field, PrivateAttr
@@ -241,14 +242,27 @@ class RecordSink(Step):
 
 
 def without_checkpoints(pipeline: Any) -> Any:
-    """Turn off distilabel's checkpoint after every batch (`_cache`): lmsynth resumes from its own stage cache.
+    """Turn off distilabel's per-batch bookkeeping for resuming: lmsynth resumes from its own stage cache.
 
-    distilabel saves the pipeline, its batch manager and every built batch's rows as JSON after each batch
-    it routes, even with `use_cache=False`, so its cost grows with the rows in flight (see `_cache` in
-    distilabel 1.5.3 `pipeline/base.py`). Nothing reads those files when a run starts with `use_cache=False`.
+    distilabel 1.5.3 (`pipeline/base.py`), even with `use_cache=False`, after every batch it routes: saves the
+    pipeline, its batch manager and every built batch's rows as JSON (`_cache`), and writes the batch's rows
+    as JSON once more under `steps_data/<step signature>/` (`_register_batch`), recomputing the pipeline's
+    signature each time. Its cost grows with the rows in flight; nothing reads those files when a run starts
+    with `use_cache=False`. The batch is still registered with the batch manager, which routes it.
     """
     pipeline._cache = lambda: None
+    pipeline._register_batch = lambda batch: pipeline._batch_manager.register_batch(batch)
     return pipeline
+
+
+def _no_data_hash(self: _Batch) -> None:
+    """No hash: distilabel hashes `str()` of a batch's rows whenever they change, for its cache files only."""
+    self.data_hash = None
+
+
+# In every process that imports the steps (the step processes too): the hash is computed on both sides of
+# each hand-off, and `str()` of a batch of v0.5 rows (ten responses each) is megabytes.
+_Batch._update_data_hash = _no_data_hash
 
 
 def to_rows(rows: Sequence[PipelineRow]) -> list[dict[str, Any]]:
