@@ -327,9 +327,10 @@ def build_pipeline(
     from lmsynth.pipeline.steps import ChatModelLLM, FlagsStep, RecordSink, SelectStep, StageTask, to_rows
 
     bs = config.batch_size
+    steps = step_stages(config)
     with Pipeline(name=f"lmsynth-{config.name}", cache_dir=str(work_dir)) as pipeline:
         previous = LoadDataFromDicts(name="load", data=to_rows(rows), batch_size=bs)
-        for stage in config.stages():
+        for stage in steps:
             if stage == "flags":
                 step = FlagsStep(name="flags", seen_path=str(seen_path) if seen_path is not None else None)
             elif stage == "select":
@@ -351,7 +352,7 @@ def build_pipeline(
         previous >> RecordSink(
             name="records",
             records_dir=str(work_dir / "records"),
-            stages=config.stages(),
+            stages=steps,
             llm_stages=[s for s in config.stages() if s in LLM_STAGES],
             english=config.generate.english is not None,
             multiturn=config.second_turn is not None,
@@ -359,6 +360,15 @@ def build_pipeline(
             input_batch_size=bs,
         )
     return pipeline
+
+
+def step_stages(config: PipelineConfig) -> list[str]:
+    """The stages that run as distilabel steps: all but `select` when no `second_turn` reads its picks.
+
+    Records carry every response's score, not the picks, so without a second turn the selection would only
+    ship every row (ten responses in v0.5) through one more process and back for nothing.
+    """
+    return [s for s in config.stages() if s != "select" or config.second_turn is not None]
 
 
 def execute(

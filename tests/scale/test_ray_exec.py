@@ -102,7 +102,7 @@ class TestPlan:
         pipeline = build_pipeline(config, rows, cache_root=tmp_path / "c", work_dir=tmp_path / "w")
         apply_tensor_parallel(pipeline, {"generate": 2, "judge": 2, "translate": 0})
         demand = {s.step: s.gpus for s in plan_resources(pipeline).steps}
-        assert demand == {"load": 0, "translate": 0, "flags": 0, "generate": 2, "judge": 2, "select": 0, "records": 0}
+        assert demand == {"load": 0, "translate": 0, "flags": 0, "generate": 2, "judge": 2, "records": 0}
         with pytest.raises(ValueError, match=r"does not have: \['nope'\]"):
             apply_tensor_parallel(pipeline, {"nope": 1})
 
