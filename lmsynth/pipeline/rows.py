@@ -1,9 +1,12 @@
 """The row that moves through a pipeline, and one output model per stage.
 
 Inside distilabel a row is a flat dict: the prepared instruction's fields as plain columns, and each stage's
-output as one JSON string column named after the stage. Plain strings keep distilabel's Parquet hand-offs
-and cache files free of schema drift (a nested column that is null in one batch and a list in the next
-breaks them); the pydantic models below are the only place those strings are read or written.
+output as one column of JSON (UTF-8 bytes) named after the stage. Plain JSON keeps distilabel's Parquet
+hand-offs and cache files free of schema drift (a nested column that is null in one batch and a list in the
+next breaks them); bytes rather than str because every hand-off between step processes pickles each row
+four times (step → queue manager → main process → queue manager → step), and a v0.5 row's ten responses
+pickle as a copy in bytes but must be encoded and decoded as text. The pydantic models below are the only
+place those columns are read or written (`column`, `PipelineRow.from_columns`).
 """
 
 from __future__ import annotations
@@ -94,6 +97,11 @@ STAGE_OUTPUTS: dict[str, type[StrictModel]] = {
 INSTRUCTION_COLUMNS: tuple[str, ...] = tuple(InstructionRecord.model_fields)
 
 
+def column(output: StrictModel) -> bytes:
+    """A stage output as its distilabel column (JSON, UTF-8)."""
+    return output.__pydantic_serializer__.to_json(output)
+
+
 class PipelineRow(StrictModel):
     """A typed view of one distilabel row: the instruction, its input position, and the stage outputs so far."""
 
@@ -119,7 +127,7 @@ class PipelineRow(StrictModel):
 
     @classmethod
     def from_columns(cls, row: dict[str, Any]) -> PipelineRow:
-        """Parse a distilabel row (stage columns are JSON strings; missing or null = not run yet)."""
+        """Parse a distilabel row (stage columns are JSON, bytes or str; missing or null = not run yet)."""
         data: dict[str, Any] = {
             "row_index": row["row_index"],
             "record": InstructionRecord.model_validate({k: row[k] for k in INSTRUCTION_COLUMNS if k in row}),
@@ -135,5 +143,5 @@ class PipelineRow(StrictModel):
         for stage in STAGE_OUTPUTS:
             value = getattr(self, stage)
             if value is not None:
-                row[stage] = value.model_dump_json()
+                row[stage] = column(value)
         return row

@@ -29,7 +29,7 @@ from lmsynth.llm import (
 from lmsynth.pipeline import stages
 from lmsynth.pipeline.cache import StageCache
 from lmsynth.pipeline.flags import FirstSeen, mark_flags
-from lmsynth.pipeline.rows import INSTRUCTION_COLUMNS, PipelineRow
+from lmsynth.pipeline.rows import INSTRUCTION_COLUMNS, PipelineRow, column
 from lmsynth.pipeline.select import SelectConfig, select
 from lmsynth.pipeline.sink import finish_rows
 from lmsynth.pipeline.telemetry import MeteredChatModel, append_event
@@ -157,7 +157,7 @@ class StageTask(Task):
         unit = stages.run_unit(self.stage, rows, model=model, config=config, cache=cache)
         if self.events_dir is not None:
             append_event(self.events_dir, model.event(self.stage, rows=len(rows), cached=unit.cached))
-        yield [{**row, self.stage: out} for row, out in zip(inputs, unit.outputs, strict=True)]
+        yield [{**row, self.stage: out.encode("utf-8")} for row, out in zip(inputs, unit.outputs, strict=True)]
 
 
 class FlagsStep(GlobalStep):
@@ -182,7 +182,7 @@ class FlagsStep(GlobalStep):
         """Flag the whole input at once."""
         seen = FirstSeen.read(self.seen_path) if self.seen_path else FirstSeen()
         flags = mark_flags((PipelineRow.from_columns(r) for r in inputs), seen=seen)
-        yield [{**row, "flags": f.model_dump_json()} for row, f in zip(inputs, flags, strict=True)]
+        yield [{**row, "flags": column(f)} for row, f in zip(inputs, flags, strict=True)]
 
 
 class SelectStep(Step):
@@ -204,7 +204,7 @@ class SelectStep(Step):
         """Select for the batch."""
         config = SelectConfig.model_validate_json(self.select_config)
         picks = select([PipelineRow.from_columns(r) for r in inputs], config=config)
-        yield [{**row, "select": p.model_dump_json()} for row, p in zip(inputs, picks, strict=True)]
+        yield [{**row, "select": column(p)} for row, p in zip(inputs, picks, strict=True)]
 
 
 class RecordSink(Step):
