@@ -149,3 +149,24 @@ def test_unreadable_judge_answers_are_reasked_then_recorded_and_counted(tmp_path
     info = RunInfo.model_validate_json((tmp_path / "out" / "run.json").read_text())
     assert info.tokens["judge"].reasks == 8 and info.tokens["judge"].failures == 6
     assert info.counts.judge_failures == 0  # every response kept a score from its readable aspects
+
+
+@pytest.mark.timeout(300)
+def test_select_runs_as_a_step_only_where_a_second_turn_reads_its_picks(tmp_path: Path) -> None:
+    from lmsynth.pipeline.config import load_pipeline_config
+    from lmsynth.pipeline.run import step_stages
+
+    pipe, _ = write_fake_pipeline(tmp_path)
+    assert step_stages(load_pipeline_config(pipe)) == ["translate", "flags", "generate", "judge"]
+    two = tmp_path / "two-turn.yaml"
+    two.write_text(pipe.read_text() + "second_turn: {model: f}\n")
+    assert step_stages(load_pipeline_config(two))[-2:] == ["select", "second_turn"]
+    prep = write_prepared(tmp_path / "prep", [make_record(i) for i in range(3)])
+    run_pipeline(two, input_dir=prep, out_dir=tmp_path / "out")
+    records = list(iter_synth_records(tmp_path / "out"))
+    assert [r.conversation_id for r in records] == ["c0", "c1", "c2"]
+    for r in records:
+        (conversation,) = r.synthesized_multiturn_conversation
+        assert [m.role for m in conversation] == ["user", "assistant", "user", "assistant"]
+        # The first answer is the selected best response (equal scores: the first one).
+        assert conversation[1].content == r.synthesized_assistant_responses[0].content
