@@ -8,12 +8,19 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from lmsynth.config import StrictModel
-from lmsynth.io import read_jsonl
+from lmsynth.errors import InputRecordError
+from lmsynth.fingerprint import FINGERPRINT_VERSION
+from lmsynth.io import parse_line, read_jsonl, write_json
+from lmsynth.llm import SamplingConfig
+
+
+if TYPE_CHECKING:
+    from lmsynth.llm import Completion
 
 
 class Message(StrictModel):
@@ -190,7 +197,94 @@ PREPARED_UNSAFE = "unsafe.jsonl"  # moderation-flagged: translated for the `+uns
 # `lmsynth run ... --out DIR` writes these: SynthRecord shards in name order.
 RUN_RECORDS_DIR = "records"  # one SynthRecord per prepared (safe) instruction
 RUN_UNSAFE_DIR = "unsafe"  # SynthRecords of flagged instructions: translation fields only
-RUN_INFO_FILE = "run.json"  # pipeline name, fingerprint, models, counts
+RUN_INFO_FILE = "run.json"  # `RunInfo`, written last: its presence marks a finished run folder
+
+
+class Usage(StrictModel):
+    """What one stage spent on one row (summed by the run for `run.json` and `run_report.json`)."""
+
+    requests: int = Field(0, ge=0, description="Prompts sent, re-asks included.")
+    prompt_tokens: int = Field(0, ge=0)
+    completion_tokens: int = Field(0, ge=0)
+    reasks: int = Field(0, ge=0, description="Prompts sent again because their answer could not be read.")
+    failures: int = Field(0, ge=0, description="Answers still unreadable after every re-ask (recorded, not fatal).")
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(**{k: getattr(self, k) + getattr(other, k) for k in Usage.model_fields})
+
+    @classmethod
+    def of(cls, completions: Sequence[Completion], *, reasks: int = 0) -> Usage:
+        """One request's cost: its prompt counted once, its completions (n of them) summed."""
+        return cls(
+            requests=1,
+            prompt_tokens=completions[0].prompt_tokens if completions else 0,
+            completion_tokens=sum(c.completion_tokens for c in completions),
+            reasks=reasks,
+        )
+
+
+class ModelRef(StrictModel):
+    """Which model a stage used."""
+
+    backend: str
+    model: str
+    revision: str | None = None
+
+
+class RunCounts(StrictModel):
+    """What the run produced."""
+
+    instructions: int = Field(ge=0, description="Safe instructions in (= records out).")
+    unsafe: int = Field(ge=0)
+    translated: int = Field(ge=0)
+    empty: int = Field(ge=0)
+    duplicate: int = Field(ge=0)
+    responses_ja: int = Field(ge=0)
+    responses_en: int = Field(ge=0)
+    judge_failures: int = Field(ge=0, description="Responses whose rating could not be parsed.")
+    multiturn: int = Field(ge=0)
+
+
+class RunInfo(StrictModel):
+    """`run.json`: enough to tell which pipeline, models, settings and inputs made a run folder."""
+
+    pipeline: str
+    fingerprint: str
+    fingerprint_version: int = FINGERPRINT_VERSION
+    input_digest: str
+    stage_fingerprints: dict[str, str]
+    models: dict[str, ModelRef] = Field(description="Stage → model (translate, generate, judge, second_turn).")
+    generator: ModelRef
+    judge: ModelRef | None = None
+    sampling: dict[str, SamplingConfig]
+    counts: RunCounts
+    tokens: dict[str, Usage] = Field(description="Tokens per stage, over all rows (cached or not).")
+
+
+def read_run_info(run_dir: Path | str, *, text: str | None = None) -> RunInfo:
+    """A run folder's `run.json`, validated: the one reader of that file (runner, gather, telemetry, release).
+
+    Args:
+        run_dir: The run folder (what errors name, with the file).
+        text: The file's content when the caller read it itself (a run folder behind fsspec).
+
+    Raises:
+        InputRecordError: the file is missing or does not validate (names the file and the field).
+    """
+    path = f"{str(run_dir).rstrip('/')}/{RUN_INFO_FILE}" if text is not None else Path(run_dir) / RUN_INFO_FILE
+    if text is None:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as e:
+            raise InputRecordError(path, None, None, f"cannot read: {e.strerror or e}") from e
+    return parse_line(text, RunInfo, path=path, lineno=None)
+
+
+def write_run_info(run_dir: Path | str, info: RunInfo) -> Path:
+    """Write `run.json` into `run_dir` atomically (call it last: it marks the folder finished); return its path."""
+    path = Path(run_dir) / RUN_INFO_FILE
+    write_json(path, info.model_dump(mode="json"))
+    return path
 
 
 def iter_synth_records(path: Path | str) -> Iterator[SynthRecord]:

@@ -72,25 +72,11 @@ def generate(rows: Sequence[PipelineRow], *, model: ChatModel, config: GenerateC
             responses_ja=[c.text.strip() for c in completions],
             token_lengths=lengths,
             repetition_flags=[n > config.repetition_threshold for n in lengths],
-            usage=_usage(completions),
+            usage=Usage.of(completions),
         )
     for i, completions in zip(en, en_out, strict=True):
         o = outputs[i]
         outputs[i] = o.model_copy(
-            update={"responses_en": [c.text.strip() for c in completions], "usage": o.usage + _usage(completions)}
+            update={"responses_en": [c.text.strip() for c in completions], "usage": o.usage + Usage.of(completions)}
         )
     return outputs
-
-
-# ---------------------------------------------------------------------------
-# Private helpers
-# ---------------------------------------------------------------------------
-
-
-def _usage(completions: Sequence) -> Usage:
-    """One request: the prompt is counted once, completions are summed."""
-    return Usage(
-        requests=1,
-        prompt_tokens=completions[0].prompt_tokens if completions else 0,
-        completion_tokens=sum(c.completion_tokens for c in completions),
-    )

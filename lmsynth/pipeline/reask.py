@@ -87,12 +87,7 @@ def ask(
             c = completions[0] if completions else Completion(text="", prompt_tokens=0, completion_tokens=0)
             text = c.text or ""
             value, unread = parse(i, text)
-            cost = Usage(
-                requests=1,
-                prompt_tokens=c.prompt_tokens,
-                completion_tokens=c.completion_tokens,
-                reasks=int(attempt > 0),
-            )
+            cost = Usage.of([c], reasks=int(attempt > 0))
             prev = kept[i]
             if prev is None or unread < prev.unread:
                 kept[i] = Answer(text=text, value=value, unread=unread, usage=cost + (prev.usage if prev else Usage()))

@@ -16,20 +16,7 @@ from typing import Any
 from pydantic import Field
 
 from lmsynth.config import StrictModel
-from lmsynth.records import InstructionRecord, Message
-
-
-class Usage(StrictModel):
-    """What one stage spent on one row (summed by the run for `run.json` and `run_report.json`)."""
-
-    requests: int = Field(0, ge=0, description="Prompts sent, re-asks included.")
-    prompt_tokens: int = Field(0, ge=0)
-    completion_tokens: int = Field(0, ge=0)
-    reasks: int = Field(0, ge=0, description="Prompts sent again because their answer could not be read.")
-    failures: int = Field(0, ge=0, description="Answers still unreadable after every re-ask (recorded, not fatal).")
-
-    def __add__(self, other: Usage) -> Usage:
-        return Usage(**{k: getattr(self, k) + getattr(other, k) for k in Usage.model_fields})
+from lmsynth.records import InstructionRecord, Message, Usage
 
 
 class TranslateOutput(StrictModel):

@@ -25,9 +25,9 @@ from pydantic import Field
 from lmsynth import constants
 from lmsynth.config import StrictModel
 from lmsynth.errors import InputRecordError, PipelineError
-from lmsynth.fingerprint import FINGERPRINT_VERSION, digest_rows
-from lmsynth.io import atomic_dir, read_jsonl, write_json
-from lmsynth.llm import SamplingConfig, VllmModelConfig
+from lmsynth.fingerprint import digest_rows
+from lmsynth.io import atomic_dir, read_jsonl
+from lmsynth.llm import VllmModelConfig
 from lmsynth.pipeline.cache import StageCache
 from lmsynth.pipeline.config import (
     LLM_STAGES,
@@ -40,7 +40,7 @@ from lmsynth.pipeline.config import (
 from lmsynth.pipeline.engines import ENGINE_LOG_DIR, serve_models, stage_model
 from lmsynth.pipeline.flags import FirstSeen
 from lmsynth.pipeline.ray_exec import RayOptions
-from lmsynth.pipeline.rows import PipelineRow, Usage
+from lmsynth.pipeline.rows import PipelineRow
 from lmsynth.pipeline.sink import RowSummary, read_records
 from lmsynth.pipeline.telemetry import Telemetry, report_from_run, visible_gpu_count, write_report
 from lmsynth.pipeline.workdir import run_work_dir, unit_lock
@@ -52,50 +52,17 @@ from lmsynth.records import (
     RUN_RECORDS_DIR,
     RUN_UNSAFE_DIR,
     InstructionRecord,
+    ModelRef,
+    RunCounts,
+    RunInfo,
+    Usage,
+    write_run_info,
 )
 
 
 logger = logging.getLogger(__name__)
 
 RowFilter = Callable[[InstructionRecord], bool]
-
-
-class ModelRef(StrictModel):
-    """Which model a stage used."""
-
-    backend: str
-    model: str
-    revision: str | None = None
-
-
-class RunCounts(StrictModel):
-    """What the run produced."""
-
-    instructions: int = Field(ge=0, description="Safe instructions in (= records out).")
-    unsafe: int = Field(ge=0)
-    translated: int = Field(ge=0)
-    empty: int = Field(ge=0)
-    duplicate: int = Field(ge=0)
-    responses_ja: int = Field(ge=0)
-    responses_en: int = Field(ge=0)
-    judge_failures: int = Field(ge=0, description="Responses whose rating could not be parsed.")
-    multiturn: int = Field(ge=0)
-
-
-class RunInfo(StrictModel):
-    """`run.json`: enough to tell which pipeline, models, settings and inputs made a run folder."""
-
-    pipeline: str
-    fingerprint: str
-    fingerprint_version: int = FINGERPRINT_VERSION
-    input_digest: str
-    stage_fingerprints: dict[str, str]
-    models: dict[str, ModelRef] = Field(description="Stage → model (translate, generate, judge, second_turn).")
-    generator: ModelRef
-    judge: ModelRef | None = None
-    sampling: dict[str, SamplingConfig]
-    counts: RunCounts
-    tokens: dict[str, Usage] = Field(description="Tokens per stage, over all rows (cached or not).")
 
 
 class RunResult(StrictModel):
@@ -185,7 +152,7 @@ def run_pipeline(
             # marks a complete folder.
             (out_dir / RUN_INFO_FILE).unlink(missing_ok=True)
         info = totals.info(fingerprint=fp, input_digest=scan.digest, stage_fps=stage_fps)
-        write_json(out_dir / RUN_INFO_FILE, info.model_dump(mode="json"))
+        write_run_info(out_dir, info)
         write_report(out_dir, report_from_run(out_dir, telemetry=telemetry))
     units = telemetry.units()
     return RunResult(

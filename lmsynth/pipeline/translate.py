@@ -73,9 +73,8 @@ def translate(rows: Sequence[PipelineRow], *, model: ChatModel, config: Translat
         for r in rows
     ]
     for i, completions in zip(todo, replies, strict=True):
-        c = completions[0]
-        usage = Usage(requests=1, prompt_tokens=c.prompt_tokens, completion_tokens=c.completion_tokens)
-        outputs[i] = TranslateOutput(instruction_ja=clean_translation(c.text), translated=True, usage=usage)
+        text = clean_translation(completions[0].text)
+        outputs[i] = TranslateOutput(instruction_ja=text, translated=True, usage=Usage.of(completions))
     return outputs
 
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from lmsynth.pipeline.run import RunInfo, run_pipeline
+from lmsynth.pipeline.run import run_pipeline
 from lmsynth.pipeline.telemetry import read_report
 from lmsynth.procs import descendants
-from lmsynth.records import iter_synth_records
+from lmsynth.records import RunInfo, iter_synth_records
 from tests import engine_fixtures
 from tests.pipeline.factories import make_record, write_prepared
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from lmsynth.errors import PipelineError
-from lmsynth.pipeline.run import RunInfo, run_pipeline
+from lmsynth.pipeline.run import run_pipeline
 from lmsynth.pipeline.workdir import WORK_DIR, clean_stale_work_dirs, run_work_dir, unit_lock
-from lmsynth.records import PREPARED_MARKER, iter_synth_records
+from lmsynth.records import PREPARED_MARKER, RunInfo, iter_synth_records
 from tests.pipeline.factories import make_record, run_cli, write_fake_pipeline, write_prepared
 
 
