@@ -261,6 +261,21 @@ class RunInfo(StrictModel):
     tokens: dict[str, Usage] = Field(description="Tokens per stage, over all rows (cached or not).")
 
 
+def record_counts(record: SynthRecord, *, judged: bool = True) -> dict[str, int]:
+    """What one safe record adds to `RunCounts` (the runner sums these row by row; `translated` comes apart)."""
+    return {
+        "instructions": 1,
+        "empty": int(record.empty_user_instruction_ja),
+        "duplicate": int(record.duplicate_user_instruction_ja is not None),
+        "responses_ja": len(record.synthesized_assistant_responses),
+        "responses_en": len(record.synthesized_assistant_responses_en or []),
+        "judge_failures": sum(1 for a in record.synthesized_response_scoring_annotations if a.preference_score is None)
+        if judged
+        else 0,
+        "multiturn": int(bool(record.synthesized_multiturn_conversation)),
+    }
+
+
 def read_run_info(run_dir: Path | str, *, text: str | None = None) -> RunInfo:
     """A run folder's `run.json`, validated: the one reader of that file (runner, gather, telemetry, release).
 

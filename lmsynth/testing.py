@@ -12,20 +12,26 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
 from lmsynth.io import atomic_path
+from lmsynth.llm import SamplingConfig
 from lmsynth.records import (
     PREPARED_INSTRUCTIONS,
     PREPARED_MARKER,
     PREPARED_UNSAFE,
-    RUN_INFO_FILE,
     RUN_RECORDS_DIR,
     RUN_UNSAFE_DIR,
     InstructionRecord,
+    ModelRef,
+    RunCounts,
+    RunInfo,
     SynthRecord,
+    Usage,
+    record_counts,
+    write_run_info,
 )
 
 
@@ -166,33 +172,57 @@ def write_run_dir(
         `path`.
     """
     path = Path(path)
-    counts = {"records": 0, "unsafe": 0, "responses": 0, "empty": 0, "duplicate": 0}
-    shard: list[str] = []
-    shard_no = 0
-    for rec in iter_run_dicts(n, shape=shape, seed=seed):
-        counts["records"] += 1
-        counts["responses"] += len(rec["synthesized_assistant_responses"])
-        counts["empty"] += rec["empty_user_instruction_ja"]
-        counts["duplicate"] += rec["duplicate_user_instruction_ja"] is not None
-        shard.append(json.dumps(rec, ensure_ascii=False))
-        if len(shard) >= records_per_shard:
+
+    def written() -> Iterator[SynthRecord]:
+        shard: list[str] = []
+        shard_no = 0
+        for rec in iter_run_dicts(n, shape=shape, seed=seed):
+            shard.append(json.dumps(rec, ensure_ascii=False))
+            if len(shard) >= records_per_shard:
+                _write_lines(path / RUN_RECORDS_DIR / f"records-{shard_no:05d}.jsonl", shard)
+                shard, shard_no = [], shard_no + 1
+            yield SynthRecord.model_validate(rec)
+        if shard or shard_no == 0:
             _write_lines(path / RUN_RECORDS_DIR / f"records-{shard_no:05d}.jsonl", shard)
-            shard, shard_no = [], shard_no + 1
-    if shard or shard_no == 0:
-        _write_lines(path / RUN_RECORDS_DIR / f"records-{shard_no:05d}.jsonl", shard)
+
     unsafe = [_unsafe_dict(seed, i) for i in range(unsafe_n)]
-    counts["unsafe"] = len(unsafe)
     _write_lines(path / RUN_UNSAFE_DIR / "records-00000.jsonl", [json.dumps(u, ensure_ascii=False) for u in unsafe])
-    info = {
-        "pipeline": f"synthetic-{shape}",
-        "fingerprint": hashlib.sha256(f"{shape}:{seed}:{n}:{unsafe_n}".encode()).hexdigest(),
-        "models": {"generator": "lmsynth/synthetic", "judge": "lmsynth/synthetic"},
-        "counts": counts,
-    }
-    _write_lines(path / RUN_INFO_FILE, [json.dumps(info, indent=2, sort_keys=True)])
+    fingerprint = hashlib.sha256(f"{shape}:{seed}:{n}:{unsafe_n}".encode()).hexdigest()
+    write_run_info(path, synthetic_run_info(written(), unsafe=unsafe_n, shape=shape, fingerprint=fingerprint))
     if prepared is not None:
         write_prepared_dir(prepared, n, seed=seed, unsafe_n=unsafe_n)
     return path
+
+
+def synthetic_run_info(records: Iterable[SynthRecord], *, unsafe: int, shape: Shape, fingerprint: str) -> RunInfo:
+    """The `run.json` the runner would write for `records` (and `unsafe` flagged ones), made by a synthetic model.
+
+    Counts are summed record by record as the runner sums them; the generate stage's tokens are the records'
+    response lengths.
+    """
+    counts = dict.fromkeys(RunCounts.model_fields, 0)
+    generated = Usage()
+    for rec in records:
+        for key, value in record_counts(rec).items():
+            counts[key] += value
+        lengths = [a.response_token_length for a in rec.synthesized_response_scoring_annotations]
+        generated += Usage(requests=int(bool(lengths)), completion_tokens=sum(lengths))
+    counts["unsafe"] = unsafe
+    counts["translated"] = counts["instructions"] - counts["empty"] + unsafe
+    model = ModelRef(backend="fake", model="lmsynth/synthetic")
+    responses = SamplingConfig(n=DEFAULT_RESPONSES[shape])
+    return RunInfo(
+        pipeline=f"synthetic-{shape}",
+        fingerprint=fingerprint,
+        input_digest=hashlib.sha256(f"input:{fingerprint}".encode()).hexdigest(),
+        stage_fingerprints={},
+        models={"translate": model, "generate": model, "judge": model},
+        generator=model,
+        judge=model,
+        sampling={"translate": SamplingConfig(), "generate": responses, "judge": SamplingConfig()},
+        counts=RunCounts(**counts),
+        tokens={"translate": Usage(), "generate": generated, "judge": Usage()},
+    )
 
 
 def write_prepared_dir(path: Path | str, n: int, *, seed: int = 0, unsafe_n: int = 0) -> Path:

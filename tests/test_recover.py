@@ -341,7 +341,9 @@ def released(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     from lmsynth import constants
     from lmsynth.key import derive_key
+    from lmsynth.records import SynthRecord, write_run_info
     from lmsynth.release.build import build_release
+    from lmsynth.testing import synthetic_run_info
 
     root = tmp_path_factory.mktemp("roundtrip")
     run_dir = root / "run"
@@ -350,7 +352,9 @@ def released(tmp_path_factory: pytest.TempPathFactory) -> Path:
         (run_dir / sub / "records-00000.jsonl").write_text(
             "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8"
         )
-    (run_dir / "run.json").write_text('{"pipeline": "handmade"}\n', encoding="utf-8")  # a finished run folder
+    records = [SynthRecord.model_validate(r) for r in HANDMADE]
+    info = synthetic_run_info(records, unsafe=len(HANDMADE_UNSAFE), shape="v0.5", fingerprint="handmade")
+    write_run_info(run_dir, info)  # a finished run folder
     manifest = yaml.safe_load((constants.RELEASE_DIR / "demo.yaml").read_text(encoding="utf-8"))
     spec = manifest["subsets"][0]
     spec.update(

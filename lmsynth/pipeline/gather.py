@@ -21,7 +21,6 @@ skipped them (the tokens spent on them stay in the token totals: they were spent
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,7 +30,7 @@ from pydantic import BaseModel
 
 from lmsynth.config import StrictModel
 from lmsynth.errors import ShardSetError
-from lmsynth.io import atomic_dir, dump_json_line, open_text, parse_line, write_json
+from lmsynth.io import atomic_dir, dump_json_line, open_text, parse_line
 from lmsynth.pipeline.shard import SHARD_FILE, ShardInfo, in_shard, read_shard_info
 from lmsynth.pipeline.telemetry import RUN_REPORT_FILE, merge_reports, read_report, write_report
 from lmsynth.progress import track
@@ -42,7 +41,12 @@ from lmsynth.records import (
     RUN_RECORDS_DIR,
     RUN_UNSAFE_DIR,
     InstructionRecord,
+    RunCounts,
+    RunInfo,
     SynthRecord,
+    Usage,
+    read_run_info,
+    write_run_info,
 )
 
 
@@ -109,7 +113,7 @@ def gather(shard_dirs: list[Path | str], *, out_dir: Path | str, input_dir: Path
             if sub == RUN_RECORDS_DIR:
                 changes = delta
         first = infos[ordered[0]]
-        write_json(tmp / RUN_INFO_FILE, _gathered_info(ordered, [infos[d] for d in ordered], changes))
+        write_run_info(tmp, _gathered_info(ordered, [infos[d] for d in ordered], changes))
         reports = [d / RUN_REPORT_FILE for d in ordered]
         if all(r.is_file() for r in reports):
             write_report(tmp, merge_reports([read_report(d) for d in ordered]))
@@ -323,30 +327,23 @@ def _open_for_seek(path: Path) -> Any:
     return open(path, "rb")
 
 
-def _gathered_info(dirs: list[Path], infos: list[ShardInfo], changes: dict[str, int]) -> dict[str, Any]:
+def _gathered_info(dirs: list[Path], infos: list[ShardInfo], changes: dict[str, int]) -> RunInfo:
     # The first shard's run.json as the runner wrote it, with the whole run's identity and summed totals:
     # the same run.json one unsharded run writes.
-    shard_runs = [json.loads((d / RUN_INFO_FILE).read_text(encoding="utf-8")) for d in dirs]
-    data = dict(shard_runs[0])
-    data["fingerprint"] = infos[0].fingerprint
-    if "input_digest" in data:
-        data["input_digest"] = infos[0].input_digest
-    for key in ("counts", "tokens"):
-        if all(isinstance(r.get(key), dict) for r in shard_runs):
-            data[key] = _sum_nested([r[key] for r in shard_runs])
-    counts = data.get("counts")
-    if isinstance(counts, dict):
-        for key, change in changes.items():
-            if key in counts and change:
-                counts[key] = max(counts[key] + change, 0)
-    return data
-
-
-def _sum_nested(values: list[Any]) -> Any:
-    """Add numbers leaf by leaf over dicts of the same shape (counts, per-stage token usage)."""
-    if all(isinstance(v, dict) for v in values):
-        keys = sorted(set().union(*values))
-        return {k: _sum_nested([v[k] for v in values if k in v]) for k in keys}
-    if all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
-        return sum(values)
-    return values[0]
+    shard_runs = [read_run_info(d) for d in dirs]
+    counts = {k: sum(getattr(r.counts, k) for r in shard_runs) for k in RunCounts.model_fields}
+    for key, change in changes.items():
+        if change:
+            counts[key] = max(counts[key] + change, 0)
+    tokens: dict[str, Usage] = {}
+    for run in shard_runs:
+        for stage, usage in run.tokens.items():
+            tokens[stage] = tokens[stage] + usage if stage in tokens else usage
+    return shard_runs[0].model_copy(
+        update={
+            "fingerprint": infos[0].fingerprint,
+            "input_digest": infos[0].input_digest,
+            "counts": RunCounts(**counts),
+            "tokens": dict(sorted(tokens.items())),
+        }
+    )

@@ -23,7 +23,8 @@ from lmsynth.config import StrictModel
 from lmsynth.io import atomic_path, dump_json_line
 from lmsynth.pipeline.assemble import to_synth_record, to_unsafe_record
 from lmsynth.pipeline.flags import FirstSeen
-from lmsynth.pipeline.rows import PipelineRow, Usage
+from lmsynth.pipeline.rows import PipelineRow
+from lmsynth.records import Usage, record_counts
 
 
 class RowSummary(StrictModel):
@@ -84,19 +85,7 @@ def _summary(row: PipelineRow, record, *, llm_stages: Sequence[str], judged: boo
     if row.record.flagged:
         counts["unsafe"] = 1
     else:
-        counts |= {
-            "instructions": 1,
-            "empty": int(record.empty_user_instruction_ja),
-            "duplicate": int(record.duplicate_user_instruction_ja is not None),
-            "responses_ja": len(record.synthesized_assistant_responses),
-            "responses_en": len(record.synthesized_assistant_responses_en or []),
-            "judge_failures": sum(
-                1 for a in record.synthesized_response_scoring_annotations if a.preference_score is None
-            )
-            if judged
-            else 0,
-            "multiturn": int(bool(record.synthesized_multiturn_conversation)),
-        }
+        counts |= record_counts(record, judged=judged)
     flags = row.flags
     first = flags is not None and not flags.empty and flags.duplicate_of is None
     key = FirstSeen.key(row.record.flagged, row.instruction_ja.strip()) if first else None

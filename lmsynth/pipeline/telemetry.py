@@ -26,6 +26,7 @@ from lmsynth import progress
 from lmsynth.config import StrictModel
 from lmsynth.errors import InputRecordError
 from lmsynth.io import parse_line, write_json
+from lmsynth.records import read_run_info
 
 
 RUN_REPORT_FILE = "run_report.json"
@@ -427,48 +428,36 @@ def report_from_run(run_dir: Path | str, *, telemetry: Telemetry, shard: str | N
     the steps appended, when they did.
 
     Raises:
-        InputRecordError: `run.json` is missing or lacks `tokens` / `counts`.
+        InputRecordError: `run.json` is missing or does not validate (names the file and the field).
     """
-    import json
-
-    from lmsynth.records import RUN_INFO_FILE
-
-    path = Path(run_dir) / RUN_INFO_FILE
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-        tokens, counts = info["tokens"], info["counts"]
-    except OSError as e:
-        raise InputRecordError(path, None, None, f"cannot read: {e.strerror or e}") from e
-    except (ValueError, KeyError, TypeError) as e:
-        raise InputRecordError(path, None, "tokens", f"not a run.json with `tokens` and `counts` ({e})") from e
+    info = read_run_info(run_dir)
+    counts = info.counts
     live = telemetry.report(instructions=0)
-    generations = {
-        "generate": counts.get("responses_ja", 0) + counts.get("responses_en", 0),
-    }
-    legacy_failures = {"judge": counts.get("judge_failures", 0)}  # run.json written before usage counted them
+    generations = {"generate": counts.responses_ja + counts.responses_en}
+    legacy_failures = {"judge": counts.judge_failures}  # run.json written before usage counted them
     steps = [
         StepReport(
             step=stage,
             batches=live.step(stage).batches,
-            requests=usage.get("requests", 0),
-            generations=generations.get(stage, usage.get("requests", 0)),
-            input_tokens=usage.get("prompt_tokens", 0),
-            output_tokens=usage.get("completion_tokens", 0),
-            failures=usage.get("failures", legacy_failures.get(stage, 0)),
+            requests=usage.requests,
+            generations=generations.get(stage, usage.requests),
+            input_tokens=usage.prompt_tokens,
+            output_tokens=usage.completion_tokens,
+            failures=usage.failures if "failures" in usage.model_fields_set else legacy_failures.get(stage, 0),
             retries=live.step(stage).retries,
-            reasks=usage.get("reasks", 0),
+            reasks=usage.reasks,
             busy_s=live.step(stage).busy_s,
             span_s=live.step(stage).span_s,
         )
-        for stage, usage in sorted(tokens.items())
+        for stage, usage in sorted(info.tokens.items())
     ]
     return live.model_copy(
         update={
-            "pipeline": info.get("pipeline"),
-            "fingerprint": info.get("fingerprint"),
+            "pipeline": info.pipeline,
+            "fingerprint": info.fingerprint,
             "shard": shard,
-            "instructions": counts.get("instructions", 0),
-            "records": counts.get("instructions", 0),
+            "instructions": counts.instructions,
+            "records": counts.instructions,
             "steps": steps,
         }
     )

@@ -38,7 +38,7 @@ from lmsynth.errors import (
 from lmsynth.faults import kill_point
 from lmsynth.io import atomic_dir, atomic_path, parse_line, sha256_file
 from lmsynth.prepare import PREPARED_MARKER
-from lmsynth.records import PREPARED_INSTRUCTIONS, PREPARED_UNSAFE, RUN_INFO_FILE, InstructionRecord
+from lmsynth.records import PREPARED_INSTRUCTIONS, PREPARED_UNSAFE, RUN_INFO_FILE, InstructionRecord, read_run_info
 from lmsynth.release import cards, data_files, figures
 from lmsynth.release.inputs import RunInput, exists, resolve_input
 from lmsynth.release.leak_guard import GatedIndex, scan_tree
@@ -371,7 +371,8 @@ def plan_release(
 def _check_finished_inputs(spec: SubsetSpec, records: RunInput, prepared: RunInput | None) -> None:
     """Refuse what a killed or running command leaves: a run folder without run.json, a prepared one without _COMPLETE.
 
-    Releasing such a folder would publish a part of the data as if it were the whole.
+    Releasing such a folder would publish a part of the data as if it were the whole. `run.json` is read
+    through `read_run_info`, so a file that is not one is refused as well, naming its field.
     """
     if records.is_dir() and not records.child(RUN_INFO_FILE).is_file():
         raise InputRecordError(
@@ -382,6 +383,9 @@ def _check_finished_inputs(spec: SubsetSpec, records: RunInput, prepared: RunInp
             f"killed, is still running, or the folder is a partial copy); rerun `lmsynth run PIPELINE --input "
             f"PREPARED --out {records}` to finish it",
         )
+    if records.is_dir():
+        with records.child(RUN_INFO_FILE).open() as f:
+            read_run_info(records, text=f.read().decode("utf-8"))
     if prepared is not None and not prepared.child(PREPARED_MARKER).is_file():
         raise ManifestError(
             "manifest",

@@ -45,6 +45,13 @@ class TestIncompleteInputs:
         assert "lmsynth run" in msg and "--out runs/gemma-3" in msg and "\n" not in msg
         assert not (small_project / "hub").exists()
 
+    def test_run_json_that_is_not_one_is_refused_naming_the_field(self, small_project: Path) -> None:
+        path = small_project / "runs" / "gemma-3" / RUN_INFO_FILE
+        path.write_text(json.dumps({k: v for k, v in json.loads(path.read_text()).items() if k != "counts"}))
+        with pytest.raises(InputRecordError) as info:
+            _release(small_project, dry_run=True)
+        assert str(info.value).startswith("runs/gemma-3/run.json: field `counts`: Field required")
+
     def test_prepared_folder_without_complete_marker_is_refused(self, small_project: Path) -> None:
         (small_project / "runs" / "prepared" / "_COMPLETE").unlink()
         with pytest.raises(ManifestError) as info:

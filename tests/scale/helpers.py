@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from lmsynth.pipeline.shard import ShardInfo, ShardSpec, in_shard, write_shard_info
 from lmsynth.pipeline.telemetry import RunReport, StepReport, write_report
-from lmsynth.records import RUN_INFO_FILE, RUN_RECORDS_DIR, RUN_UNSAFE_DIR, iter_synth_records
-from lmsynth.testing import write_run_dir
+from lmsynth.records import RUN_RECORDS_DIR, RUN_UNSAFE_DIR, iter_synth_records, read_run_info, write_run_info
+from lmsynth.testing import synthetic_run_info, write_run_dir
 
 
 def split_run(
     run_dir: Path, out_root: Path, count: int, *, with_report: bool = True, input_dir: Path | None = None
 ) -> list[Path]:
     """Write shards 1..count of `run_dir` under `out_root`, as `run_shard` would."""
-    info = json.loads((run_dir / RUN_INFO_FILE).read_text())
+    info = read_run_info(run_dir)
     dirs = []
     for index in range(1, count + 1):
         spec = ShardSpec(index=index, count=count)
@@ -37,13 +36,17 @@ def split_run(
             d,
             ShardInfo(
                 shard=spec,
-                pipeline=info["pipeline"],
-                fingerprint=info["fingerprint"],
+                pipeline=info.pipeline,
+                fingerprint=info.fingerprint,
                 input_digest="whole-input",
                 input_dir=str(input_dir) if input_dir else None,
             ),
         )
-        (d / RUN_INFO_FILE).write_text(json.dumps(dict(info, fingerprint=f"slice-{index}", counts={"records": n})))
+        unsafe = sum(1 for _ in iter_synth_records(d / RUN_UNSAFE_DIR))
+        shape = info.pipeline.removeprefix("synthetic-")
+        write_run_info(
+            d, synthetic_run_info(iter_synth_records(d), unsafe=unsafe, shape=shape, fingerprint=f"slice-{index}")
+        )
         dirs.append(d)
     return dirs
 
