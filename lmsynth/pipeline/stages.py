@@ -1,38 +1,110 @@
-"""The stage table: for each LLM stage, its config model, the row view its cache keys on, and its function.
+"""The stage registry: each pipeline stage once, in order, as config, runner, steps and telemetry know it.
 
-The view is exactly what the stage reads from a row, so a change anywhere else in the row (or upstream, when
-it does not alter what this stage reads) keeps its cached units valid.
+Config validation, the runner, the distilabel steps and telemetry all read `STAGES`. A model-calling stage's
+`view` is exactly what it reads from a row, so a change anywhere else in the row (or upstream, when it does
+not alter what this stage reads) keeps its cached units valid.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from pydantic import BaseModel, TypeAdapter
 
 from lmsynth.llm import ChatModel
 from lmsynth.pipeline.cache import StageCache
+from lmsynth.pipeline.flags import mark_flags
 from lmsynth.pipeline.generate import GenerateConfig, generate, wants_english
 from lmsynth.pipeline.judge import JudgeConfig, judge
 from lmsynth.pipeline.rows import PipelineRow
 from lmsynth.pipeline.second_turn import SecondTurnConfig, best_pair, second_turn
+from lmsynth.pipeline.select import SelectConfig, select
 from lmsynth.pipeline.translate import TranslateConfig, needs_translation, translate
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of the pipeline."""
+
+    name: str
+    config: Any  # the model of its YAML block (a type or an annotated union); None: it has no block
+    function: Callable[..., Sequence[BaseModel]]  # rows in, one output per row
+    calls_model: bool = False  # an LLM stage: cached per unit, metered, served by an engine
+    view: Callable[[PipelineRow, Any], dict[str, Any]] | None = None  # what it reads (the cache key)
+    needs: str | None = None  # it runs only when this stage runs
+    step: str = "StageTask"  # its distilabel step class in `lmsynth.pipeline.steps`
+    generation_counts: tuple[str, ...] = ()  # `RunCounts` fields that count its outputs (n per request)
+    legacy_failures: str | None = None  # `RunCounts` field of its failures in a run.json older than `Usage.failures`
+
+    def parse_config(self, text: str) -> Any:
+        """Parse this stage's block from its JSON."""
+        return _ADAPTERS[self.name].validate_json(text)
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage(
+        "translate",
+        TranslateConfig,
+        translate,
+        calls_model=True,
+        view=lambda r, c: {
+            "instruction": r.record.instruction if needs_translation(r, c) else None,
+            "passthrough": None if needs_translation(r, c) else r.record.instruction,
+        },
+    ),
+    Stage("flags", None, mark_flags, step="FlagsStep"),
+    Stage(
+        "generate",
+        GenerateConfig,
+        generate,
+        calls_model=True,
+        view=lambda r, c: {
+            "ja": None if r.skipped else r.instruction_ja,
+            "en": r.record.instruction if wants_english(r, c) else None,
+        },
+        generation_counts=("responses_ja", "responses_en"),
+    ),
+    Stage(
+        "judge",
+        JudgeConfig,
+        judge,
+        calls_model=True,
+        view=lambda r, c: {
+            "id": r.record.conversation_id,
+            "instruction_ja": r.instruction_ja,
+            "responses": r.generate.responses_ja if r.generate else [],
+        },
+        legacy_failures="judge_failures",
+    ),
+    Stage("select", SelectConfig, select, needs="judge", step="SelectStep"),
+    Stage(
+        "second_turn",
+        SecondTurnConfig,
+        second_turn,
+        calls_model=True,
+        view=lambda r, c: {"pair": best_pair(r)},
+        needs="judge",
+    ),
+)
+STAGE: dict[str, Stage] = {s.name: s for s in STAGES}
+LLM_STAGES: tuple[str, ...] = tuple(s.name for s in STAGES if s.calls_model)
 
 
 def parse_config(stage: str, text: str) -> Any:
     """Parse a stage block from its JSON."""
-    return _CONFIGS[stage].validate_json(text)
+    return STAGE[stage].parse_config(text)
 
 
 def view(stage: str, row: PipelineRow, config: Any) -> dict[str, Any]:
     """What `stage` reads from `row` (the cache unit key is the digest of these, in order)."""
-    return _VIEWS[stage](row, config)
+    return STAGE[stage].view(row, config)  # type: ignore[misc]  # model-calling stages have one
 
 
 def run_stage(stage: str, rows: Sequence[PipelineRow], *, model: ChatModel, config: Any) -> Sequence[BaseModel]:
     """Run one LLM stage on a batch."""
-    return _FUNCTIONS[stage](rows, model=model, config=config)
+    return STAGE[stage].function(rows, model=model, config=config)
 
 
 class UnitResult(NamedTuple):
@@ -67,33 +139,4 @@ def run_unit(
 # Private helpers
 # ---------------------------------------------------------------------------
 
-_CONFIGS: dict[str, TypeAdapter] = {
-    "translate": TypeAdapter(TranslateConfig),
-    "generate": TypeAdapter(GenerateConfig),
-    "judge": TypeAdapter(JudgeConfig),
-    "second_turn": TypeAdapter(SecondTurnConfig),
-}
-
-_VIEWS: dict[str, Callable[[PipelineRow, Any], dict[str, Any]]] = {
-    "translate": lambda r, c: {
-        "instruction": r.record.instruction if needs_translation(r, c) else None,
-        "passthrough": None if needs_translation(r, c) else r.record.instruction,
-    },
-    "generate": lambda r, c: {
-        "ja": None if r.skipped else r.instruction_ja,
-        "en": r.record.instruction if wants_english(r, c) else None,
-    },
-    "judge": lambda r, c: {
-        "id": r.record.conversation_id,
-        "instruction_ja": r.instruction_ja,
-        "responses": r.generate.responses_ja if r.generate else [],
-    },
-    "second_turn": lambda r, c: {"pair": best_pair(r)},
-}
-
-_FUNCTIONS: dict[str, Callable[..., Sequence[BaseModel]]] = {
-    "translate": translate,
-    "generate": generate,
-    "judge": judge,
-    "second_turn": second_turn,
-}
+_ADAPTERS: dict[str, TypeAdapter] = {s.name: TypeAdapter(s.config) for s in STAGES if s.config is not None}

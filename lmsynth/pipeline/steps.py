@@ -8,9 +8,9 @@ calling the model, which is what makes reruns resume and changed rows regenerate
 # No `from __future__ import annotations`: distilabel inspects `StepInput` hints at run time.
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NamedTuple
 
 from distilabel.models.llms.base import LLM
 from distilabel.pipeline import base as distilabel_base
@@ -30,11 +30,35 @@ from lmsynth.llm import (
 )
 from lmsynth.pipeline import stages
 from lmsynth.pipeline.cache import StageCache
+from lmsynth.pipeline.config import stage_fingerprint
 from lmsynth.pipeline.flags import FirstSeen, mark_flags
 from lmsynth.pipeline.rows import INSTRUCTION_COLUMNS, PipelineRow, column
 from lmsynth.pipeline.select import SelectConfig, select
 from lmsynth.pipeline.sink import finish_rows
 from lmsynth.pipeline.telemetry import MeteredChatModel, append_event
+
+
+if TYPE_CHECKING:
+    from lmsynth.pipeline.config import PipelineConfig
+
+
+class StepContext(NamedTuple):
+    """What the runner gives every stage's step besides the pipeline config (paths of this run and window)."""
+
+    cache_root: Path
+    events_dir: Path | None
+    seen_path: Path | None
+    scratch_dir: Path | None
+    model_for: Callable[[str], Any]  # stage → the model config its step opens (a served engine's, at run time)
+
+
+def stage_step(stage: str, config: "PipelineConfig", context: StepContext) -> Any:
+    """The distilabel step that runs `stage`: the class the stage registry names, built for this run."""
+    return _STEP_CLASSES[stages.STAGE[stage].step].for_stage(stage, config, context)
+
+
+def _text(path: Path | None) -> str | None:
+    return str(path) if path is not None else None
 
 
 class ChatModelLLM(LLM):
@@ -132,6 +156,21 @@ class StageTask(Task):
     add_raw_output: bool = False
     add_raw_input: bool = False
 
+    @classmethod
+    def for_stage(cls, stage: str, config: "PipelineConfig", context: StepContext) -> "StageTask":
+        """The step of an LLM stage, with its cache, events folder and model."""
+        return cls(
+            name=stage,
+            stage=stage,
+            stage_config=getattr(config, stage).model_dump_json(),
+            cache_dir=str(context.cache_root),
+            fingerprint=stage_fingerprint(config, stage),
+            events_dir=_text(context.events_dir),
+            scratch_dir=_text(context.scratch_dir),
+            llm=ChatModelLLM(backend_config=context.model_for(stage)),
+            input_batch_size=config.batch_size,
+        )
+
     @property
     def inputs(self) -> list[str]:
         """Columns read: the instruction and earlier stage outputs."""
@@ -170,6 +209,11 @@ class FlagsStep(GlobalStep):
 
     seen_path: str | None = Field(None, description="`flags.FirstSeen` file of earlier windows (None: none).")
 
+    @classmethod
+    def for_stage(cls, stage: str, config: "PipelineConfig", context: StepContext) -> "FlagsStep":
+        """The step of the flags stage, reading the first occurrences of earlier windows."""
+        return cls(name=stage, seen_path=_text(context.seen_path))
+
     @property
     def inputs(self) -> list[str]:
         """Reads the translation."""
@@ -191,6 +235,13 @@ class SelectStep(Step):
     """Best-of-n and DPO pair per row (pure, not cached: it costs nothing)."""
 
     select_config: str = Field(description="The `select` block as JSON.")
+
+    @classmethod
+    def for_stage(cls, stage: str, config: "PipelineConfig", context: StepContext) -> "SelectStep":
+        """The step of the select stage."""
+        return cls(
+            name=stage, select_config=getattr(config, stage).model_dump_json(), input_batch_size=config.batch_size
+        )
 
     @property
     def inputs(self) -> list[str]:
@@ -292,3 +343,6 @@ distilabel_base.time = _QuickPolls()
 def to_rows(rows: Sequence[PipelineRow]) -> list[dict[str, Any]]:
     """Flat distilabel rows for the generator step."""
     return [r.to_columns() for r in rows]
+
+
+_STEP_CLASSES: dict[str, Any] = {c.__name__: c for c in (StageTask, FlagsStep, SelectStep)}

@@ -26,7 +26,8 @@ from lmsynth import progress
 from lmsynth.config import StrictModel
 from lmsynth.errors import InputRecordError
 from lmsynth.io import parse_line, write_json
-from lmsynth.records import read_run_info
+from lmsynth.pipeline.stages import STAGE
+from lmsynth.records import RunCounts, Usage, read_run_info
 
 
 RUN_REPORT_FILE = "run_report.json"
@@ -433,17 +434,15 @@ def report_from_run(run_dir: Path | str, *, telemetry: Telemetry, shard: str | N
     info = read_run_info(run_dir)
     counts = info.counts
     live = telemetry.report(instructions=0)
-    generations = {"generate": counts.responses_ja + counts.responses_en}
-    legacy_failures = {"judge": counts.judge_failures}  # run.json written before usage counted them
     steps = [
         StepReport(
             step=stage,
             batches=live.step(stage).batches,
             requests=usage.requests,
-            generations=generations.get(stage, usage.requests),
+            generations=_generations(stage, usage, counts),
             input_tokens=usage.prompt_tokens,
             output_tokens=usage.completion_tokens,
-            failures=usage.failures if "failures" in usage.model_fields_set else legacy_failures.get(stage, 0),
+            failures=_failures(stage, usage, counts),
             retries=live.step(stage).retries,
             reasks=usage.reasks,
             busy_s=live.step(stage).busy_s,
@@ -461,6 +460,20 @@ def report_from_run(run_dir: Path | str, *, telemetry: Telemetry, shard: str | N
             "steps": steps,
         }
     )
+
+
+def _generations(stage: str, usage: Usage, counts: RunCounts) -> int:
+    """Outputs a stage received: its counted outputs where it asks for n per request, else its requests."""
+    fields = STAGE[stage].generation_counts if stage in STAGE else ()
+    return sum(getattr(counts, f) for f in fields) if fields else usage.requests
+
+
+def _failures(stage: str, usage: Usage, counts: RunCounts) -> int:
+    """A stage's failures; a run.json written before `Usage.failures` has them only in its counts."""
+    if "failures" in usage.model_fields_set:
+        return usage.failures
+    legacy = STAGE[stage].legacy_failures if stage in STAGE else None
+    return getattr(counts, legacy) if legacy else 0
 
 
 def merge_reports(reports: list[RunReport]) -> RunReport:
