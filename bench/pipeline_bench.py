@@ -89,7 +89,7 @@ generate: {{model: tiny, sampling: {seed_max}}}
     t0 = time.perf_counter()
     result = run_pipeline(pipe, input_dir=prep, out_dir=work / "out")
     wall = time.perf_counter() - t0
-    from lmsynth.pipeline.telemetry import read_report
+    from lmsynth.pipeline.telemetry.report_files import read_report
 
     tokens = result.info.tokens["generate"].completion_tokens
     step = read_report(work / "out").step("generate")

@@ -16,7 +16,8 @@ from pydantic import Field
 
 from lmsynth.config import StrictModel
 from lmsynth.errors import InputRecordError
-from lmsynth.pipeline.telemetry import RUN_REPORT_FILE, read_report
+from lmsynth.pipeline.telemetry.report import RUN_REPORT_FILE
+from lmsynth.pipeline.telemetry.report_files import read_report
 
 
 class StepProjection(StrictModel):

@@ -32,7 +32,8 @@ from lmsynth.config import StrictModel
 from lmsynth.errors import ShardSetError
 from lmsynth.io import atomic_dir, dump_json_line, open_text, parse_line
 from lmsynth.pipeline.shard import SHARD_FILE, ShardInfo, in_shard, read_shard_info
-from lmsynth.pipeline.telemetry import RUN_REPORT_FILE, merge_reports, read_report, write_report
+from lmsynth.pipeline.telemetry.report import RUN_REPORT_FILE
+from lmsynth.pipeline.telemetry.report_files import merge_reports, read_report, write_report
 from lmsynth.progress import track
 from lmsynth.records import (
     PREPARED_INSTRUCTIONS,

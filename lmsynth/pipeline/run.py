@@ -41,7 +41,8 @@ from lmsynth.pipeline.flags import FirstSeen
 from lmsynth.pipeline.ray_exec import RayOptions
 from lmsynth.pipeline.rows import PipelineRow
 from lmsynth.pipeline.sink import RowSummary, read_records
-from lmsynth.pipeline.telemetry import Telemetry, report_from_run, visible_gpu_count, write_report
+from lmsynth.pipeline.telemetry.collector import Telemetry, visible_gpu_count
+from lmsynth.pipeline.telemetry.report_files import report_from_run, write_report
 from lmsynth.pipeline.workdir import run_work_dir, unit_lock
 from lmsynth.records import (
     PREPARED_INSTRUCTIONS,

@@ -162,7 +162,8 @@ def run_shard(
     """
     from lmsynth.pipeline.config import load_pipeline_config, run_fingerprint
     from lmsynth.pipeline.run import run_pipeline, scan_input
-    from lmsynth.pipeline.telemetry import Telemetry, report_from_run, write_report
+    from lmsynth.pipeline.telemetry.collector import Telemetry
+    from lmsynth.pipeline.telemetry.report_files import report_from_run, write_report
 
     config = load_pipeline_config(pipeline_path)
     whole = scan_input(Path(input_dir), limit=config.limit).digest

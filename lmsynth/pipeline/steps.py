@@ -35,7 +35,8 @@ from lmsynth.pipeline.flags import FirstSeen, mark_flags
 from lmsynth.pipeline.rows import INSTRUCTION_COLUMNS, PipelineRow, column
 from lmsynth.pipeline.select import SelectConfig, select
 from lmsynth.pipeline.sink import finish_rows
-from lmsynth.pipeline.telemetry import MeteredChatModel, append_event
+from lmsynth.pipeline.telemetry.events import append_event
+from lmsynth.pipeline.telemetry.metering import MeteredChatModel
 
 
 if TYPE_CHECKING:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from lmsynth.pipeline.run import run_pipeline
-from lmsynth.pipeline.telemetry import read_report
+from lmsynth.pipeline.telemetry.report_files import read_report
 from lmsynth.procs import descendants
 from lmsynth.records import RunInfo, iter_synth_records
 from tests import engine_fixtures

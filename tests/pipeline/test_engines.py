@@ -20,7 +20,7 @@ from lmsynth.pipeline.engines import (
     server_args,
     stage_model,
 )
-from lmsynth.pipeline.telemetry import Telemetry
+from lmsynth.pipeline.telemetry.collector import Telemetry
 
 
 def flag(args: list[str], name: str) -> str:
@@ -142,7 +142,7 @@ def test_report_splits_wall_time_between_engine_and_lmsynth() -> None:
     now = time.time()
     telemetry = Telemetry()
     telemetry.record_engine_start(model="m", began_at=now - 0.2, ready_at=now + 0.3, seconds=0.5)
-    from lmsynth.pipeline.telemetry import BatchEvent
+    from lmsynth.pipeline.telemetry.events import BatchEvent
 
     # Overlapping intervals count once; time before the run began does not count.
     telemetry.record(BatchEvent(step="generate", requests=1, started_at=now + 0.2, ended_at=now + 0.4))

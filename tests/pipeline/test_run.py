@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from lmsynth.pipeline.run import run_pipeline
-from lmsynth.pipeline.telemetry import read_report
+from lmsynth.pipeline.telemetry.report_files import read_report
 from lmsynth.records import RunInfo, SynthRecord, iter_synth_records
 from tests.pipeline.factories import make_record, run_cli, write_fake_pipeline, write_prepared
 

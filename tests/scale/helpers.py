@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from lmsynth.pipeline.shard import ShardInfo, ShardSpec, in_shard, write_shard_info
-from lmsynth.pipeline.telemetry import RunReport, StepReport, write_report
+from lmsynth.pipeline.telemetry.report import RunReport, StepReport
+from lmsynth.pipeline.telemetry.report_files import write_report
 from lmsynth.records import RUN_RECORDS_DIR, RUN_UNSAFE_DIR, iter_synth_records, read_run_info, write_run_info
 from lmsynth.testing import synthetic_run_info, write_run_dir
 

@@ -10,7 +10,8 @@ from typer.testing import CliRunner
 from lmsynth.cli import app
 from lmsynth.errors import InputRecordError
 from lmsynth.pipeline.estimate import estimate
-from lmsynth.pipeline.telemetry import RunReport, StepReport, write_report
+from lmsynth.pipeline.telemetry.report import RunReport, StepReport
+from lmsynth.pipeline.telemetry.report_files import write_report
 
 
 def sample(tmp_path: Path, **kw: object) -> Path:

@@ -17,7 +17,7 @@ from lmsynth.errors import ShardSetError
 from lmsynth.pipeline.gather import gather
 from lmsynth.pipeline.run import run_pipeline
 from lmsynth.pipeline.shard import ShardSpec, read_shard_info, run_shard, shard_of
-from lmsynth.pipeline.telemetry import read_report
+from lmsynth.pipeline.telemetry.report_files import read_report
 from lmsynth.records import RUN_INFO_FILE, RUN_UNSAFE_DIR, iter_synth_records
 from tests.pipeline.factories import make_record, write_fake_pipeline, write_prepared
 

@@ -9,16 +9,10 @@ from pathlib import Path
 import pytest
 
 from lmsynth.errors import InputRecordError
-from lmsynth.pipeline.telemetry import (
-    BatchEvent,
-    RunReport,
-    StepReport,
-    Telemetry,
-    append_event,
-    merge_reports,
-    read_report,
-    write_report,
-)
+from lmsynth.pipeline.telemetry.collector import Telemetry
+from lmsynth.pipeline.telemetry.events import BatchEvent, append_event
+from lmsynth.pipeline.telemetry.report import RunReport, StepReport
+from lmsynth.pipeline.telemetry.report_files import merge_reports, read_report, write_report
 from lmsynth.records import iter_synth_records
 from tests.scale.helpers import make_run
 
@@ -133,7 +127,7 @@ class TestCollector:
         import sys
 
         code = (
-            "import sys; from lmsynth.pipeline.telemetry import visible_gpu_count;"
+            "import sys; from lmsynth.pipeline.telemetry.collector import visible_gpu_count;"
             "print(visible_gpu_count(), 'torch' in sys.modules)"
         )
         res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -219,7 +213,7 @@ class TestSpans:
 
     def test_metered_model_counts_usage_and_excludes_start_up(self) -> None:
         from lmsynth.llm import FakeChatModel, FakeModelConfig, SamplingConfig
-        from lmsynth.pipeline.telemetry import MeteredChatModel
+        from lmsynth.pipeline.telemetry.metering import MeteredChatModel
 
         class SlowStart:
             model_id, revision = "m", None
