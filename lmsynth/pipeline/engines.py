@@ -162,11 +162,12 @@ def in_flight_sequences(config: PipelineConfig) -> dict[str, int]:
 class EngineServer:
     """One server process (and its process group) for one model."""
 
-    def __init__(self, name: str, model: VllmModelConfig, *, log_path: Path) -> None:
-        """Describe the server; nothing starts yet."""
+    def __init__(self, name: str, model: VllmModelConfig, *, log_path: Path, host: str = "127.0.0.1") -> None:
+        """Describe the server (listening on `host`); nothing starts yet."""
         self.name = name
         self.model = model
         self.log_path = log_path
+        self.host = host
         self.proc: subprocess.Popen | None = None
         self.url: str | None = None
         self.began_at: float | None = None
@@ -175,7 +176,7 @@ class EngineServer:
     def start(self) -> None:
         """Launch the server in its own session (so a terminal's Ctrl-C reaches lmsynth, which stops it)."""
         port = _free_port()
-        argv = [sys.executable, "-m", SERVER_MODULE, *server_args(self.model, port=port, served_name=self.name)]
+        argv = [sys.executable, "-m", SERVER_MODULE, *server_args(self.model, port=port, served_name=self.name, host=self.host)]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.began_at = time.time()
         with open(self.log_path, "ab") as log:
@@ -189,7 +190,7 @@ class EngineServer:
                 env=server_env(self.model),
                 start_new_session=True,
             )
-        self.url = f"http://127.0.0.1:{port}/v1"
+        self.url = f"http://{self.host}:{port}/v1"
         logger.info("started vLLM server for %s (pid %d, log %s)", self.name, self.proc.pid, self.log_path)
 
     def wait_healthy(self, *, timeout_s: float = START_TIMEOUT_S) -> None:
@@ -249,11 +250,13 @@ class EngineServer:
 class EngineSet:
     """The servers of one run, started on demand by a watcher thread, stopped together."""
 
-    def __init__(self, config: PipelineConfig, *, log_dir: Path, control_dir: Path) -> None:
-        """One `EngineServer` per `backend: vllm` model that some LLM stage uses."""
+    def __init__(
+        self, config: PipelineConfig, *, log_dir: Path, control_dir: Path, server: type[EngineServer] = EngineServer
+    ) -> None:
+        """One `server` (an `EngineServer` or a subclass) per `backend: vllm` model that some LLM stage uses."""
         used = {getattr(config, s).model for s in config.stages() if s in LLM_STAGES}
         self.servers = {
-            name: EngineServer(name, m, log_path=log_dir / f"vllm-{name}.log")
+            name: server(name, m, log_path=log_dir / f"vllm-{name}.log")
             for name, m in config.models.items()
             if isinstance(m, VllmModelConfig) and name in used
         }
@@ -328,6 +331,7 @@ def serve_models(
     log_dir: Path,
     cache_root: Path | None = None,
     telemetry: Any = None,
+    server: type[EngineServer] = EngineServer,
 ) -> Iterator[dict[str, Any]]:
     """Serve the pipeline's vLLM models for the block; yield model name → the config its stages should use.
 
@@ -342,12 +346,14 @@ def serve_models(
         log_dir: where `vllm-<model>.log` goes (the run folder).
         cache_root: the stage cache; a model none of whose stages has a cached unit starts right away.
         telemetry: a `Telemetry` that gets each server's start (`record_engine_start`).
+        server: what runs each server: a local process (`EngineServer`) or a Ray actor
+            (`lmsynth.pipeline.ray_engines.RayEngineServer`).
 
     Raises:
         PipelineError: a server failed to start (after the block, which then fails on its own too).
     """
     control_dir = Path(tempfile.mkdtemp(prefix="lmsynth-engines-"))
-    engines = EngineSet(config, log_dir=Path(log_dir), control_dir=control_dir)
+    engines = EngineSet(config, log_dir=Path(log_dir), control_dir=control_dir, server=server)
     runtime: dict[str, Any] = dict(config.models)
     for name, server in engines.servers.items():
         runtime[name] = ServedModelConfig(

