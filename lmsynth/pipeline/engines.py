@@ -176,7 +176,12 @@ class EngineServer:
     def start(self) -> None:
         """Launch the server in its own session (so a terminal's Ctrl-C reaches lmsynth, which stops it)."""
         port = _free_port()
-        argv = [sys.executable, "-m", SERVER_MODULE, *server_args(self.model, port=port, served_name=self.name, host=self.host)]
+        argv = [
+            sys.executable,
+            "-m",
+            SERVER_MODULE,
+            *server_args(self.model, port=port, served_name=self.name, host=self.host),
+        ]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.began_at = time.time()
         with open(self.log_path, "ab") as log:
