@@ -86,17 +86,22 @@ def terminate(procs: dict[int, int], *, grace_s: float = GRACE_S) -> None:
 
 
 @contextlib.contextmanager
-def reap_on_death(*, grace_s: float = GRACE_S) -> Iterator[None]:
+def reap_on_death(*, grace_s: float = GRACE_S, detached: bool = False) -> Iterator[None]:
     """While the block runs, a watchdog kills this process's descendants if this process dies.
 
     On a normal exit of the block the watchdog is told to stop. On an exception it stays armed until this
-    process exits, and then removes whatever the unwinding left behind.
+    process exits, and then removes whatever the unwinding left behind. `detached` makes the watchdog a
+    grandchild that a shell leaves behind, so it is no child of this process: Ray SIGKILLs the children of
+    a killed actor, and the watchdog must outlive them to end their own children (vLLM's EngineCore).
     """
     if not _PROC.is_dir():
         yield
         return
+    argv = [sys.executable, "-m", "lmsynth.procs", str(os.getpid()), str(grace_s)]
+    if detached:  # a background job's stdin is /dev/null unless redirected: hand it the pipe through fd 3
+        argv = ["/bin/sh", "-c", 'exec 3<&0; "$@" <&3 3<&- &', "sh", *argv]
     watchdog = subprocess.Popen(
-        [sys.executable, "-m", "lmsynth.procs", str(os.getpid()), str(grace_s)],
+        argv,
         stdin=subprocess.PIPE,
         start_new_session=True,
         env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)},

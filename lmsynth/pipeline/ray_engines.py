@@ -10,7 +10,8 @@ copied into the run folder (`logs/vllm-<model>.log`) when the server fails to st
 
 Stopping: the driver asks the actor to stop its server (process group, EngineCore included) on success,
 failure, Ctrl-C and SIGTERM, then `ray.kill`s it. An actor killed outright (`ray.kill`, a dead driver, a
-lost node) leaves nothing either: the actor runs a `lmsynth.procs` watchdog over its own descendants.
+lost node) leaves nothing either: Ray SIGKILLs the actor's children (the server), and a `lmsynth.procs`
+watchdog that is no child of the actor (`detached`) ends the rest (EngineCore).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ class EngineHost:
         import ray
 
         self._guard = contextlib.ExitStack()
-        self._guard.enter_context(reap_on_death())
+        self._guard.enter_context(reap_on_death(detached=True))
         self._dir = Path(tempfile.mkdtemp(prefix="lmsynth-engine-"))
         model = VllmModelConfig.model_validate_json(model_json)
         host = ray.util.get_node_ip_address()

@@ -1,0 +1,115 @@
+"""Under `--ray` a served model lives in one Ray actor: the run goes through it, and nothing of it outlives
+the run or a `ray.kill` of the actor."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+
+from lmsynth.pipeline.ray_engines import RayEngineServer
+from lmsynth.pipeline.ray_exec import RayOptions, ray_cluster
+from lmsynth.procs import descendants, process_identity
+from lmsynth.records import iter_synth_records
+from tests import engine_fixtures
+from tests.pipeline.factories import make_record, write_prepared
+from tests.scale.test_ray_exec import ray_env
+
+
+engine_env = engine_fixtures.engine_env
+tiny_model_dir = engine_fixtures.tiny_model_dir
+ray_env = ray_env  # the fixture, shared with the Ray execution tests
+
+PIPELINE = """\
+name: ray-served
+batch_size: 4
+models:
+  tiny: {{backend: vllm, model: {model}, dtype: float32, max_model_len: 512, kv_cache_memory_bytes: 67108864,
+          enforce_eager: true, max_num_seqs: 8}}
+  t: {{backend: fake, replies: ["訳 {{last_line}}"]}}
+translate: {{model: t}}
+generate: {{model: tiny, sampling: {{n: 1, max_tokens: 8, temperature: 0.8}}}}
+"""
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def server_tree(model_dir: Path) -> dict[int, int]:
+    """The api_server processes serving `model_dir` (this test's own model) and their children (EngineCore)."""
+    tree: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and "api_server" in (line := cmdline(int(entry.name))) and str(model_dir) in line:
+            ident = process_identity(int(entry.name))
+            if ident is not None:
+                tree |= {int(entry.name): ident[1], **descendants(int(entry.name))}
+    return tree
+
+
+def survivors(tree: dict[int, int], *, within: float) -> list[str]:
+    deadline = time.time() + within
+    while True:
+        left = [p for p, t in tree.items() if (ident := process_identity(p)) is not None and ident[1] == t]
+        if not left or time.time() > deadline:
+            return [f"{p}: {cmdline(p)[:120]}" for p in left]
+        time.sleep(0.2)
+
+
+@pytest.mark.ray
+@pytest.mark.engine
+@pytest.mark.timeout(900)
+def test_ray_run_serves_its_model_from_an_actor(
+    tmp_path: Path, tiny_model_dir: Path, engine_env, ray_env: RayOptions, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lmsynth.pipeline.run import run_pipeline
+
+    served: list[tuple[str, str, dict[int, int]]] = []
+    ready = RayEngineServer.wait_healthy
+
+    def _spy(self: RayEngineServer, **kw) -> None:
+        ready(self, **kw)
+        import ray
+
+        served.append((self.url, ray.util.get_node_ip_address(), server_tree(tiny_model_dir)))
+
+    monkeypatch.setattr(RayEngineServer, "wait_healthy", _spy)
+    pipe = tmp_path / "p.yaml"
+    pipe.write_text(PIPELINE.format(model=tiny_model_dir))
+    prep = write_prepared(tmp_path / "prep", [make_record(i) for i in range(6)])
+    result = run_pipeline(pipe, input_dir=prep, out_dir=tmp_path / "out", cache_dir=tmp_path / "cache", ray=ray_env)
+
+    assert len(served) == 1  # one actor for the model, for the whole run
+    url, node_ip, tree = served[0]
+    assert urlparse(url).hostname == node_ip and url.endswith("/v1")  # the node's address, as the stages saw it
+    ids = [r.conversation_id for r in iter_synth_records(tmp_path / "out")]
+    assert result.records == 6 and ids == [f"c{i}" for i in range(6)]
+    assert all(r.synthesized_assistant_responses for r in iter_synth_records(tmp_path / "out"))
+    log = (tmp_path / "out" / "logs" / "vllm-tiny.log").read_text()  # copied back from the actor's node
+    assert "api_server" in log.splitlines()[0] and f"--host {node_ip}" in log.splitlines()[0]
+    assert survivors(tree, within=30) == []
+    assert server_tree(tiny_model_dir) == {}
+
+
+@pytest.mark.ray
+@pytest.mark.engine
+@pytest.mark.timeout(600)
+def test_ray_kill_of_the_actor_leaves_no_server(
+    tmp_path: Path, tiny_model_dir: Path, engine_env, ray_env: RayOptions
+) -> None:
+    import ray
+
+    model = engine_fixtures.tiny_vllm_config(tiny_model_dir)
+    with ray_cluster(ray_env):
+        server = RayEngineServer("tiny", model, log_path=tmp_path / "vllm-tiny.log")
+        server.start()
+        server.wait_healthy(timeout_s=400)
+        tree = server_tree(tiny_model_dir)
+        assert len(tree) >= 2  # the api_server and its EngineCore
+        ray.kill(server.proc)  # outright: the actor's own stop never runs
+        assert survivors(tree, within=40) == []
