@@ -18,7 +18,7 @@ PARENT = """\
 import os, subprocess, sys, time
 from lmsynth.procs import reap_on_death
 
-with reap_on_death(grace_s=2):
+with reap_on_death(grace_s=2, detached=sys.argv[2] == "detached"):
     # A child that ignores SIGTERM (only SIGKILL ends it) with a grandchild of its own.
     child = subprocess.Popen([sys.executable, "-c",
         "import signal, subprocess, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
@@ -36,11 +36,16 @@ time.sleep(1)
 """
 
 
-def start_parent(tmp_path: Path, mode: str) -> tuple[subprocess.Popen, dict[int, int]]:
+def start_parent(tmp_path: Path, mode: str, *, detached: bool = False) -> tuple[subprocess.Popen, dict[int, int]]:
     script = tmp_path / "parent.py"
     script.write_text(PARENT)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
-    proc = subprocess.Popen([sys.executable, str(script), mode], stdout=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), mode, "detached" if detached else "attached"],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     child, forked = map(int, proc.stdout.readline().split())
     deadline = time.time() + 30
     tree: dict[int, int] = {}
@@ -78,3 +83,22 @@ def test_a_normal_exit_disarms_the_watchdog(tmp_path: Path) -> None:
     finally:
         for pid in alive(tree):
             os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.timeout(90)
+def test_a_detached_watchdog_outlives_a_sigkill_of_every_child(tmp_path: Path) -> None:
+    """What Ray does to a killed actor: the parent and all its direct children die at once; grandchildren go too."""
+    proc, tree = start_parent(tmp_path, "leave", detached=True)
+    time.sleep(1.0)  # one watchdog snapshot
+    children = [
+        p for p in descendants(proc.pid) if (ident := process_identity(p)) is not None and ident[0] == proc.pid
+    ]
+    assert not any("lmsynth.procs" in Path(f"/proc/{p}/cmdline").read_text(errors="replace") for p in children)
+    os.kill(proc.pid, signal.SIGKILL)
+    for pid in children:
+        os.kill(pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 30
+    while time.time() < deadline and alive(tree):
+        time.sleep(0.2)
+    assert alive(tree) == [], "grandchildren outlived a SIGKILL of the parent and its children"
