@@ -102,7 +102,8 @@ def run_pipeline(
         row_filter: keep only instructions for which this returns True (e.g. one shard of many).
         config: an already loaded config (overrides reading `pipeline_path`).
         cache_dir: the cache root (default `constants.CACHE_DIR`).
-        ray: run the steps on this Ray cluster (`lmsynth.pipeline.ray_exec`) instead of local processes.
+        ray: run the steps on this Ray cluster (`lmsynth.pipeline.ray_exec`) instead of local processes, and
+            serve each vLLM model from a Ray actor holding its GPUs (`lmsynth.pipeline.ray_engines`).
 
     Returns:
         Counts, fingerprint, `RunInfo` and cache statistics.

@@ -113,3 +113,55 @@ def test_ray_kill_of_the_actor_leaves_no_server(
         assert len(tree) >= 2  # the api_server and its EngineCore
         ray.kill(server.proc)  # outright: the actor's own stop never runs
         assert survivors(tree, within=40) == []
+
+
+@pytest.mark.ray
+@pytest.mark.engine
+@pytest.mark.timeout(600)
+def test_ray_server_that_cannot_start_fails_naming_the_run_folder_log(
+    tmp_path: Path, engine_env, ray_env: RayOptions
+) -> None:
+    from lmsynth.errors import PipelineError
+    from lmsynth.llm import VllmModelConfig
+
+    model = VllmModelConfig(model=str(tmp_path / "no-such-model"), enforce_eager=True)
+    log = tmp_path / "out" / "logs" / "vllm-m.log"
+    with ray_cluster(ray_env):
+        server = RayEngineServer("m", model, log_path=log)
+        server.start()
+        try:
+            with pytest.raises(PipelineError, match=rf"exited with code .*see {log}"):
+                server.wait_healthy(timeout_s=300)
+        finally:
+            server.stop()
+    assert "api_server" in log.read_text().splitlines()[0]  # the node's log, copied into the run folder
+
+
+@pytest.mark.ray
+@pytest.mark.engine
+@pytest.mark.timeout(900)
+def test_sigterm_of_a_ray_run_stops_the_actor_server(
+    tmp_path: Path, tiny_model_dir: Path, engine_env, ray_env: RayOptions
+) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    pipe = tmp_path / "p.yaml"
+    pipe.write_text(PIPELINE.format(model=tiny_model_dir).replace("max_tokens: 8", "max_tokens: 48"))
+    prep = write_prepared(tmp_path / "prep", [make_record(i) for i in range(400)])
+    env = {**os.environ, "LMSYNTH_CACHE": str(tmp_path / "cache")}
+    argv = [sys.executable, "-m", "lmsynth", "run", str(pipe), "--input", str(prep), "--out", str(tmp_path / "out")]
+    out = (tmp_path / "run.log").open("wb")
+    proc = subprocess.Popen([*argv, "--ray", "--ray-cpus", "2"], env=env, stdout=out, stderr=subprocess.STDOUT)
+    deadline, units, tree = time.time() + 500, tmp_path / "cache" / "generate", {}
+    while time.time() < deadline and not (tree and units.is_dir() and any(units.rglob("*.json"))):
+        assert proc.poll() is None, (tmp_path / "run.log").read_text()[-3000:]
+        tree = server_tree(tiny_model_dir)
+        time.sleep(0.5)
+    assert tree, "the actor's server never served"
+    os.kill(proc.pid, signal.SIGTERM)
+    assert proc.wait(timeout=240) != 0 and not (tmp_path / "out" / "run.json").exists()
+    assert survivors(tree, within=40) == []
+    assert "--host" in (tmp_path / "out" / "logs" / "vllm-tiny.log").read_text().splitlines()[0]
