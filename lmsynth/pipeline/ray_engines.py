@@ -6,7 +6,8 @@ instead of a child of the driver, it creates one `EngineHost` actor per model, r
 server's own threads are not Ray's to schedule). The actor runs the same `EngineServer` (same command line,
 `server_args`) bound to its node's IP, and returns the `.../v1` URL that the driver hands to the stages as
 for a local server. The server log is written on the actor's node (no shared file system is assumed) and
-copied into the run folder (`logs/vllm-<model>.log`) when the server fails to start and when it stops.
+copied into the run folder (`logs/vllm-<model>.log`) when the server is ready or fails to start, and again,
+whole, when it stops.
 
 Stopping: the driver asks the actor to stop its server (process group, EngineCore included) on success,
 failure, Ctrl-C and SIGTERM, then `ray.kill`s it. An actor killed outright (`ray.kill`, a dead driver, a
@@ -122,6 +123,8 @@ class RayEngineServer(EngineServer):
                 self._save_log(ray.get(actor.log.remote(), timeout=RAY_CALL_SLACK_S))
             raise PipelineError(out["error"].replace(out["log_path"], str(self.log_path)))
         self.url, self.began_at, self.ready_at = out["url"], out["began_at"], out["ready_at"]
+        if actor is not None:  # the start of the log is in the run folder even if the actor is lost later
+            self._save_log(ray.get(actor.log.remote(), timeout=RAY_CALL_SLACK_S))
 
     def stop(self, *, grace_s: float = STOP_GRACE_S) -> None:
         """Have the actor stop its server and send back the log, then end the actor."""
