@@ -21,6 +21,7 @@ from tests.scale.test_ray_exec import ray_env
 engine_env = engine_fixtures.engine_env
 tiny_model_dir = engine_fixtures.tiny_model_dir
 ray_env = ray_env  # the fixture, shared with the Ray execution tests
+pytestmark = [pytest.mark.ray, pytest.mark.engine]
 
 PIPELINE = """\
 name: ray-served
@@ -61,8 +62,6 @@ def survivors(tree: dict[int, int], *, within: float) -> list[str]:
         time.sleep(0.2)
 
 
-@pytest.mark.ray
-@pytest.mark.engine
 @pytest.mark.timeout(900)
 def test_ray_run_serves_its_model_from_an_actor(
     tmp_path: Path, tiny_model_dir: Path, engine_env, ray_env: RayOptions, monkeypatch: pytest.MonkeyPatch
@@ -96,8 +95,6 @@ def test_ray_run_serves_its_model_from_an_actor(
     assert server_tree(tiny_model_dir) == {}
 
 
-@pytest.mark.ray
-@pytest.mark.engine
 @pytest.mark.timeout(600)
 def test_ray_kill_of_the_actor_leaves_no_server(
     tmp_path: Path, tiny_model_dir: Path, engine_env, ray_env: RayOptions
@@ -115,8 +112,6 @@ def test_ray_kill_of_the_actor_leaves_no_server(
         assert survivors(tree, within=40) == []
 
 
-@pytest.mark.ray
-@pytest.mark.engine
 @pytest.mark.timeout(600)
 def test_ray_server_that_cannot_start_fails_naming_the_run_folder_log(
     tmp_path: Path, engine_env, ray_env: RayOptions
@@ -137,8 +132,6 @@ def test_ray_server_that_cannot_start_fails_naming_the_run_folder_log(
     assert "api_server" in log.read_text().splitlines()[0]  # the node's log, copied into the run folder
 
 
-@pytest.mark.ray
-@pytest.mark.engine
 @pytest.mark.timeout(900)
 def test_sigterm_of_a_ray_run_stops_the_actor_server(
     tmp_path: Path, tiny_model_dir: Path, engine_env, ray_env: RayOptions
