@@ -37,7 +37,7 @@ from lmsynth.pipeline.config import (
     run_fingerprint,
     stage_fingerprint,
 )
-from lmsynth.pipeline.engines import ENGINE_LOG_DIR, serve_models, stage_model
+from lmsynth.pipeline.engines import ENGINE_LOG_DIR, serve_models, stage_model, stage_replicas
 from lmsynth.pipeline.flags import FirstSeen
 from lmsynth.pipeline.ray_exec import RayOptions
 from lmsynth.pipeline.rows import PipelineRow, Usage
@@ -322,7 +322,7 @@ def build_pipeline(
     vLLM runs at capacity. `models` are the runtime model configs of `serve_models` (default: the YAML's).
     """
     from distilabel.pipeline import Pipeline
-    from distilabel.steps import LoadDataFromDicts
+    from distilabel.steps import LoadDataFromDicts, StepResources
 
     from lmsynth.pipeline.steps import ChatModelLLM, FlagsStep, RecordSink, SelectStep, StageTask, to_rows
 
@@ -336,6 +336,7 @@ def build_pipeline(
             elif stage == "select":
                 step = SelectStep(name="select", select_config=config.select.model_dump_json(), input_batch_size=bs)
             else:
+                model = _stage_model(config, models, stage)
                 step = StageTask(
                     name=stage,
                     stage=stage,
@@ -344,8 +345,9 @@ def build_pipeline(
                     fingerprint=stage_fingerprint(config, stage),
                     events_dir=str(events_dir) if events_dir is not None else None,
                     scratch_dir=str(scratch_dir) if scratch_dir is not None else None,
-                    llm=ChatModelLLM(backend_config=_stage_model(config, models, stage)),
+                    llm=ChatModelLLM(backend_config=model),
                     input_batch_size=bs,
+                    resources=StepResources(replicas=stage_replicas(model)),
                 )
             previous >> step
             previous = step
