@@ -396,12 +396,15 @@ def stage_model(config: PipelineConfig, runtime: dict[str, Any], stage: str) -> 
     return model
 
 
-def stage_replicas(model: Any) -> int:
-    """Step processes for a stage whose runtime model is `model`: `SERVED_REPLICAS` for a served one, else 1.
+def stage_replicas(stage: str, model: Any) -> int:
+    """Step processes for `stage` on its runtime `model`: `SERVED_REPLICAS` on a served model, else 1.
 
     An in-process engine lives in its step process (a second one would load the model twice), and the
-    scripted fake has nothing to overlap.
+    scripted fake has nothing to overlap. `translate` keeps one: it feeds the `flags` global step, and
+    with two translate replicas distilabel 1.5.3 never handed the translations on (the demo hung there).
     """
+    if stage in _BEFORE_BARRIER:
+        return 1
     return SERVED_REPLICAS if isinstance(model, OpenAIModelConfig) else 1
 
 

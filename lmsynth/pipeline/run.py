@@ -347,7 +347,7 @@ def build_pipeline(
                     scratch_dir=str(scratch_dir) if scratch_dir is not None else None,
                     llm=ChatModelLLM(backend_config=model),
                     input_batch_size=bs,
-                    resources=StepResources(replicas=stage_replicas(model)),
+                    resources=StepResources(replicas=stage_replicas(stage, model)),
                 )
             previous >> step
             previous = step

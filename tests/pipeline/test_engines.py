@@ -94,18 +94,20 @@ def test_a_cpu_server_runs_the_model_in_its_engine_core(monkeypatch) -> None:
 
 
 def test_served_stages_get_two_step_processes(tmp_path: Path) -> None:
-    """Two replicas overlap one batch's tail with the next batch's requests; an in-process engine gets one."""
+    """Two replicas overlap one batch's tail with the next batch's requests; in-process engines get one."""
     from lmsynth.llm import FakeModelConfig, VllmModelConfig
     from lmsynth.pipeline.run import build_pipeline
 
     served = ServedModelConfig(model="m", name="m", control_dir=tmp_path)
-    assert SERVED_REPLICAS == 2 and stage_replicas(served) == 2
-    assert stage_replicas(VllmModelConfig(model="m")) == 1 and stage_replicas(FakeModelConfig()) == 1
+    assert SERVED_REPLICAS == 2 and stage_replicas("generate", served) == 2
+    assert stage_replicas("generate", VllmModelConfig(model="m")) == 1
+    assert stage_replicas("judge", FakeModelConfig()) == 1
     demo = load_pipeline_config(constants.PIPELINES_DIR / "demo.yaml")
     runtime = {name: served.model_copy(update={"name": name}) for name in demo.models}
     pipeline = build_pipeline(demo, [], cache_root=tmp_path / "c", work_dir=tmp_path / "w", models=runtime)
     replicas = {s: pipeline.dag.get_step(s)["step"].resources.replicas for s in ("translate", "generate", "judge")}
-    assert replicas == {"translate": 2, "generate": 2, "judge": 2}
+    # translate feeds the flags global step, which two translate replicas left waiting forever.
+    assert replicas == {"translate": 1, "generate": 2, "judge": 2}
     assert pipeline.dag.get_step("records")["step"].resources.replicas == 1
 
 
