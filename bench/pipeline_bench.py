@@ -123,12 +123,15 @@ ENGINE = {"dtype": "float32", "max_model_len": 512, "kv_cache_memory_bytes": 64 
 RAW_SCRIPT = """\
 import json
 import sys
+import time
 
+t0 = time.perf_counter()
 import vllm
 
 if __name__ == "__main__":
     prompts, sampling, engine = json.loads(open(sys.argv[1]).read())
     llm = vllm.LLM(model=sys.argv[2], **engine)
+    print("RAW_START", round(time.perf_counter() - t0, 1), flush=True)
     outs = llm.chat([[{"role": "user", "content": p}] for p in prompts],
                     sampling_params=vllm.SamplingParams(**sampling), use_tqdm=False)
     print("RAW_TOKENS", sum(len(o.token_ids) for out in outs for o in out.outputs), flush=True)
@@ -179,6 +182,7 @@ generate: {{model: tiny, sampling: {json.dumps(sampling)}}}
             if side == "raw":
                 line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RAW_TOKENS"))
                 tokens[side] = int(line.split()[1])
+                raw_start = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RAW_START")).split()[1]
             else:
                 info = json.loads((out / "run.json").read_text())
                 tokens[side] = info["tokens"]["generate"]["completion_tokens"]
@@ -188,7 +192,9 @@ generate: {{model: tiny, sampling: {json.dumps(sampling)}}}
             print(f"{side:>8}: {tokens[side]} tokens, whole process {walls[side]:.1f}s = {rates[side]:,.0f} tok/s")
         starts = [e["start_s"] for e in report.get("engines", [])]
         wait, own = report.get("engine_wait_s", 0), report.get("lmsynth_s", 0)
+        print(f"raw script: import vllm + engine start {raw_start}s")
         print(f"lmsynth run: engine start {starts}s, waiting on the engine {wait:.1f}s, in lmsynth {own:.1f}s")
+        print(f"machine load average after the pair: {os.getloadavg()[0]:.1f} ({os.cpu_count()} CPUs)")
         print(f"ratio (whole lmsynth run / whole raw script, tok/s): {rates['lmsynth'] / rates['raw']:.3f}")
 
 

@@ -29,6 +29,7 @@ EXCLUDED_FIELDS: dict[str, str] = {
     "timeout_s": "request timeout",
     "base_urls": "which servers host the model (the model id and revision identify it)",
     "max_num_seqs": "engine scheduling",
+    "max_num_batched_tokens": "engine scheduling",
     "gpu_memory_utilization": "engine memory sizing",
     "kv_cache_memory_bytes": "engine memory sizing",
     "enforce_eager": "CUDA graphs or not: same sampling",

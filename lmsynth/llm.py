@@ -67,6 +67,7 @@ class VllmModelConfig(StrictModel):
     tensor_parallel_size: int = Field(1, ge=1)
     max_model_len: int | None = Field(None, ge=64)
     max_num_seqs: int | None = Field(None, ge=1)
+    max_num_batched_tokens: int | None = Field(None, ge=1, description="Tokens per engine step (vLLM's default).")
     gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
     kv_cache_memory_bytes: int | None = Field(None, ge=1 << 20, description="Explicit KV size (needed on CPU).")
     enforce_eager: bool = False
@@ -187,6 +188,7 @@ class VllmChatModel:
         optional = {
             "max_model_len": c.max_model_len,
             "max_num_seqs": c.max_num_seqs,
+            "max_num_batched_tokens": c.max_num_batched_tokens,
             "gpu_memory_utilization": c.gpu_memory_utilization,
             "kv_cache_memory_bytes": c.kv_cache_memory_bytes,
         }

