@@ -16,7 +16,7 @@ from lmsynth.config import StrictModel
 from lmsynth.errors import InputRecordError
 from lmsynth.fingerprint import FINGERPRINT_VERSION
 from lmsynth.io import parse_line, read_jsonl, write_json
-from lmsynth.llm import SamplingConfig
+from lmsynth.sampling import SamplingConfig
 
 
 if TYPE_CHECKING:

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 from lmsynth.io import atomic_path
-from lmsynth.llm import SamplingConfig
 from lmsynth.records import (
     PREPARED_INSTRUCTIONS,
     PREPARED_MARKER,
@@ -33,6 +32,7 @@ from lmsynth.records import (
     record_counts,
     write_run_info,
 )
+from lmsynth.sampling import SamplingConfig
 
 
 Shape = Literal["v0.5", "v0.3", "v0.1"]

@@ -11,8 +11,9 @@ from collections.abc import Sequence
 from pydantic import Field
 
 from lmsynth.config import StrictModel
-from lmsynth.llm import ChatModel, SamplingConfig
+from lmsynth.llm import ChatModel
 from lmsynth.pipeline.rows import GenerateOutput, PipelineRow, Usage
+from lmsynth.sampling import SamplingConfig
 
 
 class EnglishResponses(StrictModel):

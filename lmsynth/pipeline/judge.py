@@ -24,10 +24,11 @@ from typing import Annotated, Any, Literal
 from pydantic import Field
 
 from lmsynth.config import StrictModel
-from lmsynth.llm import ChatModel, SamplingConfig
+from lmsynth.llm import ChatModel
 from lmsynth.pipeline.prompts import PromptPath, default_prompt, read_prompt, render
 from lmsynth.pipeline.reask import ReaskSettings, ask
 from lmsynth.pipeline.rows import JudgeOutput, PipelineRow, Usage
+from lmsynth.sampling import SamplingConfig
 
 
 JUDGE_SAMPLING = SamplingConfig(n=1, temperature=0.0, top_p=1.0, max_tokens=1024)

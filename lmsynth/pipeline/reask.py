@@ -18,8 +18,9 @@ from typing import Generic, TypeVar
 from pydantic import Field
 
 from lmsynth.config import StrictModel
-from lmsynth.llm import ChatMessages, ChatModel, Completion, SamplingConfig
+from lmsynth.llm import ChatMessages, ChatModel, Completion
 from lmsynth.pipeline.rows import Usage
+from lmsynth.sampling import SamplingConfig
 
 
 T = TypeVar("T")

@@ -12,12 +12,13 @@ from collections.abc import Sequence
 
 from pydantic import Field
 
-from lmsynth.llm import ChatModel, SamplingConfig
+from lmsynth.llm import ChatModel
 from lmsynth.pipeline.prompts import PromptPath, default_prompt, read_prompt, render
 from lmsynth.pipeline.reask import ReaskSettings, ask
 from lmsynth.pipeline.rows import PipelineRow, SecondTurnOutput
 from lmsynth.pipeline.translate import clean_translation
 from lmsynth.records import Message
+from lmsynth.sampling import SamplingConfig
 
 
 class SecondTurnConfig(ReaskSettings):

@@ -12,9 +12,10 @@ from collections.abc import Sequence
 from pydantic import Field
 
 from lmsynth.config import StrictModel
-from lmsynth.llm import ChatModel, SamplingConfig
+from lmsynth.llm import ChatModel
 from lmsynth.pipeline.prompts import PromptPath, default_prompt, read_prompt, render
 from lmsynth.pipeline.rows import PipelineRow, TranslateOutput, Usage
+from lmsynth.sampling import SamplingConfig
 
 
 class TranslateConfig(StrictModel):

@@ -6,7 +6,6 @@ import json
 
 import pytest
 
-from lmsynth.llm import SamplingConfig
 from lmsynth.pipeline.judge import (
     SingleJudgeConfig,
     UltraFeedbackJudgeConfig,
@@ -18,6 +17,7 @@ from lmsynth.pipeline.judge import (
     ultrafeedback_score,
 )
 from lmsynth.pipeline.reask import ReaskSettings, ask
+from lmsynth.sampling import SamplingConfig
 from tests.pipeline.factories import fake, make_row
 
 

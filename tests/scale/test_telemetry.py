@@ -212,8 +212,9 @@ class TestSpans:
         assert step.span_s == 3.0 and step.busy_s == 2.5 and step.batches == 3
 
     def test_metered_model_counts_usage_and_excludes_start_up(self) -> None:
-        from lmsynth.llm import FakeChatModel, FakeModelConfig, SamplingConfig
+        from lmsynth.llm import FakeChatModel, FakeModelConfig
         from lmsynth.pipeline.telemetry.metering import MeteredChatModel
+        from lmsynth.sampling import SamplingConfig
 
         class SlowStart:
             model_id, revision = "m", None
