@@ -16,7 +16,7 @@ Whatever is left becomes a `TargetError` subclass whose message says what to do:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 from lmsynth import constants
@@ -116,32 +116,34 @@ def hub_error(e: BaseException, *, target: str, action: str, attempts: int = 1) 
 
 def http_status(e: BaseException) -> int | None:
     """The HTTP status behind `e` or any exception it wraps, if there is one."""
-    seen: set[int] = set()
-    cur: BaseException | None = e
-    while cur is not None and id(cur) not in seen:
-        seen.add(id(cur))
+    for cur in _chain(e):
         response = getattr(cur, "response", None)
         status = getattr(response, "status_code", None) or getattr(cur, "status_code", None)
         if isinstance(status, int):
             return status
-        cur = cur.__cause__ or cur.__context__
     return None
 
 
 def is_network_error(e: BaseException) -> bool:
     """Whether `e` (or what it wraps) is a connection / timeout failure rather than an answer."""
+    return any(
+        isinstance(cur, (ConnectionError, TimeoutError)) or type(cur).__name__ in _NETWORK_ERROR_NAMES
+        for cur in _chain(e)
+    )
+
+
+# Private helpers
+
+
+def _chain(e: BaseException) -> Iterator[BaseException]:
+    """`e`, then what it was raised from or during, each once (a chain can loop)."""
     seen: set[int] = set()
     cur: BaseException | None = e
     while cur is not None and id(cur) not in seen:
         seen.add(id(cur))
-        name = type(cur).__name__
-        if isinstance(cur, (ConnectionError, TimeoutError)) or name in _NETWORK_ERROR_NAMES:
-            return True
+        yield cur
         cur = cur.__cause__ or cur.__context__
-    return False
 
-
-# Private helpers
 
 # httpx/httpx2 (huggingface_hub), requests (modelscope) and modelscope_hub network errors, by name: matching
 # names keeps this module free of the clients' imports.
