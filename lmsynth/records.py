@@ -223,7 +223,7 @@ class Usage(StrictModel):
         )
 
 
-class ModelRef(StrictModel):
+class StageModel(StrictModel):
     """Which model a stage used."""
 
     backend: str
@@ -253,9 +253,9 @@ class RunInfo(StrictModel):
     fingerprint_version: int = FINGERPRINT_VERSION
     input_digest: str
     stage_fingerprints: dict[str, str]
-    models: dict[str, ModelRef] = Field(description="Stage → model (translate, generate, judge, second_turn).")
-    generator: ModelRef
-    judge: ModelRef | None = None
+    models: dict[str, StageModel] = Field(description="Stage → model (translate, generate, judge, second_turn).")
+    generator: StageModel
+    judge: StageModel | None = None
     sampling: dict[str, SamplingConfig]
     counts: RunCounts
     tokens: dict[str, Usage] = Field(description="Tokens per stage, over all rows (cached or not).")

@@ -24,9 +24,9 @@ from lmsynth.records import (
     RUN_RECORDS_DIR,
     RUN_UNSAFE_DIR,
     InstructionRecord,
-    ModelRef,
     RunCounts,
     RunInfo,
+    StageModel,
     SynthRecord,
     Usage,
     record_counts,
@@ -209,7 +209,7 @@ def synthetic_run_info(records: Iterable[SynthRecord], *, unsafe: int, shape: Sh
         generated += Usage(requests=int(bool(lengths)), completion_tokens=sum(lengths))
     counts["unsafe"] = unsafe
     counts["translated"] = counts["instructions"] - counts["empty"] + unsafe
-    model = ModelRef(backend="fake", model="lmsynth/synthetic")
+    model = StageModel(backend="fake", model="lmsynth/synthetic")
     responses = SamplingConfig(n=DEFAULT_RESPONSES[shape])
     return RunInfo(
         pipeline=f"synthetic-{shape}",

@@ -53,9 +53,9 @@ from lmsynth.records import (
     RUN_RECORDS_DIR,
     RUN_UNSAFE_DIR,
     InstructionRecord,
-    ModelRef,
     RunCounts,
     RunInfo,
+    StageModel,
     Usage,
     write_run_info,
 )
@@ -576,8 +576,8 @@ class ShardedWriter:
         self._file = open(self.folder / f"part-{k:05d}.jsonl", "w", encoding="utf-8")  # noqa: SIM115
 
 
-def _ref(model: Any) -> ModelRef:
-    return ModelRef(backend=model.backend, model=model.model, revision=model_revision(model))
+def _ref(model: Any) -> StageModel:
+    return StageModel(backend=model.backend, model=model.model, revision=model_revision(model))
 
 
 class RunTotals:
