@@ -127,10 +127,15 @@ def parse_line(line: str, model: type[M], *, path: Path | str, lineno: int | Non
         raise InputRecordError(path, lineno, dotted(first["loc"]) or None, first["msg"]) from e
 
 
+def write_text(path: Path | str, text: str) -> None:
+    """Write UTF-8 text atomically: readers see the whole file or none of it."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
 def write_json(path: Path | str, data: object) -> None:
     """Write canonical, sorted, indented JSON atomically (deterministic bytes)."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_text(path, json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
 
 
 def sha256_file(path: Path | str, *, chunk: int = 1 << 20) -> str:

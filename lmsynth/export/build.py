@@ -35,7 +35,7 @@ from lmsynth.export.rows import (
     sft_row,
     split_of,
 )
-from lmsynth.io import atomic_dir, atomic_path
+from lmsynth.io import atomic_dir, write_text
 from lmsynth.progress import track
 from lmsynth.recover import REPORT_FILE, RecoveredRecord, RecoverReport, iter_recovered
 from lmsynth.tree.manifest import write_manifest
@@ -264,11 +264,9 @@ def _export(
             subsets=filters.subsets or sorted(report.subsets),
             files=files,
         )
-        with atomic_path(tmp / "README.md") as card_tmp:
-            card_tmp.write_text(card, encoding="utf-8")
-        with atomic_path(tmp / "export_stats.json") as stats_tmp:
-            stats = {"config": config, "rows": writer.rows, "counts": dict(sorted(counts.items())), **options}
-            stats_tmp.write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        write_text(tmp / "README.md", card)
+        stats = {"config": config, "rows": writer.rows, "counts": dict(sorted(counts.items())), **options}
+        write_text(tmp / "export_stats.json", json.dumps(stats, indent=2, sort_keys=True) + "\n")
         # MANIFEST.json over every file, so the folder publishes through the targets like a release tree.
         write_manifest(tmp, version=report.revision)
     logger.info("exported %s rows to %s", sum(writer.rows.values()), out_dir)

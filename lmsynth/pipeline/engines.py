@@ -38,7 +38,7 @@ from typing import Any
 from pydantic import Field
 
 from lmsynth.errors import PipelineError
-from lmsynth.io import atomic_path
+from lmsynth.io import write_text
 from lmsynth.llm import OpenAIModelConfig, VllmModelConfig
 from lmsynth.pipeline.config import LLM_STAGES, PipelineConfig, stage_fingerprint
 from lmsynth.procs import descendants, reap_on_death, terminate
@@ -321,12 +321,12 @@ class EngineSet:
             if not self._stop.is_set():
                 self._fail(name, str(e))
             return
-        _write_atomic(self.control_dir / f"{name}.url", server.url + "\n")
+        write_text(self.control_dir / f"{name}.url", server.url + "\n")
 
     def _fail(self, name: str, message: str) -> None:
         logger.error("%s", message)
         self.failures.append(message)
-        _write_atomic(self.control_dir / f"{name}.error", message + "\n")
+        write_text(self.control_dir / f"{name}.error", message + "\n")
 
     def close(self) -> None:
         """Stop every server (in parallel: each may take its grace period)."""
@@ -513,12 +513,6 @@ def _end_workers_later(grace_s: float = WORKER_GRACE_S) -> None:
             terminate(workers, grace_s=5)
 
     threading.Thread(target=_sweep, name="lmsynth-end-workers", daemon=True).start()
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Readers poll for the file: it appears whole or not at all."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
 
 
 def _cpu_build() -> bool:

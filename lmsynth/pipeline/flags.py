@@ -12,7 +12,7 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
-from lmsynth.io import atomic_path
+from lmsynth.io import write_text
 from lmsynth.pipeline.rows import FlagsOutput, PipelineRow
 
 
@@ -39,8 +39,7 @@ class FirstSeen:
 
     def write(self, path: Path | str) -> None:
         """Save for the flags step of the next window (atomically)."""
-        with atomic_path(path) as tmp:
-            tmp.write_text(json.dumps(self.first, separators=(",", ":")), encoding="utf-8")
+        write_text(path, json.dumps(self.first, separators=(",", ":")))
 
     @classmethod
     def read(cls, path: Path | str) -> FirstSeen:

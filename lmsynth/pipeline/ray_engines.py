@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from lmsynth.errors import PipelineError
-from lmsynth.io import atomic_path
+from lmsynth.io import write_text
 from lmsynth.llm import VllmModelConfig
 from lmsynth.pipeline.engines import START_TIMEOUT_S, STOP_GRACE_S, EngineServer
 from lmsynth.pipeline.ray_exec import ResourcePlan, StepDemand, check_resources, gpu_vllm_installed
@@ -143,5 +143,4 @@ class RayEngineServer(EngineServer):
 
     def _save_log(self, text: str) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(self.log_path) as tmp:
-            tmp.write_text(text, encoding="utf-8")
+        write_text(self.log_path, text)

@@ -20,7 +20,7 @@ from pathlib import Path
 from pydantic import Field
 
 from lmsynth.config import StrictModel
-from lmsynth.io import atomic_path, dump_json_line
+from lmsynth.io import dump_json_line, write_text
 from lmsynth.pipeline.assemble import to_synth_record, to_unsafe_record
 from lmsynth.pipeline.flags import FirstSeen
 from lmsynth.pipeline.rows import PipelineRow
@@ -62,8 +62,7 @@ def finish_rows(
         summaries.append(_summary(row, record, llm_stages=llm_stages, judged=judged))
     if lines:
         path = records_dir / f"{summaries[0].row_index:012d}-{os.getpid()}.txt"
-        with atomic_path(path) as tmp:
-            tmp.write_text("".join(lines), encoding="utf-8")
+        write_text(path, "".join(lines))
     return summaries
 
 

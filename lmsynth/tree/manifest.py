@@ -23,7 +23,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from lmsynth import __version__
 from lmsynth.config import StrictModel, dotted
 from lmsynth.errors import ChecksumError
-from lmsynth.io import atomic_path, sha256_file
+from lmsynth.io import sha256_file, write_text
 from lmsynth.progress import track
 from lmsynth.tree.layout import MANIFEST_FILE
 
@@ -207,8 +207,7 @@ def write_manifest(
         subsets=dict(subsets or {}),
         files=file_entries(tree, known=known),
     )
-    with atomic_path(Path(tree) / MANIFEST_FILE) as tmp:
-        tmp.write_text(manifest.to_json(), encoding="utf-8")
+    write_text(Path(tree) / MANIFEST_FILE, manifest.to_json())
     return manifest
 
 
