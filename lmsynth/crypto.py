@@ -173,3 +173,106 @@ def _gpg() -> Iterator[object]:
 def _status(res: object) -> str:
     status = getattr(res, "status", None) or "unknown status"
     return " ".join(str(status).split())
+
+
+@contextlib.contextmanager
+def decrypt_stream(src: IO[bytes], *, passphrase: SecretStr, name: str) -> Iterator[IO[bytes]]:
+    """Yield the plaintext of the OpenPGP stream `src` as gpg writes it: nothing decrypted touches the disk.
+
+    For files too large to decrypt into a scratch copy first (a Hub download read as it arrives). gpg gets
+    the passphrase on a pipe of its own (`--passphrase-fd`), never in argv or its environment, which holds
+    only its GnuPG home and PATH. The caller must read the stream to its end; gpg's verdict is checked when
+    the block ends, so a truncated or tampered file fails there even after the plaintext looked fine.
+
+    Raises:
+        PassphraseError: the passphrase does not decrypt `src` (names `name`).
+        EncryptionError: `src` is not OpenPGP data, or gpg failed otherwise (names `name`).
+    """
+    import os
+    import subprocess
+    import threading
+
+    secret = _check_passphrase(passphrase)
+    home = Path(tempfile.mkdtemp(prefix="lg"))  # short: the agent socket path has a length limit
+    scratch.register_gnupg_home(home)
+    read_fd, write_fd = os.pipe()
+    try:
+        os.write(write_fd, secret.encode("utf-8") + b"\n")  # one line, far below a pipe's buffer
+    finally:
+        os.close(write_fd)
+    env = {"GNUPGHOME": str(home), "PATH": os.environ.get("PATH", os.defpath), "LC_ALL": "C"}
+    args = ["gpg", "--batch", "--no-tty", "--quiet", "--pinentry-mode", "loopback", "--no-symkey-cache"]
+    args += ["--passphrase-fd", str(read_fd), "--status-fd", "2", "--decrypt"]
+    try:
+        proc = subprocess.Popen(  # noqa: S603 — fixed argv, no secret in it
+            args,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            pass_fds=(read_fd,),
+            env=env,
+        )
+    except OSError as e:
+        scratch.remove_gnupg_home(home)
+        raise EncryptionError(f"{name}: cannot run gpg ({e.strerror or e})") from None
+    finally:
+        os.close(read_fd)
+    errors: list[bytes] = []
+    feed_error: list[BaseException] = []
+
+    def feed() -> None:
+        try:
+            while block := src.read(1 << 20):
+                proc.stdin.write(block)  # type: ignore[union-attr]
+        except BrokenPipeError:
+            pass  # gpg stopped reading: its exit status says why
+        except Exception as e:  # noqa: BLE001 — handed back to the calling thread
+            feed_error.append(e)
+        finally:
+            with contextlib.suppress(OSError):
+                proc.stdin.close()  # type: ignore[union-attr]
+
+    threads = [
+        threading.Thread(target=feed, daemon=True),
+        threading.Thread(target=lambda: errors.append(proc.stderr.read()), daemon=True),  # type: ignore[union-attr]
+    ]
+    for t in threads:
+        t.start()
+
+    def verdict() -> Exception | None:
+        for t in threads:
+            t.join()
+        status = b"".join(errors).decode("utf-8", "replace")
+        if "BAD_PASSPHRASE" in status or "Bad session key" in status:
+            return PassphraseError(f"the passphrase does not decrypt {name}")
+        if feed_error:
+            return EncryptionError(f"{name}: cannot read ({type(feed_error[0]).__name__}: {feed_error[0]})")
+        if proc.returncode != 0:
+            if "NODATA" in status:
+                return EncryptionError(f"{name}: not an OpenPGP file")
+            failure = next((ln for ln in status.splitlines() if ln.startswith("gpg:")), f"exit {proc.returncode}")
+            return EncryptionError(f"{name}: gpg could not decrypt ({failure.removeprefix('gpg: ')})")
+        return None
+
+    try:
+        yield proc.stdout  # type: ignore[misc]
+        while proc.stdout.read(1 << 20):  # type: ignore[union-attr]  # the rest: gpg checks integrity at the end
+            pass
+        proc.wait()
+    except BaseException as e:
+        # A failed read of the plaintext (not gzip, cut short) is usually gpg's own failure: report that one.
+        proc.stdout.close()  # type: ignore[union-attr]
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        err = verdict() if isinstance(e, Exception) else None
+        if err is not None and (isinstance(err, PassphraseError) or proc.returncode != 0):
+            raise err from None
+        raise
+    finally:
+        scratch.remove_gnupg_home(home)
+    err = verdict()
+    if err is not None:
+        raise err

@@ -18,6 +18,7 @@ import shutil
 import sqlite3
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationError
 
@@ -69,6 +70,9 @@ class SubsetRecovery(StrictModel):
     missing_in_source: int = Field(ge=0, description="Records written without a source row (no EN instruction).")
     missing_instruction: int = Field(ge=0, description="Public rows without a JA instruction (skipped).")
     unsafe_included: int = Field(ge=0, description="Moderation-flagged records written (only with --include-unsafe).")
+    failed_scores: int | None = Field(
+        None, ge=0, description="Original release: judge failures it wrote as score -1, recovered as null."
+    )
     files: list[str] = Field(default_factory=list)
     license: SubsetLicense = Field(default_factory=SubsetLicense)
 
@@ -78,6 +82,10 @@ class RecoverReport(StrictModel):
 
     target: str
     revision: str
+    commit: str | None = Field(None, description="The Hub commit the release was read at, when pinned.")
+    layout: Literal["lmsynth", "original"] = Field(
+        "lmsynth", description="`original`: the tokyotech-llm release layout (records keep its extra fields)."
+    )
     include_unsafe: bool
     source_rows: int = Field(ge=0)
     subsets: dict[str, SubsetRecovery]
@@ -169,10 +177,10 @@ def recover(
     return RecoverResult(out_dir=out_dir, report=report)
 
 
-def iter_recovered(path: Path | str) -> Iterator[RecoveredRecord]:
-    """Stream the records of one recovered subset folder (shards in name order)."""
+def iter_recovered(path: Path | str, model: type[RecoveredRecord] | None = None) -> Iterator[RecoveredRecord]:
+    """Stream the records of one recovered subset folder (shards in name order) as `model` (RecoveredRecord)."""
     for f in sorted(Path(path).glob("*.jsonl")):
-        yield from read_jsonl(f, RecoveredRecord)
+        yield from read_jsonl(f, model or RecoveredRecord)
 
 
 def restore_multiturn(record: SynthRecord, instruction: str) -> list[list[Message]] | None:
@@ -364,7 +372,7 @@ def _merge_subset(store: _Store, tree: Path, subset: str, *, out: Path, gated: i
         for cid, content, unsafe in _cursor_rows(leftovers):
             yield complete(SynthRecord(conversation_id=cid), content, unsafe)
 
-    files = _write_shards(records(), out / subset)
+    files = write_shards(records(), out / subset)
     written = counts["merged"] + counts["missing_in_source"]
     return SubsetRecovery(gated_instructions=gated, written=written, files=files, **counts)
 
@@ -374,7 +382,7 @@ def _cursor_rows(cursor: sqlite3.Cursor) -> Iterator[tuple]:
         yield from rows
 
 
-def _write_shards(records: Iterable[RecoveredRecord], folder: Path) -> list[str]:
+def write_shards(records: Iterable[RecoveredRecord], folder: Path) -> list[str]:
     """Write records as `recovered-NNNNN.jsonl` shards of SHARD_ROWS lines; return the file names."""
     folder.mkdir(parents=True, exist_ok=True)
     names: list[str] = []

@@ -51,37 +51,64 @@ TagOpt = Annotated[str | None, typer.Option("--tag", help="Tag for --push (defau
 @app.command("recover")
 def recover_cmd(
     target: FromOpt = None,
-    revision: Annotated[str, typer.Option("--revision", help="Release tag to recover, e.g. v0.5.")] = "v0.5",
+    revision: Annotated[
+        str | None, typer.Option("--revision", help="Release tag to recover (default v0.5), or a Hub revision.")
+    ] = None,
     source: SourceOpt = None,
     out_dir: OutOpt = Path("recovered"),
     passphrase_file: PassphraseFileOpt = None,
     include_unsafe: Annotated[bool, typer.Option("--include-unsafe", help="Use the `+unsafe` set.")] = False,
+    subset: Annotated[
+        list[str] | None,
+        typer.Option("--subset", help="Original release only: llama3.1, gemma2 or gemma3 (repeatable)."),
+    ] = None,
 ) -> None:
     """Recover complete records: public fields + decrypted JA instructions + the source's English instruction.
 
+    Reads lmsynth's releases and the original tokyotech-llm/lmsys-chat-1m-synth layout (recognised by its files).
+
     \b
     Example: lmsynth recover --from hub --revision v0.5 --source lmsys-chat-1m/ --out recovered
+    Example: lmsynth recover --from hf://datasets/tokyotech-llm/lmsys-chat-1m-synth --subset gemma3
+             --source lmsys-chat-1m/ --passphrase-file key.txt --out recovered
     """
+    from lmsynth.errors import ArgumentError
+    from lmsynth.original.layout import detect
     from lmsynth.passphrase import resolve_passphrase
     from lmsynth.progress import enabled
     from lmsynth.recover import recover
 
-    passphrase = resolve_passphrase(passphrase_file=passphrase_file, source=None) if passphrase_file else None
-    with enabled():
-        res = recover(
-            target or "hub",
-            revision=revision,
-            source=source,
-            out_dir=out_dir,
-            passphrase=passphrase,
-            include_unsafe=include_unsafe,
-        )
+    original = detect(target or "hub", revision=revision)
+    if original is not None:
+        from lmsynth.original.recover import original_passphrase, recover_original
+
+        key = original_passphrase(passphrase_file)
+        with enabled():
+            res = recover_original(
+                original, subsets=subset, source=source, out_dir=out_dir, passphrase=key, include_unsafe=include_unsafe
+            )
+    else:
+        if subset:
+            raise ArgumentError(
+                "--subset", "applies to the original release layout only (lmsynth releases recover all)"
+            )
+        passphrase = resolve_passphrase(passphrase_file=passphrase_file, source=None) if passphrase_file else None
+        with enabled():
+            res = recover(
+                target or "hub",
+                revision=revision or "v0.5",
+                source=source,
+                out_dir=out_dir,
+                passphrase=passphrase,
+                include_unsafe=include_unsafe,
+            )
     counts = {
         name: f"{s.written} written, {s.merged} merged, {s.missing_in_source} missing in source, "
         f"{s.unsafe_included} unsafe"
+        + (f", {s.failed_scores} failed scores (-1) as null" if s.failed_scores is not None else "")
         for name, s in res.report.subsets.items()
     }
-    out.result(f"Recovered {revision}", out=res.out_dir, **counts)
+    out.result(f"Recovered {res.report.revision}", out=res.out_dir, **counts)
 
 
 @export_app.command("sft")
@@ -96,6 +123,12 @@ def export_sft_cmd(
     exclude_templates: ExcludeTemplatesOpt = False,
     min_score: MinScoreOpt = None,
     drop_repetitions: DropRepOpt = False,
+    include_failed_scores: Annotated[
+        bool,
+        typer.Option(
+            "--include-failed-scores", help="Let a response whose rating failed be chosen, below scored ones."
+        ),
+    ] = False,
     test_size: TestSizeOpt = 0.0,
     seed: SeedOpt = 0,
     subset: SubsetOpt = None,
@@ -121,6 +154,7 @@ def export_sft_cmd(
             exclude_templates=exclude_templates,
             min_score=min_score,
             drop_repetitions=drop_repetitions,
+            include_failed_scores=include_failed_scores,
             test_size=test_size,
             seed=seed,
             subsets=subset,

@@ -70,6 +70,7 @@ def export_sft(
     exclude_templates: bool = False,
     min_score: float | None = None,
     drop_repetitions: bool = False,
+    include_failed_scores: bool = False,
     test_size: float = 0.0,
     seed: int = 0,
     subsets: list[str] | None = None,
@@ -85,6 +86,8 @@ def export_sft(
         exclude_templates: drop template instructions.
         min_score: drop instructions whose best JA score is below this (EN responses carry no score).
         drop_repetitions: responses flagged as repetitions are never chosen.
+        include_failed_scores: a response whose rating failed may be chosen, below every scored one (for an
+            instruction none of whose ratings could be read); never with `min_score`, which it cannot pass.
         test_size: fraction of conversations in the `test` split.
         seed: changes which conversations land in `test`.
         subsets: recovered subsets to read (default: all).
@@ -113,11 +116,18 @@ def export_sft(
     def rows() -> Iterator[tuple[str, SFTRow]]:
         for rec in _records(input_dir, filters, counts):
             for row_lang in ("ja", "en") if lang == "both" else (lang,):
-                row = sft_row(rec, lang=row_lang, field=field, filters=filters, counts=counts)
+                row = sft_row(
+                    rec,
+                    lang=row_lang,
+                    field=field,
+                    filters=filters,
+                    counts=counts,
+                    include_failed=include_failed_scores,
+                )
                 if row is not None:
                     yield rec.conversation_id, row
 
-    options = {"lang": lang, "field": field}
+    options = {"lang": lang, "field": field, "include_failed_scores": include_failed_scores}
     return _export("sft", input_dir, rows(), out_dir=out_dir, filters=filters, counts=counts, options=options)
 
 
@@ -209,8 +219,9 @@ def _records(input_dir: Path | str, filters: ExportFilters, counts: Counter[str]
     unknown = sorted(set(names) - set(report.subsets))
     if unknown:
         raise ExportError(f"`subsets`: {', '.join(unknown)} not in {input_dir} (has: {', '.join(report.subsets)})")
+    model = _record_model(report)
     for name in names:
-        for rec in track(iter_recovered(input_dir / name), f"Exporting {name}"):
+        for rec in track(iter_recovered(input_dir / name, model), f"Exporting {name}"):
             counts["records"] += 1
             if rec.duplicate_user_instruction_ja is not None:
                 counts[DROP_DUPLICATE] += 1
@@ -222,6 +233,15 @@ def _records(input_dir: Path | str, filters: ExportFilters, counts: Counter[str]
                 counts[DROP_TEMPLATE] += 1
             else:
                 yield rec
+
+
+def _record_model(report: RecoverReport) -> type[RecoveredRecord]:
+    """The original release's records keep fields lmsynth does not know; lmsynth's own are read strictly."""
+    if report.layout == "original":
+        from lmsynth.original.models import OriginalRecoveredRecord
+
+        return OriginalRecoveredRecord
+    return RecoveredRecord
 
 
 def _ja_instruction(rec: RecoveredRecord) -> str:

@@ -59,10 +59,17 @@ class ExportFilters(StrictModel):
     subsets: list[str] | None = None
 
 
-def best_index(rec: RecoveredRecord, *, drop_repetitions: bool) -> int | None:
-    """Index of the highest-scoring usable JA response (ties → lowest index), or None if none is usable."""
+def best_index(rec: RecoveredRecord, *, drop_repetitions: bool, include_failed: bool = False) -> int | None:
+    """Index of the highest-scoring usable JA response (ties → lowest index), or None if none is usable.
+
+    With `include_failed`, a response whose rating failed ranks below every scored one instead of never.
+    """
     usable = _usable(rec, drop_repetitions=drop_repetitions)
-    return min(usable, key=lambda i: (-usable[i], i)) if usable else None
+    if usable:
+        return min(usable, key=lambda i: (-usable[i], i))
+    if include_failed:
+        return next(iter(_usable(rec, drop_repetitions=drop_repetitions, failed=True)), None)
+    return None
 
 
 def worst_index(rec: RecoveredRecord, *, drop_repetitions: bool) -> int | None:
@@ -72,22 +79,29 @@ def worst_index(rec: RecoveredRecord, *, drop_repetitions: bool) -> int | None:
 
 
 def sft_row(
-    rec: RecoveredRecord, *, lang: Literal["ja", "en"], field: SFTField, filters: ExportFilters, counts: Counter[str]
+    rec: RecoveredRecord,
+    *,
+    lang: Literal["ja", "en"],
+    field: SFTField,
+    filters: ExportFilters,
+    counts: Counter[str],
+    include_failed: bool = False,
 ) -> SFTRow | None:
     """The SFT row of one record in one language, or None (counting why)."""
     if lang == "en":
-        instruction = rec.conversation[0].content if rec.conversation else ""
+        # The first user turn: a recovered original-release record holds the source's whole conversation.
+        instruction = next((m.content for m in rec.conversation if m.role == "user"), "")
         if not instruction.strip() or not rec.synthesized_assistant_responses_en:
             counts[DROP_NO_EN] += 1
             return None
         counts[KEPT] += 1
         return SFTRow(messages=[Message(role="user", content=instruction), rec.synthesized_assistant_responses_en[0]])
-    best = best_index(rec, drop_repetitions=filters.drop_repetitions)
+    best = best_index(rec, drop_repetitions=filters.drop_repetitions, include_failed=include_failed)
     if best is None:
         counts[DROP_NO_SCORE] += 1
         return None
     score = rec.synthesized_response_scoring_annotations[best].preference_score
-    if filters.min_score is not None and score is not None and score < filters.min_score:
+    if filters.min_score is not None and (score is None or score < filters.min_score):
         counts[DROP_MIN_SCORE] += 1
         return None
     counts[KEPT] += 1
@@ -140,12 +154,15 @@ def split_of(conversation_id: str, *, test_size: float, seed: int) -> str:
 # Private helpers
 
 
-def _usable(rec: RecoveredRecord, *, drop_repetitions: bool) -> dict[int, float]:
-    """`{index: score}` of the JA responses that may be chosen: scored (never a failure), optionally non-repeating."""
+def _usable(rec: RecoveredRecord, *, drop_repetitions: bool, failed: bool = False) -> dict[int, float]:
+    """`{index: score}` of the JA responses that may be chosen: scored (never a failure), optionally non-repeating.
+
+    `failed=True` gives the failed ones instead (score 0.0 as a placeholder, never compared with a real one).
+    """
     usable: dict[int, float] = {}
     n = len(rec.synthesized_assistant_responses)
     for i, ann in enumerate(rec.synthesized_response_scoring_annotations[:n]):
-        if ann.preference_score is None or (drop_repetitions and ann.repetition_flag):
+        if (ann.preference_score is None) != failed or (drop_repetitions and ann.repetition_flag):
             continue
-        usable[i] = ann.preference_score
+        usable[i] = ann.preference_score or 0.0
     return usable
