@@ -224,6 +224,28 @@ class TestRefusals:
         with pytest.raises(InputRecordError, match=r"gemma3-lmsys-chat-1m-synth-ja\+en.jsonl.gz: line 1: not gzipped"):
             recover(root, source, tmp_path / "out")
 
+    def test_public_file_cut_short_or_empty(self, release: Path, source: str, tmp_path: Path) -> None:
+        root = copy_with(release, tmp_path, f"dataset/{GEMMA3}", GEMMA3_RECORDS)
+        public = root / "dataset" / GEMMA3
+        data = public.read_bytes()
+        public.write_bytes(data[: len(data) - 40])  # a download that stopped early
+        with pytest.raises(InputRecordError, match=r": line \d+: cut short or damaged after line \d+"):
+            recover(root, source, tmp_path / "out")
+        write_gz_lines(public, [])
+        with pytest.raises(InputRecordError, match="holds no records"):
+            recover(root, source, tmp_path / "out")
+        assert not (tmp_path / "out").exists()
+
+    def test_out_may_not_replace_an_input(self, release: Path, source: str, tmp_path: Path) -> None:
+        for out in (release, release.parent, Path(source)):
+            with pytest.raises(ArgumentError, match="would replace the input"):
+                recover(release, source, out)
+        assert (release / layout.GATED_DEFAULT).is_file() and Path(source).is_file()
+
+    def test_revision_of_a_local_copy_is_refused(self, release: Path) -> None:
+        with pytest.raises(SourceError, match="a local copy has no revisions"):
+            detect(str(release), revision="v0.5")
+
     def test_ja_file_not_this_layout(self, source: str, tmp_path: Path) -> None:
         root = write_release(tmp_path / "r", gemma3=GEMMA3_RECORDS, ja=[{"conversation_id": IDS[0], "text": "x"}])
         with pytest.raises(InputRecordError) as err:

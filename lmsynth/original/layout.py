@@ -49,7 +49,13 @@ def detect(uri: str, *, revision: str | None = None) -> RunInput | None:
     if "://" in uri:
         return None
     path = Path(uri).expanduser()
-    return as_input(path) if (path / GATED_DEFAULT).is_file() else None
+    if not (path / GATED_DEFAULT).is_file():
+        return None
+    if revision:
+        raise SourceError(
+            uri, f"a local copy has no revisions: drop --revision {revision} (or read {HUB_PREFIX}...@REV)"
+        )
+    return as_input(path)
 
 
 def canonical_subset(name: str) -> str:

@@ -25,7 +25,7 @@ from pydantic import SecretStr, ValidationError
 
 from lmsynth import constants
 from lmsynth.config import dotted
-from lmsynth.errors import InputRecordError, PassphraseError, SourceError
+from lmsynth.errors import ArgumentError, InputRecordError, PassphraseError, SourceError
 from lmsynth.io import atomic_dir, parse_line, write_json
 from lmsynth.original import layout
 from lmsynth.original.models import (
@@ -113,6 +113,7 @@ def recover_original(
     names = _subsets(root, subsets)
     files = {name: layout.subset_file(root, name) for name in names}
     out_dir = Path(out_dir)
+    _refuse_own_input(out_dir, root, source)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with scratch_dir("recover-original") as work:
         store = _Store(work / "store.sqlite")
@@ -160,6 +161,18 @@ class _Store:
         self.db.close()
 
 
+def _refuse_own_input(out_dir: Path, root: RunInput, source: str | None) -> None:
+    """`--out` replaces its folder: it must not be (or hold) the release or the source."""
+    out = out_dir.expanduser().resolve()
+    inputs = [Path(root.path)] if root.fs is None else []
+    if source is not None and Path(source).expanduser().exists():
+        inputs.append(Path(source).expanduser())
+    for inp in inputs:
+        inp = inp.resolve()
+        if out == inp or out in inp.parents:
+            raise ArgumentError("--out", f"{out_dir} would replace the input {inp}: choose another folder")
+
+
 def _subsets(root: RunInput, subsets: list[str] | None) -> list[str]:
     """The generations to recover, each with its public file present; one line naming what is missing."""
     if subsets:
@@ -188,7 +201,11 @@ def _lines(stream: IO[bytes], shown: str) -> Iterator[tuple[int, str]]:
                 except UnicodeDecodeError as e:
                     raise InputRecordError(shown, lineno, None, f"not valid UTF-8 ({e.reason})") from None
     except (gzip.BadGzipFile, EOFError, zlib.error) as e:
-        raise InputRecordError(shown, lineno + 1, None, f"not gzipped JSONL ({' '.join(str(e).split())})") from None
+        why = " ".join(str(e).split()) or type(e).__name__
+        what = "not gzipped JSONL" if lineno == 0 else f"cut short or damaged after line {lineno}"
+        raise InputRecordError(shown, lineno + 1, None, f"{what} ({why})") from None
+    if lineno == 0:
+        raise InputRecordError(shown, None, None, "holds no records (an empty file is a failed copy, not this layout)")
 
 
 def _load_instructions(store: _Store, root: RunInput, *, passphrase: SecretStr, include_unsafe: bool) -> int:
