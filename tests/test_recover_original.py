@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import stat
 from pathlib import Path
 
@@ -344,3 +345,25 @@ class TestCli:
         dpo = runner.invoke(app, ["export", "dpo", "--input", str(tmp_path / "r"), "--out", str(tmp_path / "d")])
         assert dpo.exit_code == 0, dpo.output
         assert "rows: train 3" in dpo.output
+
+
+@pytest.mark.parametrize("point", ["original.decrypting@2", "original.merging@3"])
+def test_a_killed_recover_leaves_nothing_the_next_command_does_not_clean(
+    release: Path, tmp_path: Path, point: str
+) -> None:
+    from tests.release.test_kills import _leftovers, _lmsynth
+
+    source = write_source(tmp_path / "lmsys.jsonl")
+    (tmp_path / "key.txt").write_text(KEY.get_secret_value(), encoding="utf-8")
+    args = ["recover", "--from", str(release), "--subset", "gemma3", "--source", str(source)]
+    args += ["--passphrase-file", str(tmp_path / "key.txt"), "--out", str(tmp_path / "r")]
+    killed = _lmsynth(tmp_path, *args, kill_at=point)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert _leftovers(tmp_path)["scratch"], "the kill point was not reached"
+    assert not (tmp_path / "r").exists()
+    assert _lmsynth(tmp_path, "version").returncode == 0
+    assert _leftovers(tmp_path) == {"scratch": [], "systmp": [], "agents": []}
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".r.")]  # the half-built output too
+    done = _lmsynth(tmp_path, *args)
+    assert done.returncode == 0, done.stderr
+    assert len(records(tmp_path / "r")) == 6

@@ -26,6 +26,7 @@ from pydantic import SecretStr, ValidationError
 from lmsynth import constants
 from lmsynth.config import dotted
 from lmsynth.errors import ArgumentError, InputRecordError, PassphraseError, SourceError
+from lmsynth.faults import kill_point
 from lmsynth.io import atomic_dir, parse_line, write_json
 from lmsynth.original import layout
 from lmsynth.original.models import (
@@ -224,6 +225,7 @@ def _load_instructions(store: _Store, root: RunInput, *, passphrase: SecretStr, 
             lines = _lines(gzip.GzipFile(fileobj=plain, mode="rb"), rel)
             for lineno, text in track(lines, f"Decrypting {Path(rel).name}"):
                 rec = parse_line(text, OriginalInstruction, path=rel, lineno=lineno)
+                kill_point("original.decrypting")  # gpg running, JA rows in the scratch store
                 row = (rec.conversation_id, rec.model_dump_json(), rel, lineno, unsafe)
                 try:
                     store.db.execute("INSERT INTO ja (id, json, file, line, unsafe) VALUES (?, ?, ?, ?, ?)", row)
@@ -285,6 +287,7 @@ def _merge(store: _Store, inp: RunInput | None, subset: str, *, out: Path, gated
                 if hit[1]:
                     raise InputRecordError(shown, lineno, "conversation_id", f"duplicate {rec.conversation_id!r}")
                 db.execute("UPDATE ja SET used = 1 WHERE id = ?", (rec.conversation_id,))
+                kill_point("original.merging")  # output half-written in its temporary folder
                 yield _complete(db, rec, json.loads(hit[0]), where=(shown, lineno), source=source, counts=counts)
         # The moderation-flagged instructions of the `+unsafe` set have no responses: written with their instruction.
         rows = db.execute("SELECT json, file, line FROM ja WHERE unsafe = 1 AND used = 0 ORDER BY id").fetchall()
