@@ -125,7 +125,7 @@ def main() -> None:
                 fig = run_step(step, release, source, root)
                 results.append((n, raw_mb, step, fig))
                 print(f"  {step}: {fig}", file=sys.stderr)
-    print(f"{'records':>9} {'input MB':>9} {'step':<11} {'seconds':>8} {'rows out':>9} {'peak RSS MB':>12}")
+    print(f"{'records':>9} {'JSONL MB':>9} {'step':<11} {'seconds':>8} {'rows out':>9} {'peak RSS MB':>12}")
     for n, gz_mb, step, fig in results:
         print(
             f"{n:>9,} {gz_mb:>9,.0f} {step:<11} {fig['seconds']:>8.1f} {fig['rows']:>9,} {fig['peak_rss_mb']:>12.0f}"
