@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from lmsynth.errors import ArgumentError, InputRecordError, PassphraseError, SourceError
+from lmsynth.errors import ArgumentError, EncryptionError, InputRecordError, PassphraseError, SourceError
 from lmsynth.export.build import export_dpo, export_sft
 from lmsynth.original import layout
 from lmsynth.original.layout import detect
@@ -367,3 +367,53 @@ def test_a_killed_recover_leaves_nothing_the_next_command_does_not_clean(
     done = _lmsynth(tmp_path, *args)
     assert done.returncode == 0, done.stderr
     assert len(records(tmp_path / "r")) == 6
+
+
+def test_wrong_key_file_is_one_line_on_stderr(
+    release: Path, source: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from lmsynth.cli import main
+
+    secret = tmp_path / "key.txt"
+    secret.write_text("planted-wrong-secret\n", encoding="utf-8")
+    argv = ["lmsynth", "recover", "--from", str(release), "--subset", "gemma3", "--source", source]
+    monkeypatch.setattr("sys.argv", [*argv, "--passphrase-file", str(secret), "--out", str(tmp_path / "r")])
+    with pytest.raises(SystemExit) as exc:
+        main()
+    assert exc.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0] == f"Error: the passphrase does not decrypt {layout.GATED_DEFAULT}"
+    assert "planted-wrong-secret" not in "\n".join(err)
+    assert not (tmp_path / "r").exists()
+
+
+class TestDecryptStream:
+    def test_round_trip_and_the_secret_stays_out_of_gpgs_argv_and_environment(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        import io
+        import subprocess
+
+        from lmsynth.crypto import decrypt_stream, encrypt_file
+
+        plain = tmp_path / "p.bin"
+        plain.write_bytes(b"line\n" * 100_000)
+        encrypt_file(plain, tmp_path / "p.gpg", passphrase=KEY)
+        monkeypatch.setenv("LMSYNTH_PASSPHRASE", KEY.get_secret_value())  # the child must not inherit it
+        seen: list[tuple[list[str], dict[str, str]]] = []
+        real = subprocess.Popen
+
+        def spy(args: list[str], **kw: object) -> subprocess.Popen:
+            seen.append((list(args), dict(kw.get("env") or {})))
+            return real(args, **kw)
+
+        monkeypatch.setattr(subprocess, "Popen", spy)
+        with open(tmp_path / "p.gpg", "rb") as f, decrypt_stream(f, passphrase=KEY, name="p.gpg") as out:
+            got = out.read()
+        assert got == plain.read_bytes()
+        (args, env), secret = seen[0], KEY.get_secret_value()
+        assert args[0] == "gpg" and env and secret not in " ".join(args) and secret not in " ".join(env.values())
+        assert set(env) == {"GNUPGHOME", "PATH", "LC_ALL"}
+        with pytest.raises(EncryptionError, match="^x.gpg: not an OpenPGP file$"):
+            with decrypt_stream(io.BytesIO(b"not openpgp" * 10), passphrase=KEY, name="x.gpg") as out:
+                out.read()
