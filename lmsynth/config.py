@@ -45,6 +45,7 @@ def validate_strict(model: type[M], data: Any, *, context: dict | None = None) -
 
 YAML_MAX_BYTES = 1 << 20  # lmsynth's largest YAML (a release manifest) is a few KB
 YAML_MAX_VALUES = 100_000  # scalars, lists and mappings, aliases counted at their full size each time
+YAML_MAX_DEPTH = 100  # nested lists and mappings (PyYAML composes recursively: deeper would overflow the stack)
 
 
 def read_yaml(path: Path | str) -> Any:
@@ -52,7 +53,8 @@ def read_yaml(path: Path | str) -> Any:
 
     Bounded, so that no config can exhaust memory: a file over `YAML_MAX_BYTES` is refused before it is
     parsed, and a document that expands past `YAML_MAX_VALUES` through its aliases is refused while it is
-    composed (a "billion laughs" file of a kilobyte would otherwise expand to gigabytes when validated).
+    composed (a "billion laughs" file of a kilobyte would otherwise expand to gigabytes when validated), as
+    is one nested deeper than `YAML_MAX_DEPTH`.
     Aliases within the bound stay legal: PyYAML writes them for shared values (`&id001`).
 
     Raises:
@@ -123,10 +125,18 @@ class _BoundedLoader(yaml.SafeLoader):
     def __init__(self, stream: str) -> None:
         super().__init__(stream)
         self._sizes: dict[int, int] = {}
+        self._depth = 0
 
     def compose_node(self, parent: Any, index: Any) -> Any:
         alias = self.peek_event() if self.check_event(yaml.AliasEvent) else None
-        node = super().compose_node(parent, index)
+        self._depth += 1
+        if self._depth > YAML_MAX_DEPTH:
+            line = self.peek_event().start_mark.line + 1
+            raise _TooLarge(f"line {line}: nested more than {YAML_MAX_DEPTH} levels deep: not an lmsynth config")
+        try:
+            node = super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
         if alias is not None:
             if id(node) not in self._sizes:
                 raise _TooLarge(f"line {alias.start_mark.line + 1}: YAML alias `{alias.anchor}` inside its own anchor")

@@ -88,6 +88,16 @@ def test_an_alias_bomb_of_any_shape_is_refused(tmp_path: Path) -> None:
             read_yaml(path)
 
 
+@pytest.mark.parametrize(
+    "text", ["a: " + "[" * 50_000 + "]" * 50_000, "a:\n" + "".join("  " * i + "k:\n" for i in range(1, 300))]
+)
+def test_nesting_deeper_than_the_bound_is_refused_not_a_recursion_error(text: str, tmp_path: Path) -> None:
+    path = tmp_path / "deep.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=r"deep\.yaml: line \d+: nested more than 100 levels deep"):
+        read_yaml(path)
+
+
 def test_an_oversized_file_is_refused_before_parsing(tmp_path: Path) -> None:
     path = tmp_path / "big.yaml"
     path.write_bytes(b"# " + b"x" * YAML_MAX_BYTES + b"\n")

@@ -170,3 +170,15 @@ def test_stage_cache_never_serves_an_invalid_unit(case: str, tmp_path: Path) -> 
     assert model.calls == 2
     assert sum(u.invalid for u in done) == 1 and sum(not u.cached for u in done) == 1
     assert cache.read(key, n_rows=2).outputs is not None
+
+
+def test_units_invalid_add_up_over_gathered_shards_and_old_reports_read_as_zero() -> None:
+    from lmsynth.pipeline.telemetry.report import RunReport, StepReport
+    from lmsynth.pipeline.telemetry.report_files import merge_reports
+
+    a = RunReport(instructions=2, wall_time_s=1, units_invalid=2, steps=[StepReport(step="judge", units_invalid=2)])
+    b = RunReport(instructions=3, wall_time_s=1, units_invalid=1, steps=[StepReport(step="judge", units_invalid=1)])
+    merged = merge_reports([a, b])
+    assert merged.units_invalid == 3 and merged.step("judge").units_invalid == 3
+    old = RunReport.model_validate_json('{"instructions": 1, "wall_time_s": 1.0, "steps": [{"step": "judge"}]}')
+    assert old.units_invalid == 0 and old.step("judge").units_invalid == 0
