@@ -16,6 +16,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import shutil
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
@@ -90,9 +92,11 @@ class StageCache:
         """Look unit `key` up and prove it: its checksum, its stage, fingerprint and key, and every output."""
         path = self.dir / f"{key}.json"
         try:
+            if not stat.S_ISREG(path.stat().st_mode):  # a folder or a pipe is no unit (and a pipe would block)
+                return self._invalid(path, "not a regular file")
             data = path.read_bytes()
         except FileNotFoundError:
-            return CacheRead(None)
+            return self._invalid(path, "a dangling link") if path.is_symlink() else CacheRead(None)
         except OSError as e:
             return self._invalid(path, f"cannot read: {e.strerror or e}")
         try:
@@ -120,7 +124,11 @@ class StageCache:
 
     def drop(self, key: str) -> None:
         """Remove unit `key` (an invalid one, before it is recomputed under its lock)."""
-        (self.dir / f"{key}.json").unlink(missing_ok=True)
+        path = self.dir / f"{key}.json"
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
 
     def put(self, key: str, outputs: Sequence[str]) -> Path:
         """Write a unit atomically (temp file + rename)."""

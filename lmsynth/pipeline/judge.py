@@ -147,16 +147,19 @@ def shuffled_order(n: int, *, key: str, seed: int) -> list[int]:
     return order
 
 
-def parse_ultrafeedback(text: str, *, n: int, aspect: str, quoted: Sequence[str] = ()) -> list[AspectRating]:
+def parse_ultrafeedback(
+    text: str, *, n: int, aspect: str, quoted: Sequence[str] = (), prompt: Sequence[str] = ()
+) -> list[AspectRating]:
     """Parse one aspect's answer for `n` texts (in prompt order); never raises.
 
     Texts are found by their `Output for Text k` headers (any Markdown decoration, any order; a repeated
     header counts once, the first readable copy wins); an answer with no header at all counts as the only
     text's when `n` is 1. A text without a readable rating is a failure carrying the whole answer in `raw`.
-    What the answer copied from `quoted` (its prompt, instruction and responses) is not read (`own_words`).
+    What the answer copied from its `prompt`, or from the `quoted` instruction and responses, is not read
+    (`own_words`).
     """
     text = text if isinstance(text, str) else ""
-    mine = own_words(text, quoted, readable=has_ultrafeedback_rating) if quoted else text
+    mine = own_words(text, quoted, readable=has_ultrafeedback_rating, prompt=prompt) if quoted or prompt else text
     out = []
     for bodies in _split_sections(mine, n):
         parsed = [_parse_section(b, aspect) for b in bodies]
@@ -171,21 +174,30 @@ def ultrafeedback_score(ratings: Sequence[AspectRating]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def own_words(answer: str, quoted: Iterable[str], *, readable: Callable[[str], bool]) -> str:
+def own_words(
+    answer: str, quoted: Iterable[str], *, readable: Callable[[str], bool], prompt: Iterable[str] = ()
+) -> str:
     """`answer` without what it copied from its prompt that a parser could read as a rating.
 
     A judge may echo its prompt, and an instruction or a response may hold `Rating: [[10]]` or
-    `#### Output for Text 1 ... Rating: 5`: those must not become the judge's rating. Every quoted text
-    (a prompt message, the instruction, a response) and every line of one at least `QUOTED_LINE_MIN`
-    characters long that `readable` accepts is cut from the answer wherever it appears. Shorter lines stay,
-    since the judge's own `Rating: [[7]]` or `#### Output for Text 1` may be the same text; a short quote
-    that is a whole text is still cut, so an answer that only repeats it is unreadable (and asked again).
+    `#### Output for Text 1 ... Rating: 5`: those must not become the judge's rating. Cut from the answer
+    wherever they appear and `readable` accepts them: each `prompt` message, and each `quoted` text (the
+    instruction, a response) and each line of either at least `QUOTED_LINE_MIN` characters long. Shorter
+    lines stay, since the judge's own `Rating: [[7]]` or `#### Output for Text 1` may be the same text; so
+    does a quoted text that is the whole answer (a judge whose entire answer equals a short response wrote
+    it itself as far as anyone can tell), while an answer that is only the echoed prompt reads as nothing.
     """
     answer = answer if isinstance(answer, str) else ""
+    whole = answer.strip()
     spans = set()
-    for text in quoted:
+    for text in prompt:
+        if text.strip() and text.strip() in answer and readable(text):
+            spans.add(text.strip())
+    for text in [*quoted, *prompt]:
         pieces = [text, *(ln for ln in text.splitlines() if len(ln.strip()) >= QUOTED_LINE_MIN)]
-        spans.update(p.strip() for p in pieces if p.strip() and p.strip() in answer and readable(p))
+        for piece in {p.strip() for p in pieces}:
+            if piece and piece != whole and piece in answer and readable(piece):
+                spans.add(piece)
     for span in sorted(spans, key=len, reverse=True):
         answer = answer.replace(span, "\n")
     return answer
@@ -236,8 +248,8 @@ def _judge_single(rows: Sequence[PipelineRow], *, model: ChatModel, config: Sing
             judgement, score = parse_structured_rating(text, low=config.min_score, high=config.max_score)
         else:
             i, k = jobs[j]
-            quoted = [m["content"] for m in prompts[j]] + [rows[i].instruction_ja, rows[i].generate.responses_ja[k]]
-            mine = own_words(text, quoted, readable=has_single_rating)
+            quoted = [rows[i].instruction_ja, rows[i].generate.responses_ja[k]]
+            mine = own_words(text, quoted, readable=has_single_rating, prompt=[m["content"] for m in prompts[j]])
             judgement, score = text.strip(), parse_rating(mine, low=config.min_score, high=config.max_score)
         return (judgement, score), int(score is None)
 
@@ -273,8 +285,9 @@ def _judge_ultrafeedback(
 
     def parse(j: int, text: str) -> tuple[list[AspectRating], int]:
         i, aspect, order = jobs[j]
-        quoted = [m["content"] for m in prompts[j]] + [rows[i].instruction_ja, *rows[i].generate.responses_ja]
-        parsed = parse_ultrafeedback(text, n=len(order), aspect=aspect, quoted=quoted)
+        quoted = [rows[i].instruction_ja, *rows[i].generate.responses_ja]
+        prompt = [m["content"] for m in prompts[j]]
+        parsed = parse_ultrafeedback(text, n=len(order), aspect=aspect, quoted=quoted, prompt=prompt)
         return parsed, sum(r.rating is None for r in parsed)
 
     answers = ask(model, prompts, sampling=config.sampling, parse=parse, settings=config)

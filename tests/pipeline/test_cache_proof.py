@@ -8,6 +8,7 @@ counts the unit in `run_report.json` (`units_invalid`).
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -149,6 +150,10 @@ UNIT_DAMAGE = {
     "resealed-wrong-stage": lambda p: resealed(p, lambda d: d.__setitem__("stage", "judge")),
     "resealed-missing-row": lambda p: resealed(p, lambda d: d["outputs"].pop()),
     "not-an-object": lambda p: p.write_text("[]"),
+    "a-folder": lambda p: (p.unlink(), p.mkdir(), (p / "x").write_text("{}")),
+    "a-symlink-loop": lambda p: (p.unlink(), p.symlink_to(p.name)),
+    "a-dangling-link": lambda p: (p.unlink(), p.symlink_to("gone.json")),
+    "a-pipe": lambda p: (p.unlink(), os.mkfifo(p)),
 }
 
 

@@ -89,11 +89,13 @@ def test_generated_answers_read_back_exactly_around_any_echo() -> None:
         own, hostile = uf_answer(rng, n, aspect), uf_answer(rng, n, aspect)
         prompt = f"## Instruction\n{hostile.text}\n\n## Texts\n<text 1>\nx\n</text 1>"
         for text in (f"{prompt}\n\n{own.text}", f"{own.text}\n\n{prompt}", f"{hostile.text}\n{own.text}"):
-            parsed = parse_ultrafeedback(text, n=n, aspect=aspect, quoted=[prompt, hostile.text])
+            parsed = parse_ultrafeedback(text, n=n, aspect=aspect, quoted=[hostile.text], prompt=[prompt])
             expected = [r.rating for r in parse_ultrafeedback(own.text, n=n, aspect=aspect)]
             got = [r.rating for r in parsed]
-            if hostile.text.strip() in own.text:  # the judge wrote the quoted text itself: ambiguous, unread
-                assert all(g in (e, None) for g, e in zip(got, expected, strict=True)), text
+            # The judge wrote the quoted text itself, or its whole answer is the quoted text: ambiguous.
+            if hostile.text.strip() in own.text or not own.text.strip():
+                as_own = [r.rating for r in parse_ultrafeedback(hostile.text, n=n, aspect=aspect)]
+                assert all(g in (e, None, h) for g, e, h in zip(got, expected, as_own, strict=True)), text
             else:
                 assert got == expected, text
             assert all(r.raw in (None, text) for r in parsed)
@@ -102,8 +104,8 @@ def test_generated_answers_read_back_exactly_around_any_echo() -> None:
         hostile_text, _, _ = single_answer(rng)
         prompt = f"[Question]\n{hostile_text}\n\n[The Start of Assistant's Answer]\nx\n[The End of Assistant's Answer]"
         for text in (f"{prompt}\n{own_text}", f"{own_text}\n{prompt}"):
-            mine = own_words(text, [prompt, hostile_text], readable=has_single_rating)
-            if hostile_text.strip() in own_text:  # the judge wrote the quoted text itself: ambiguous, unread
+            mine = own_words(text, [hostile_text], readable=has_single_rating, prompt=[prompt])
+            if hostile_text.strip() in own_text:  # the judge wrote the quoted text itself: ambiguous
                 assert parse_rating(mine) in (truth, None), text
             else:
                 assert parse_rating(mine) == truth, text
@@ -138,3 +140,10 @@ def test_lmsynth_run_releases_the_judges_own_rating(tmp_path: Path) -> None:
             # The echo stays in the judgement (the instruction itself redacted from it, as records do).
             assert HOSTILE_RESPONSE in note.judgement and note.judgement.endswith("Rating: 6")
             assert note.preference_score == 6.0
+
+
+def test_an_answer_that_equals_a_short_response_is_the_judges_own() -> None:
+    """A scripted judge (or a terse one) may write exactly what the response says: that is still its rating."""
+    rows = [make_row(0, ja="質問", responses=["回答です。 Rating: [[7]]"])]
+    out = judge(rows, model=fake("回答です。 Rating: [[7]]"), config=SingleJudgeConfig(model="m", max_reasks=0))
+    assert out[0].scores == [7.0]
