@@ -34,9 +34,10 @@ CHILD_LMSYNTH = r"""
 import json, resource, sys, time, yaml
 from pathlib import Path
 from pydantic import SecretStr
+from lmsynth.config import read_yaml
 from lmsynth.release.build import build_release
 run, work = Path(sys.argv[1]), Path(sys.argv[2])
-manifest = yaml.safe_load((Path(sys.argv[3]) / "release" / "v0.5.yaml").read_text())
+manifest = read_yaml(Path(sys.argv[3]) / "release" / "v0.5.yaml")
 manifest["subsets"] = [s for s in manifest["subsets"] if s["config"] == "gemma-3"]
 manifest["subsets"][0].update(records=str(run), prepared=None, pipelines=[])
 (work / "m.yaml").write_text(yaml.safe_dump(manifest, allow_unicode=True))

@@ -30,6 +30,8 @@ from pathlib import Path
 import psutil
 import yaml
 
+from lmsynth.config import read_yaml
+
 
 REPO = Path(__file__).resolve().parents[1]
 PIPELINE = REPO / "pipelines" / "v0.5-gemma3.yaml"
@@ -92,7 +94,7 @@ class Run:
 
 def write_fake_pipeline(root: Path, *, window: int | None = None) -> Path:
     """The v0.5 pipeline with its model replaced by three scripted ones (prompt paths made absolute)."""
-    config = yaml.safe_load(PIPELINE.read_text(encoding="utf-8"))
+    config = read_yaml(PIPELINE)
     config["models"] = {
         "translator": {"backend": "fake", "model": "fake-translator", "replies": ["{last_line}"]},
         "generator": {"backend": "fake", "model": "fake-generator", "replies": [RESPONSE]},

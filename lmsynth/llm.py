@@ -97,7 +97,8 @@ class FakeModelConfig(StrictModel):
     """Scripted replies for tests and dry runs: `replies` cycled per prompt, else an echo of the last turn.
 
     A reply may contain `{last_line}`, replaced by the last non-empty line of the prompt (e.g. the instruction
-    at the end of a translation prompt), so different prompts get different replies.
+    at the end of a translation prompt), so different prompts get different replies, and `{prompt}`, replaced
+    by the whole last turn (a model that echoes its prompt).
     """
 
     backend: Literal["fake"] = "fake"
@@ -391,7 +392,7 @@ class FakeChatModel:
                 replies = self.config.replies
                 text = replies[self.calls % len(replies)] if replies else f"echo: {prompt}"
                 last_line = next((ln for ln in reversed(prompt.splitlines()) if ln.strip()), "")
-                text = text.replace("{last_line}", last_line.strip())
+                text = text.replace("{last_line}", last_line.strip()).replace("{prompt}", prompt)
                 self.calls += 1
                 tokens = len(text.split())
                 completions.append(

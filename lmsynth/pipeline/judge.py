@@ -18,7 +18,7 @@ import hashlib
 import json
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import Field
@@ -41,6 +41,7 @@ NA = "N/A"
 ASPECT_SCALE = (1, 5)
 TYPE_IDS = (1, 2, 3)
 # A bounded rationale keeps the JSON closed within `max_tokens`, so small judges still yield a rating.
+QUOTED_LINE_MIN = 30  # a copied line this long is cut from an answer (`own_words`); a judge's own are shorter
 RATIONALE_MAX_CHARS = 400
 
 
@@ -146,16 +147,21 @@ def shuffled_order(n: int, *, key: str, seed: int) -> list[int]:
     return order
 
 
-def parse_ultrafeedback(text: str, *, n: int, aspect: str) -> list[AspectRating]:
+def parse_ultrafeedback(
+    text: str, *, n: int, aspect: str, quoted: Sequence[str] = (), prompt: Sequence[str] = ()
+) -> list[AspectRating]:
     """Parse one aspect's answer for `n` texts (in prompt order); never raises.
 
     Texts are found by their `Output for Text k` headers (any Markdown decoration, any order; a repeated
     header counts once, the first readable copy wins); an answer with no header at all counts as the only
     text's when `n` is 1. A text without a readable rating is a failure carrying the whole answer in `raw`.
+    What the answer copied from its `prompt`, or from the `quoted` instruction and responses, is not read
+    (`own_words`).
     """
     text = text if isinstance(text, str) else ""
+    mine = own_words(text, quoted, readable=has_ultrafeedback_rating, prompt=prompt) if quoted or prompt else text
     out = []
-    for bodies in _split_sections(text, n):
+    for bodies in _split_sections(mine, n):
         parsed = [_parse_section(b, aspect) for b in bodies]
         good = next((p for p in parsed if p.rating is not None), None)
         out.append(good or (parsed[0] if parsed else AspectRating(rating=None)).model_copy(update={"raw": text}))
@@ -166,6 +172,45 @@ def ultrafeedback_score(ratings: Sequence[AspectRating]) -> float | None:
     """Fine-grained score: the mean of the numeric aspect ratings (N/A and failures excluded)."""
     values = [r.rating for r in ratings if isinstance(r.rating, int)]
     return sum(values) / len(values) if values else None
+
+
+def own_words(
+    answer: str, quoted: Iterable[str], *, readable: Callable[[str], bool], prompt: Iterable[str] = ()
+) -> str:
+    """`answer` without what it copied from its prompt that a parser could read as a rating.
+
+    A judge may echo its prompt, and an instruction or a response may hold `Rating: [[10]]` or
+    `#### Output for Text 1 ... Rating: 5`: those must not become the judge's rating. Cut from the answer
+    wherever they appear and `readable` accepts them: each `prompt` message, and each `quoted` text (the
+    instruction, a response) and each line of either at least `QUOTED_LINE_MIN` characters long. Shorter
+    lines stay, since the judge's own `Rating: [[7]]` or `#### Output for Text 1` may be the same text; so
+    does a quoted text that is the whole answer (a judge whose entire answer equals a short response wrote
+    it itself as far as anyone can tell), while an answer that is only the echoed prompt reads as nothing.
+    """
+    answer = answer if isinstance(answer, str) else ""
+    whole = answer.strip()
+    spans = set()
+    for text in prompt:
+        if text.strip() and text.strip() in answer and readable(text):
+            spans.add(text.strip())
+    for text in [*quoted, *prompt]:
+        pieces = [text, *(ln for ln in text.splitlines() if len(ln.strip()) >= QUOTED_LINE_MIN)]
+        for piece in {p.strip() for p in pieces}:
+            if piece and piece != whole and piece in answer and readable(piece):
+                spans.add(piece)
+    for span in sorted(spans, key=len, reverse=True):
+        answer = answer.replace(span, "\n")
+    return answer
+
+
+def has_single_rating(text: str) -> bool:
+    """Whether `parse_rating` would find a rating form (on the scale or not) in `text`."""
+    return any(p.search(text) for p in _RATING_PATTERNS)
+
+
+def has_ultrafeedback_rating(text: str) -> bool:
+    """Whether `parse_ultrafeedback` would find a section header or a field line in `text`."""
+    return bool(_SECTION.search(text)) or any(_FIELD.match(line) for line in text.splitlines())
 
 
 def judge(rows: Sequence[PipelineRow], *, model: ChatModel, config: SingleJudgeConfig | UltraFeedbackJudgeConfig):
@@ -198,11 +243,14 @@ def _judge_single(rows: Sequence[PipelineRow], *, model: ChatModel, config: Sing
     ]
     schema = rationale_rating_schema(config.min_score, config.max_score) if config.structured_output else None
 
-    def parse(_: int, text: str) -> tuple[tuple[str, float | None], int]:
+    def parse(j: int, text: str) -> tuple[tuple[str, float | None], int]:
         if config.structured_output:
             judgement, score = parse_structured_rating(text, low=config.min_score, high=config.max_score)
         else:
-            judgement, score = text.strip(), parse_rating(text, low=config.min_score, high=config.max_score)
+            i, k = jobs[j]
+            quoted = [rows[i].instruction_ja, rows[i].generate.responses_ja[k]]
+            mine = own_words(text, quoted, readable=has_single_rating, prompt=[m["content"] for m in prompts[j]])
+            judgement, score = text.strip(), parse_rating(mine, low=config.min_score, high=config.max_score)
         return (judgement, score), int(score is None)
 
     answers = ask(model, prompts, sampling=config.sampling, parse=parse, settings=config, json_schema=schema)
@@ -236,8 +284,10 @@ def _judge_ultrafeedback(
             prompts.append([{"role": "system", "content": system_text}, {"role": "user", "content": user}])
 
     def parse(j: int, text: str) -> tuple[list[AspectRating], int]:
-        _, aspect, order = jobs[j]
-        parsed = parse_ultrafeedback(text, n=len(order), aspect=aspect)
+        i, aspect, order = jobs[j]
+        quoted = [rows[i].instruction_ja, *rows[i].generate.responses_ja]
+        prompt = [m["content"] for m in prompts[j]]
+        parsed = parse_ultrafeedback(text, n=len(order), aspect=aspect, quoted=quoted, prompt=prompt)
         return parsed, sum(r.rating is None for r in parsed)
 
     answers = ask(model, prompts, sampling=config.sampling, parse=parse, settings=config)

@@ -108,10 +108,11 @@ def run_stage(stage: str, rows: Sequence[PipelineRow], *, model: ChatModel, conf
 
 
 class UnitResult(NamedTuple):
-    """A unit's stage outputs (JSON, one per row) and whether the cache served them."""
+    """A unit's stage outputs (JSON, one per row), whether the cache served them, and invalid units dropped."""
 
     outputs: list[str]
     cached: bool
+    invalid: int = 0
 
 
 def run_unit(
@@ -120,19 +121,22 @@ def run_unit(
     """One cache unit: the stage outputs (JSON) for `rows`, from the cache or computed and then cached.
 
     A unit missing from the cache is computed under its lock, so a concurrent run that reaches the same unit
-    waits for it and then reads it instead of computing it again.
+    waits for it and then reads it instead of computing it again. An invalid unit (`StageCache.read`) is
+    never served: under the lock it is dropped, recomputed and counted.
     """
     key = cache.key([view(stage, r, config) for r in rows])
-    outputs = cache.get(key, n_rows=len(rows))
-    if outputs is not None:
-        return UnitResult(outputs, cached=True)
+    found = cache.read(key, n_rows=len(rows))
+    if found.outputs is not None:
+        return UnitResult(found.outputs, cached=True)
     with cache.lock(key):
-        outputs = cache.get(key, n_rows=len(rows))
-        if outputs is not None:
-            return UnitResult(outputs, cached=True)
+        found = cache.read(key, n_rows=len(rows))
+        if found.outputs is not None:
+            return UnitResult(found.outputs, cached=True)
+        if found.invalid:
+            cache.drop(key)
         outputs = [r.model_dump_json() for r in run_stage(stage, rows, model=model, config=config)]
         cache.put(key, outputs)
-    return UnitResult(outputs, cached=False)
+    return UnitResult(outputs, cached=False, invalid=int(found.invalid))
 
 
 # ---------------------------------------------------------------------------

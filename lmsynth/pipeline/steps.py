@@ -201,7 +201,10 @@ class StageTask(Task):
         model = MeteredChatModel(self.llm)
         unit = stages.run_unit(self.stage, rows, model=model, config=config, cache=cache)
         if self.events_dir is not None:
-            append_event(self.events_dir, model.event(self.stage, rows=len(rows), cached=unit.cached))
+            append_event(
+                self.events_dir,
+                model.event(self.stage, rows=len(rows), cached=unit.cached, units_invalid=unit.invalid),
+            )
         yield [{**row, self.stage: out.encode("utf-8")} for row, out in zip(inputs, unit.outputs, strict=True)]
 
 

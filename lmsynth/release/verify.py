@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from lmsynth import keycheck
+from lmsynth import constants, keycheck
 from lmsynth.config import StrictModel
 from lmsynth.crypto import KEY_HINT, decrypt_file
 from lmsynth.errors import ChecksumError, PassphraseError, VerifyError
@@ -39,15 +39,21 @@ class VerifyResult(StrictModel):
     rows: dict[str, int]
     gated_checked: int
     decrypted: bool
+    gated_unchecked: str | None = None  # why the gated files were not decrypted (no key could be had)
 
 
-def verify(version: str, *, target: str, passphrase: SecretStr | None = None) -> VerifyResult:
+def verify(
+    version: str, *, target: str, passphrase: SecretStr | None = None, default_key: str | None = None
+) -> VerifyResult:
     """Verify release `version` on `target`.
 
     Args:
         version: The tag, e.g. `v0.5`.
         target: Target URI (a folder, `hf://ORG/NAME`, `ms://ORG/NAME`).
         passphrase: When given, the gated files are decrypted and checked too.
+        default_key: Where `passphrase` came from when nobody gave one (e.g. "the bundled sample's key"):
+            a key that does not open this release then leaves the gated files unchecked, saying why
+            (`gated_unchecked`), instead of failing. None: the passphrase was given and must match.
 
     Returns:
         The counts checked.
@@ -65,7 +71,12 @@ def verify(version: str, *, target: str, passphrase: SecretStr | None = None) ->
         manifest = check_tree(tree)
         _check_working_folder(tgt, version)
         rows = _check_loading(tgt, version, manifest, tree)
-        gated = 0
+        gated, unchecked = 0, None
+        if passphrase is None:
+            unchecked = f"no key: {KEY_OPTIONS}"
+        elif default_key is not None and not _opens(tree, manifest, passphrase, work=work):
+            unchecked = f"{default_key} does not open this release: {KEY_OPTIONS}"
+            passphrase = None
         if passphrase is not None:
             gated = _check_gated(tree, manifest, passphrase, work=work)
         return VerifyResult(
@@ -76,10 +87,30 @@ def verify(version: str, *, target: str, passphrase: SecretStr | None = None) ->
             rows=rows,
             gated_checked=gated,
             decrypted=passphrase is not None,
+            gated_unchecked=unchecked if any(i.gated for i in manifest.subsets.values()) else None,
         )
 
 
+KEY_OPTIONS = f"pass --passphrase-file, set ${constants.PASSPHRASE_ENV} or give --source to decrypt the gated files"
+
+
 # Private helpers
+
+
+def _opens(tree: Path, manifest: ChecksumManifest, passphrase: SecretStr, *, work: Path) -> bool:
+    """Whether `passphrase` is this release's key: its key check, else the first gated file decrypts."""
+    if keycheck.matches(manifest.source_fingerprint, passphrase):
+        return True
+    if keycheck.differs(manifest.source_fingerprint, passphrase):
+        return False
+    first = next((rel for info in manifest.subsets.values() for rel in info.gated.values()), None)
+    if first is None:
+        return True
+    try:
+        decrypt_file(tree / first, work / "probe.jsonl.gz", passphrase=passphrase).unlink()
+    except PassphraseError:
+        return False
+    return True
 
 
 def _check_working_folder(tgt: object, version: str) -> None:

@@ -29,6 +29,7 @@ from pathlib import Path
 import yaml
 
 from lmsynth import constants
+from lmsynth.config import parse_yaml
 from lmsynth.errors import MissingDependencyError, TagConflictError, TargetError
 from lmsynth.io import atomic_dir, sha256_file
 from lmsynth.retry import RetryPolicy
@@ -78,7 +79,7 @@ def get_modelscope_api():  # noqa: ANN201 — the client type is optional
 def modelscope_card(tree: Path) -> str:
     """ModelScope's README for `tree`: its YAML vocabulary (full license names) from the HF card's data."""
     text = (tree / INDEX_CARD).read_text(encoding="utf-8")
-    header, body = _split_card(text)
+    header, body = _split_card(text, path=tree / INDEX_CARD)
     manifest = read_manifest(tree)
     licenses = sorted({s.license.display_name for s in manifest.subsets.values()})
     hf_license = str(header.get("license") or "other")
@@ -307,11 +308,11 @@ def _commit_id(data: object) -> str | None:
     return None
 
 
-def _split_card(text: str) -> tuple[dict, str]:
+def _split_card(text: str, *, path: Path) -> tuple[dict, str]:
     if text.startswith("---\n"):
         end = text.find("\n---", 4)
         if end != -1:
-            return yaml.safe_load(text[4:end]) or {}, text[end + 4 :].lstrip("\n")
+            return parse_yaml(text[4:end], path=path) or {}, text[end + 4 :].lstrip("\n")
     return {}, text
 
 

@@ -109,6 +109,7 @@ class Telemetry:
                     "retries": old.retries + event.retries,
                     "busy_s": old.busy_s + event.seconds,
                     "span_s": round(span[1] - span[0], 6) if span else old.span_s,
+                    "units_invalid": old.units_invalid + event.units_invalid,
                 }
             )
             advance = self._advance
@@ -226,6 +227,7 @@ class Telemetry:
             engines=engines,
             engine_wait_s=round(waiting, 3),
             lmsynth_s=round(wall - waiting, 3),
+            units_invalid=sum(s.units_invalid for s in steps),
         )
 
 

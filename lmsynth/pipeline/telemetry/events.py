@@ -32,6 +32,7 @@ class BatchEvent(StrictModel):
     started_at: float | None = Field(None, description="Epoch seconds when the first model call began.")
     ended_at: float | None = Field(None, description="Epoch seconds when the last model call ended.")
     cached: bool = Field(False, description="The batch was one cache unit served from the stage cache.")
+    units_invalid: int = Field(0, ge=0, description="Invalid cache units this batch dropped and recomputed.")
 
 
 def append_event(events_dir: Path | str, event: BatchEvent) -> None:

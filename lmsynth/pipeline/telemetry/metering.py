@@ -44,7 +44,7 @@ class MeteredChatModel:
             self.output_tokens += sum(c.completion_tokens for c in completions)
         return out
 
-    def event(self, step: str, *, rows: int, cached: bool = False) -> BatchEvent:
+    def event(self, step: str, *, rows: int, cached: bool = False, units_invalid: int = 0) -> BatchEvent:
         """The counters as one event of `step`."""
         return BatchEvent(
             step=step,
@@ -57,4 +57,5 @@ class MeteredChatModel:
             started_at=self.started_at,
             ended_at=self.ended_at,
             cached=cached,
+            units_invalid=units_invalid,
         )

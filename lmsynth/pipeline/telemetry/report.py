@@ -27,6 +27,9 @@ class StepReport(StrictModel):
     span_s: float = Field(
         0.0, ge=0, description="Seconds from the step's first model call to the end of its last (hand-offs included)."
     )
+    units_invalid: int = Field(
+        0, ge=0, description="Cache units that failed their proof (checksum, key, format): dropped and recomputed."
+    )
 
 
 class EngineReport(StrictModel):
@@ -56,6 +59,7 @@ class RunReport(StrictModel):
         0.0, ge=0, description="Wall seconds with an engine starting or a model call in flight (waiting on it)."
     )
     lmsynth_s: float = Field(0.0, ge=0, description="The rest of the wall time: lmsynth and distilabel alone.")
+    units_invalid: int = Field(0, ge=0, description="Invalid cache units dropped and recomputed, over all steps.")
 
     @property
     def input_tokens(self) -> int:

@@ -57,6 +57,7 @@ def report_from_run(run_dir: Path | str, *, telemetry: Telemetry, shard: str | N
             reasks=usage.reasks,
             busy_s=live.step(stage).busy_s,
             span_s=live.step(stage).span_s,
+            units_invalid=live.step(stage).units_invalid,
         )
         for stage, usage in sorted(info.tokens.items())
     ]
@@ -116,4 +117,5 @@ def merge_reports(reports: list[RunReport]) -> RunReport:
         engines=[e for r in reports for e in r.engines],
         engine_wait_s=round(sum(r.engine_wait_s for r in reports), 3),
         lmsynth_s=round(sum(r.lmsynth_s for r in reports), 3),
+        units_invalid=sum(r.units_invalid for r in reports),
     )
