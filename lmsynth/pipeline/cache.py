@@ -79,7 +79,7 @@ class StageCache:
         unit = CachedUnit(stage=self.stage, fingerprint=self.fingerprint, input_digest=key, outputs=list(outputs))
         if self.scratch is not None:
             self.scratch.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path, tmp_dir=self.scratch) as tmp:
+        with atomic_path(path, tmp_dir=self.scratch, private=True) as tmp:  # rows' gated text
             tmp.write_bytes(unit.__pydantic_serializer__.to_json(unit))
         return path
 
