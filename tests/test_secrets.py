@@ -161,3 +161,34 @@ def test_only_constants_reads_or_writes_the_environment() -> None:
                 if any(a.name in {"environ", "getenv", "putenv", "unsetenv"} for a in node.names):
                     offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
     assert offenders == []
+
+
+# A `lmsynth run` whose last step in the main process fails with an error lmsynth does not map (after
+# distilabel, which installs rich's traceback handler with show_locals at import, has run the pipeline).
+_FAILING_RUN = """
+import sys
+import lmsynth.pipeline.run as run
+
+def failing_check(*args, **kwargs):
+    planted_local = "planted-" + "local-value-6e2f"
+    raise RuntimeError("an unexpected failure")
+
+run._check_rows = failing_check
+from lmsynth.cli.app import main
+sys.argv = ["lmsynth", *sys.argv[1:]]
+main()
+"""
+
+
+def test_a_failing_run_prints_no_local_variables(tmp_path: Path) -> None:
+    prep = write_prepared(tmp_path / "prepared", [make_record(i) for i in range(2)])
+    pipe, _ = write_fake_pipeline(tmp_path, batch_size=2)
+    argv = ["run", str(pipe), "--input", str(prep), "--out", str(tmp_path / "out")]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "LMSYNTH_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.run(
+        [sys.executable, "-c", _FAILING_RUN, *argv], env=env, capture_output=True, text=True, timeout=TIMEOUT_S
+    )
+    assert proc.returncode == 1
+    assert "RuntimeError: an unexpected failure" in proc.stderr  # the traceback itself is still there
+    assert "planted-local-value-6e2f" not in proc.stderr + proc.stdout
+    assert "locals" not in proc.stderr

@@ -19,7 +19,7 @@ from pydantic import Field
 from lmsynth.config import StrictModel
 from lmsynth.errors import InputRecordError
 from lmsynth.fingerprint import FINGERPRINT_VERSION, digest_rows
-from lmsynth.io import atomic_path, parse_line
+from lmsynth.io import atomic_path, parse_line, private_dir
 from lmsynth.pipeline.workdir import sweep_locks, unit_lock
 
 
@@ -85,6 +85,7 @@ class StageCache:
 
     def lock(self, key: str) -> contextlib.AbstractContextManager[None]:
         """The lock under which unit `key` is computed (`<key>.lock`, removed on release)."""
+        private_dir(self.dir)  # the units' folder: created private before the first lock or unit
         return unit_lock(self.dir / f"{key}.lock")
 
     def sweep(self) -> int:
