@@ -192,3 +192,32 @@ def test_a_failing_run_prints_no_local_variables(tmp_path: Path) -> None:
     assert "RuntimeError: an unexpected failure" in proc.stderr  # the traceback itself is still there
     assert "planted-local-value-6e2f" not in proc.stderr + proc.stdout
     assert "locals" not in proc.stderr
+
+
+def test_the_openai_key_reaches_the_step_processes_that_call_the_server(tmp_path: Path) -> None:
+    """The one secret a run's step processes need, for a `backend: openai` model: held, then handed on."""
+    import threading
+    from http.server import ThreadingHTTPServer
+
+    from tests.test_llm import _Server
+
+    _Server.fail, _Server.seen = 0, []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Server)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    prompt = constants.PIPELINES_DIR / "prompts" / "translate_en_ja.txt"
+    pipe = tmp_path / "openai.yaml"
+    url = f"http://127.0.0.1:{server.server_port}/v1"
+    pipe.write_text(
+        "name: served\nbatch_size: 2\nmodels:\n"
+        f"  o: {{backend: openai, model: served, base_urls: ['{url}'], backoff_s: 0}}\n"
+        f"translate: {{model: o, prompt: {prompt}}}\n"
+        "generate: {model: o, sampling: {n: 1, max_tokens: 20}}\n"
+    )
+    prep = write_prepared(tmp_path / "prepared", [make_record(i) for i in range(2)])
+    argv = [sys.executable, "-m", "lmsynth", "run", str(pipe), "--input", str(prep), "--out", str(tmp_path / "out")]
+    try:
+        proc = subprocess.run(argv, env=_env(tmp_path), capture_output=True, text=True, timeout=TIMEOUT_S)
+    finally:
+        server.shutdown()
+    assert proc.returncode == 0, proc.stderr
+    assert _Server.seen and {auth for *_, auth in _Server.seen} == {f"Bearer {SECRETS['OPENAI_API_KEY']}"}

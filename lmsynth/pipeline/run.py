@@ -121,6 +121,7 @@ def run_pipeline(
     llm_stages = config.model_stages()
     telemetry = Telemetry(total_requests=scan.rows * len(llm_stages), gpus=_gpus(config))
     totals = RunTotals(config)
+    _framework_environ(config)  # before Ray's cluster starts: its workers inherit the environment then
     # One run per output folder at a time (a second one waits, then reuses the cache); leftovers of killed
     # runs in it are removed first.
     with out_folder_lock(out_dir), run_work_dir(cache_root) as work:
