@@ -9,6 +9,7 @@ framework reads only from `os.environ`.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -118,12 +119,37 @@ def hold_secrets(*, keep: Iterable[str] = ()) -> None:
     resolves `HF_TOKEN` there, so commands that use a Hub client in-process keep it (their children still
     get none: `child_env`).
     """
-    for name in SECRET_ENVS:
-        if name in keep:
-            continue
+    names = [n for n in SECRET_ENVS if n not in keep]
+    _blank_in_process_environ({n for n in names if n in os.environ})
+    for name in names:
         value = os.environ.pop(name, None)
         if value:
             _held[name] = value
+
+
+def _blank_in_process_environ(names: set[str]) -> None:
+    """Overwrite the values of `names` in the C environment block with NULs, before they are unset.
+
+    Unsetting a variable only drops its pointer: the string stays in the block the process started
+    with, which `/proc/<pid>/environ` shows, and which every child forked without `exec` (and every child
+    between its fork and its `exec`) carries. Linux with glibc or musl; elsewhere nothing to do.
+    """
+    if not names or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        block = ctypes.POINTER(ctypes.c_void_p).in_dll(ctypes.CDLL(None), "environ")
+    except (OSError, ValueError):
+        return
+    prefixes = {f"{n}=".encode() for n in names}
+    i = 0
+    while block[i]:
+        entry = ctypes.string_at(block[i])
+        prefix = next((p for p in prefixes if entry.startswith(p)), None)
+        if prefix is not None:
+            ctypes.memset(block[i] + len(prefix), 0, len(entry) - len(prefix))
+        i += 1
 
 
 def restore_secrets() -> None:

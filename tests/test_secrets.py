@@ -48,17 +48,25 @@ def _leaks(environ: bytes) -> list[str]:
     return [name for name, value in SECRETS.items() if value.encode() in environ]
 
 
-def _run_watching(argv: list[str], *, cwd: Path, env: dict[str, str]) -> tuple[int, str, dict[int, tuple[str, bytes]]]:
-    """Run `argv`; while it runs, read the environment of every descendant. Returns (exit code, output, seen)."""
+def _run_watching(
+    argv: list[str], *, cwd: Path, env: dict[str, str]
+) -> tuple[int, str, dict[int, tuple[str, bytes]], bytes]:
+    """Run `argv`; while it runs, read the environment of every descendant.
+
+    Returns the exit code, the output, each descendant's command line and environment, and the command's own
+    environment as last read (late in its life: the secrets it was started with are blanked at its start).
+    """
     log = cwd / "command.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
         seen: dict[int, tuple[str, bytes]] = {}
+        own = b""
         deadline = time.monotonic() + TIMEOUT_S
         while proc.poll() is None and time.monotonic() < deadline:
             try:
                 children = psutil.Process(proc.pid).children(recursive=True)
-            except psutil.NoSuchProcess:
+                own = Path(f"/proc/{proc.pid}/environ").read_bytes()
+            except (psutil.NoSuchProcess, OSError):
                 break
             for child in children:
                 if child.pid in seen:
@@ -72,7 +80,7 @@ def _run_watching(argv: list[str], *, cwd: Path, env: dict[str, str]) -> tuple[i
         if proc.poll() is None:
             proc.kill()
         code = proc.wait()
-    return code, log.read_text(errors="replace"), seen
+    return code, log.read_text(errors="replace"), seen, own
 
 
 def _dump_script(path: Path, dump: Path, then: str) -> None:
@@ -86,8 +94,9 @@ def test_no_descendant_of_lmsynth_run_holds_a_secret(tmp_path: Path) -> None:
     prep = write_prepared(tmp_path / "prepared", [make_record(i) for i in range(8)])
     pipe, _ = write_fake_pipeline(tmp_path, batch_size=2, sleep_s=0.3)
     argv = [sys.executable, "-m", "lmsynth", "run", str(pipe), "--input", str(prep), "--out", str(tmp_path / "out")]
-    code, output, seen = _run_watching(argv, cwd=tmp_path, env=_env(tmp_path))
+    code, output, seen, own = _run_watching(argv, cwd=tmp_path, env=_env(tmp_path))
     assert code == 0, output
+    assert _leaks(own) == []  # a run needs none of them: held in its memory only
     # The watchdog, distilabel's forkserver, resource tracker and step processes, at the least.
     assert len(seen) >= 4, seen.keys()
     leaked = {f"{pid} {cmd}": _leaks(env) for pid, (cmd, env) in seen.items() if _leaks(env)}

@@ -23,7 +23,9 @@ def test_no_git_gpg_or_other_descendant_of_lmsynth_release_holds_a_secret(small_
     subprocess.run(["git", "init", "-q", "-b", BRANCH, str(hub)], check=True)
     _dump_script(hub / ".git" / "hooks" / "reference-transaction", root / "git-hook.env", "cat > /dev/null")
     argv = [sys.executable, "-m", "lmsynth", "release", "v0.5", "--manifest", "v0.5.yaml", "--to", "hub"]
-    code, output, seen = _run_watching(argv, cwd=root, env=_env(root))
+    code, output, seen, own = _run_watching(argv, cwd=root, env=_env(root))
+    # The command keeps the Hub token for its own Hub client (huggingface_hub reads it from the environment).
+    assert _leaks(own) == ["HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"]
     assert code == 0, output
     for name in ("gpg.env", "git-hook.env"):
         dumps = (root / name).read_bytes().split(b"\n--\n")[:-1]
