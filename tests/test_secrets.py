@@ -89,16 +89,22 @@ def _dump_script(path: Path, dump: Path, then: str) -> None:
 
 
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="reads /proc (Linux)")
-def test_no_descendant_of_lmsynth_run_holds_a_secret(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "extra",
+    [pytest.param([], id="local"), pytest.param(["--ray", "--ray-cpus", "2"], id="ray", marks=pytest.mark.ray)],
+)
+def test_no_descendant_of_lmsynth_run_holds_a_secret(tmp_path: Path, extra: list[str]) -> None:
+    """Local: the watchdog, distilabel's forkserver, resource tracker and step processes; Ray: its whole cluster."""
     (tmp_path / "bin").mkdir()
     prep = write_prepared(tmp_path / "prepared", [make_record(i) for i in range(8)])
     pipe, _ = write_fake_pipeline(tmp_path, batch_size=2, sleep_s=0.3)
     argv = [sys.executable, "-m", "lmsynth", "run", str(pipe), "--input", str(prep), "--out", str(tmp_path / "out")]
-    code, output, seen, own = _run_watching(argv, cwd=tmp_path, env=_env(tmp_path))
+    env = {**_env(tmp_path), "RAY_AUTH_MODE": "disabled"}
+    env.pop("RAY_ADDRESS", None)
+    code, output, seen, own = _run_watching([*argv, *extra], cwd=tmp_path, env=env)
     assert code == 0, output
     assert _leaks(own) == []  # a run needs none of them: held in its memory only
-    # The watchdog, distilabel's forkserver, resource tracker and step processes, at the least.
-    assert len(seen) >= 4, seen.keys()
+    assert len(seen) >= (10 if extra else 4), [cmd for cmd, _ in seen.values()]
     leaked = {f"{pid} {cmd}": _leaks(env) for pid, (cmd, env) in seen.items() if _leaks(env)}
     assert leaked == {}
 
