@@ -131,11 +131,11 @@ def dump_json_line(model: BaseModel) -> str:
     return model.model_dump_json(exclude_none=False)
 
 
-def write_jsonl(path: Path | str, records: Iterable[BaseModel], *, private: bool = False) -> int:
+def write_jsonl(path: Path | str, records: Iterable[BaseModel]) -> int:
     """Write records atomically as JSON Lines (gzip when the name ends in `.gz`); return the count."""
     path = Path(path)
     n = 0
-    with atomic_path(path, private=private) as tmp:
+    with atomic_path(path) as tmp:
         if path.suffix == ".gz":
             # mtime=0 and no file name keep the bytes deterministic.
             with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as gz:
