@@ -19,6 +19,7 @@ import psutil
 import pytest
 
 from lmsynth import constants
+from tests import engine_fixtures
 from tests.pipeline.factories import make_record, write_fake_pipeline, write_prepared
 
 
@@ -30,7 +31,11 @@ SECRETS = {
     "MODELSCOPE_API_TOKEN": "ms_planted_token_33cc02",
     "OPENAI_API_KEY": "sk-planted-openai-99dd03",
 }
-TIMEOUT_S = 300
+TIMEOUT_S = 600
+
+# The shared engine fixtures (one tiny model per session, see tests/engine_fixtures.py).
+engine_env = engine_fixtures.engine_env
+tiny_model_dir = engine_fixtures.tiny_model_dir
 
 
 def _env(root: Path) -> dict[str, str]:
@@ -107,6 +112,36 @@ def test_no_descendant_of_lmsynth_run_holds_a_secret(tmp_path: Path, extra: list
     assert len(seen) >= (10 if extra else 4), [cmd for cmd, _ in seen.values()]
     leaked = {f"{pid} {cmd}": _leaks(env) for pid, (cmd, env) in seen.items() if _leaks(env)}
     assert leaked == {}
+
+
+ENGINE_PIPELINE = """\
+name: served
+batch_size: 4
+models:
+  tiny: {{backend: vllm, model: {model}, dtype: float32, max_model_len: 512, kv_cache_memory_bytes: 67108864,
+          enforce_eager: true, offline: false}}
+  t: {{backend: fake, replies: ["訳 {{last_line}}"]}}
+translate: {{model: t}}
+generate: {{model: tiny, sampling: {{n: 1, max_tokens: 8}}}}
+"""
+
+
+@pytest.mark.engine
+@pytest.mark.timeout(900)
+def test_a_real_vllm_server_of_a_local_model_holds_no_secret(tmp_path: Path, tiny_model_dir: Path, engine_env) -> None:
+    """`lmsynth run` with a real vLLM server (and its EngineCore, if any) for a local model folder."""
+    (tmp_path / "bin").mkdir()
+    pipe = tmp_path / "p.yaml"
+    pipe.write_text(ENGINE_PIPELINE.format(model=tiny_model_dir))
+    prep = write_prepared(tmp_path / "prepared", [make_record(i) for i in range(4)])
+    argv = [sys.executable, "-m", "lmsynth", "run", str(pipe), "--input", str(prep), "--out", str(tmp_path / "out")]
+    code, output, seen, own = _run_watching(argv, cwd=tmp_path, env=_env(tmp_path))
+    assert code == 0, output
+    servers = [pid for pid, (cmd, _) in seen.items() if "api_server" in cmd]
+    assert servers, [cmd for cmd, _ in seen.values()]
+    leaked = {f"{pid} {cmd}": _leaks(env) for pid, (cmd, env) in seen.items() if _leaks(env)}
+    assert leaked == {}
+    assert _leaks(own) == []
 
 
 class TestServerEnvironment:
