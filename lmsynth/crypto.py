@@ -20,7 +20,7 @@ from typing import IO
 
 from pydantic import SecretStr
 
-from lmsynth import scratch
+from lmsynth import constants, scratch
 from lmsynth.errors import EncryptionError, PassphraseError
 from lmsynth.faults import kill_point
 from lmsynth.io import atomic_path
@@ -165,7 +165,8 @@ def _gpg() -> Iterator[object]:
     home = Path(tempfile.mkdtemp(prefix="lg"))  # short: the agent socket path has a length limit
     scratch.register_gnupg_home(home)  # a killed command's agent is stopped by the next command
     try:
-        yield gnupg.GPG(gnupghome=str(home), encoding="utf-8")
+        # gpg gets the passphrase on a pipe (`passphrase=`), never from its environment: it inherits no secret.
+        yield gnupg.GPG(gnupghome=str(home), encoding="utf-8", env=constants.child_env())
     finally:
         scratch.remove_gnupg_home(home)
 

@@ -1,7 +1,9 @@
 """Atomic file writing and validated JSONL reading, shared by every stage.
 
 Writers go to a temporary sibling and rename on success, so a crash or a bad record never leaves a
-half-written file where a finished one is expected.
+half-written file where a finished one is expected. Writers of gated text (LMSYS-Chat-1M instructions,
+their translations, recovered or exported gated fields) pass `private=True`: their files are 0600 in 0700
+folders whatever the umask (`make_private`, `private_dir`); other files follow the umask.
 """
 
 from __future__ import annotations
@@ -28,20 +30,60 @@ M = TypeVar("M", bound=BaseModel)
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
+PRIVATE_FILE_MODE = 0o600
+PRIVATE_DIR_MODE = 0o700
+
+
+def private_dir(path: Path | str) -> Path:
+    """`path` as a folder only its owner can enter (0700), created with any missing parents (0700 too)."""
+    path = Path(path)
+    missing, up = [], path
+    while not up.exists() and up != up.parent:
+        missing.append(up)
+        up = up.parent
+    for folder in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(folder, PRIVATE_DIR_MODE)
+    os.chmod(path, PRIVATE_DIR_MODE)  # explicit: an existing folder keeps no wider mode
+    return path
+
+
+def make_private(path: Path | str) -> None:
+    """Make `path` and everything under it its owner's only: folders 0700, files 0600 (links left alone)."""
+    path = Path(path)
+    if path.is_symlink():
+        return
+    if not path.is_dir():
+        os.chmod(path, PRIVATE_FILE_MODE)
+        return
+    os.chmod(path, PRIVATE_DIR_MODE)
+    for root, dirs, files in os.walk(path):
+        for name in dirs:
+            if not os.path.islink(os.path.join(root, name)):
+                os.chmod(os.path.join(root, name), PRIVATE_DIR_MODE)
+        for name in files:
+            if not os.path.islink(os.path.join(root, name)):
+                os.chmod(os.path.join(root, name), PRIVATE_FILE_MODE)
+
 
 @contextlib.contextmanager
-def atomic_path(path: Path | str, *, tmp_dir: Path | str | None = None) -> Iterator[Path]:
+def atomic_path(path: Path | str, *, tmp_dir: Path | str | None = None, private: bool = False) -> Iterator[Path]:
     """Yield a temporary path next to `path` (or in `tmp_dir`, same file system); rename it over `path` on success.
 
     A killed process leaves its temporary file behind: give a `tmp_dir` that the next command cleans when
-    other processes may write into `path`'s folder at the same time.
+    other processes may write into `path`'s folder at the same time. `private`: the file is 0600 and its
+    folder 0700 (gated text); otherwise the file follows the umask.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if private:
+        private_dir(path.parent)
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=tmp_dir or path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp's 0600 would make finished files private
+    # mkstemp makes it 0600 whatever the umask; a file that is not private gets the umask's mode.
+    os.chmod(tmp_path, PRIVATE_FILE_MODE if private else 0o666 & ~_UMASK)
     try:
         yield tmp_path
         os.replace(tmp_path, path)
@@ -50,15 +92,21 @@ def atomic_path(path: Path | str, *, tmp_dir: Path | str | None = None) -> Itera
 
 
 @contextlib.contextmanager
-def atomic_dir(path: Path | str) -> Iterator[Path]:
-    """Yield a temporary folder next to `path`; it replaces `path` only if the block succeeds."""
+def atomic_dir(path: Path | str, *, private: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder next to `path`; it replaces `path` only if the block succeeds.
+
+    `private` (gated text): the folder stays 0700 while it is written, and everything in it is made 0600
+    in 0700 folders (`make_private`) before it takes `path`'s place; otherwise the folder follows the umask.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     scratch.register_pending(tmp)  # a kill leaves it: the next command removes it
-    os.chmod(tmp, 0o777 & ~_UMASK)
+    os.chmod(tmp, PRIVATE_DIR_MODE if private else 0o777 & ~_UMASK)
     try:
         yield tmp
+        if private:
+            make_private(tmp)
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -127,9 +175,9 @@ def parse_line(line: str, model: type[M], *, path: Path | str, lineno: int | Non
         raise InputRecordError(path, lineno, dotted(first["loc"]) or None, first["msg"]) from e
 
 
-def write_text(path: Path | str, text: str) -> None:
-    """Write UTF-8 text atomically: readers see the whole file or none of it."""
-    with atomic_path(path) as tmp:
+def write_text(path: Path | str, text: str, *, private: bool = False) -> None:
+    """Write UTF-8 text atomically: readers see the whole file or none of it (`private`: 0600 in 0700)."""
+    with atomic_path(path, private=private) as tmp:
         tmp.write_text(text, encoding="utf-8")
 
 

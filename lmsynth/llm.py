@@ -14,7 +14,6 @@ import gc
 import itertools
 import json
 import logging
-import os
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -413,12 +412,13 @@ class FakeChatModel:
 
 
 def _set_engine_env(*, offline: bool) -> None:
-    """Settings the engine processes inherit: no usage reporting, and no hub downloads when offline."""
-    os.environ["VLLM_NO_USAGE_STATS"] = "1"
-    os.environ["DO_NOT_TRACK"] = "1"
+    """What the in-process engine reads from `os.environ`: no usage reporting, no hub downloads when offline."""
+    from lmsynth import constants
+
+    settings = {"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
     if offline:
-        os.environ["HF_HUB_OFFLINE"] = "1"
-        os.environ["TRANSFORMERS_OFFLINE"] = "1"
+        settings.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    constants.set_for_frameworks(settings, override=True)
 
 
 def _parse_chat_response(data: dict, *, n: int) -> list[Completion]:

@@ -116,7 +116,7 @@ def prepare(
     templates = Counter({t: 0 for t in rules.types})
     templates_kept = Counter({t: 0 for t in rules.types})
     per_language: Counter[str] = Counter()
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, private=True) as tmp:  # LMSYS-Chat-1M text: gated
         with (
             open(tmp / PREPARED_INSTRUCTIONS, "w", encoding="utf-8") as safe_f,
             open(tmp / PREPARED_UNSAFE, "w", encoding="utf-8") as unsafe_f,

@@ -23,6 +23,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from lmsynth import constants
+
 
 SNAPSHOT_INTERVAL_S = 0.5
 GRACE_S = 10.0
@@ -104,7 +106,7 @@ def reap_on_death(*, grace_s: float = GRACE_S, detached: bool = False) -> Iterat
         argv,
         stdin=subprocess.PIPE,
         start_new_session=True,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)},
+        env=constants.child_env(PYTHONPATH=os.pathsep.join(p for p in sys.path if p)),
     )
     ok = False
     try:

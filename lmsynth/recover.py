@@ -155,7 +155,7 @@ def recover(
             }
             source_rows = _load_source(store, source)
             # 4. Merge per subset into the output folder, swapped in only when every subset is done.
-            with atomic_dir(out_dir) as tmp_out:
+            with atomic_dir(out_dir, private=True) as tmp_out:  # gated instructions
                 results = {
                     name: _merge_subset(store, tree, name, out=tmp_out, gated=gated_counts[name]) for name in subsets
                 }

@@ -87,7 +87,11 @@ def remove_gnupg_home(home: Path | str) -> None:
     """Stop the agent of a GnuPG home and remove the folder."""
     with contextlib.suppress(OSError, subprocess.SubprocessError):
         subprocess.run(
-            ["gpgconf", "--homedir", str(home), "--kill", "gpg-agent"], capture_output=True, timeout=10, check=False
+            ["gpgconf", "--homedir", str(home), "--kill", "gpg-agent"],
+            capture_output=True,
+            timeout=10,
+            check=False,
+            env=constants.child_env(),
         )
     shutil.rmtree(home, ignore_errors=True)
 

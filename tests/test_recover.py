@@ -485,3 +485,49 @@ class TestCli:
         )
         assert "planted-wrong-secret" not in "\n".join(err)
         assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o000], ids=["umask022", "umask000"])
+def test_recovered_and_exported_files_are_private_and_the_card_names_no_local_path(
+    released: Path, tmp_path: Path, umask: int
+) -> None:
+    """Gated text (the recovered and exported instructions) is 0600 in 0700 folders whatever the umask."""
+    from tests.test_private_files import lmsynth, modes
+
+    cache = tmp_path / "cache"
+    rec = lmsynth(
+        "recover",
+        "--from",
+        str(released),
+        "--revision",
+        "v0.5",
+        "--out",
+        "rec",
+        cwd=tmp_path,
+        umask=umask,
+        cache=cache,
+    )
+    assert rec.returncode == 0, rec.stderr
+    assert any(JA[A] in p.read_text(encoding="utf-8") for p in (tmp_path / "rec").rglob("*.jsonl"))
+    assert modes(tmp_path / "rec") == {}
+    sft = lmsynth("export", "sft", "--input", "rec", "--out", "sft", cwd=tmp_path, umask=umask, cache=cache)
+    assert sft.returncode == 0, sft.stderr
+    assert modes(tmp_path / "sft") == {}
+
+
+def test_the_export_card_names_the_source_hub_by_its_name_not_its_path(released: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from lmsynth.cli import app
+
+    runner = CliRunner()
+    assert runner.invoke(app, ["recover", "--from", str(released), "--out", str(tmp_path / "r")]).exit_code == 0
+    assert (
+        runner.invoke(app, ["export", "sft", "--input", str(tmp_path / "r"), "--out", str(tmp_path / "s")]).exit_code
+        == 0
+    )
+    card = (tmp_path / "s" / "README.md").read_text(encoding="utf-8")
+    assert f"export of {released.name} at v0.5" in card
+    for path in (tmp_path / "s").rglob("*"):
+        if path.is_file():
+            assert str(released.parent).encode() not in path.read_bytes(), path

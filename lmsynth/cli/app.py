@@ -39,15 +39,23 @@ app = typer.Typer(
 )
 
 
-@app.callback()
-def _root() -> None:
-    """Before any command: remove what killed lmsynth commands left (scratch and run work folders; never a live one's).
+# Commands that use a Hub client in this process: huggingface_hub reads the token only from `os.environ`.
+HUB_COMMANDS = frozenset({"prepare", "key", "release", "publish", "verify", "recover", "export"})
 
-    A killed run's work folder holds translated (gated) instructions: any later command removes it, not only a run.
+
+@app.callback()
+def _root(ctx: typer.Context) -> None:
+    """Before any command: take the secrets out of the environment, and remove what killed commands left.
+
+    Secrets: held in this process (`constants.hold_secrets`), so that no child process inherits them; the
+    children that need one get it explicitly. Leftovers: scratch and run work folders, never a live one's;
+    a killed run's work folder holds translated (gated) instructions, so any later command removes it.
     """
     from lmsynth.pipeline.workdir import WORK_DIR, clean_stale_work_dirs
     from lmsynth.scratch import clean_stale
 
+    constants.hold_secrets(keep=constants.HF_TOKEN_ENVS if ctx.invoked_subcommand in HUB_COMMANDS else ())
+    ctx.call_on_close(constants.restore_secrets)
     clean_stale()
     clean_stale_work_dirs(constants.CACHE_DIR / WORK_DIR)
 
@@ -147,6 +155,18 @@ def main() -> None:
                 out.info("(set LMSYNTH_DEBUG=1 for a traceback)")
                 sys.exit(1)
         raise
+    finally:
+        _no_traceback_locals()
+
+
+def _no_traceback_locals() -> None:
+    """Undo distilabel's `rich.traceback.install(show_locals=True)`, which its `__init__` runs at import.
+
+    That handler prints every frame's local variables with an uncaught error (prompts, gated text, keys);
+    Python's own handler prints the traceback alone. Runs as the command ends, before the error reaches it.
+    """
+    if getattr(sys.excepthook, "__module__", "").startswith("rich."):
+        sys.excepthook = sys.__excepthook__
 
 
 @app.command("version")

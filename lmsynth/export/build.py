@@ -264,7 +264,7 @@ def _export(
 
     input_dir, out_dir = Path(input_dir), Path(out_dir)
     report = _read_report(input_dir)
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, private=True) as tmp:  # the gated instructions are in every row
         writer = SplitWriter(tmp, config=config, shard_rows=SHARD_ROWS, batch_rows=_WRITE_BATCH)
         with writer:
             for cid, row in rows:

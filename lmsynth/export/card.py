@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 import yaml
@@ -30,6 +31,15 @@ class ExportCardMetadata(StrictModel):
     tags: list[str]
     source_datasets: list[str] = Field(default_factory=lambda: ["lmsys-chat-1m"])
     configs: list[CardConfig]
+
+
+def shown_source(target: str) -> str:
+    """How the card names the release it came from: as given, a local folder by its name only.
+
+    An absolute path tells readers about the exporter's machine and means nothing on theirs.
+    """
+    path = Path(target.removeprefix("file://"))
+    return path.name if path.is_absolute() else target
 
 
 def render_card(
@@ -76,6 +86,7 @@ def render_card(
         filters=filters.model_dump(mode="json"),
         options=options,
         report=report,
+        source=shown_source(report.target),
         subsets=[(name, report.subsets[name]) for name in subsets],
         languages=languages,
         lmsys_license_name=LMSYS_LICENSE_NAME,

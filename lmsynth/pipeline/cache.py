@@ -27,7 +27,7 @@ from pydantic import Field, ValidationError
 from lmsynth.config import StrictModel
 from lmsynth.errors import InputRecordError
 from lmsynth.fingerprint import FINGERPRINT_VERSION, canonical_json, digest_rows
-from lmsynth.io import atomic_path, parse_line
+from lmsynth.io import atomic_path, parse_line, private_dir
 from lmsynth.pipeline.rows import STAGE_OUTPUTS
 from lmsynth.pipeline.workdir import sweep_locks, unit_lock
 
@@ -139,12 +139,13 @@ class StageCache:
         unit = unit.model_copy(update={"checksum": unit_checksum(unit)})
         if self.scratch is not None:
             self.scratch.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path, tmp_dir=self.scratch) as tmp:
+        with atomic_path(path, tmp_dir=self.scratch, private=True) as tmp:  # rows' gated text
             tmp.write_bytes(unit.__pydantic_serializer__.to_json(unit))
         return path
 
     def lock(self, key: str) -> contextlib.AbstractContextManager[None]:
         """The lock under which unit `key` is computed (`<key>.lock`, removed on release)."""
+        private_dir(self.dir)  # the units' folder: created private before the first lock or unit
         return unit_lock(self.dir / f"{key}.lock")
 
     def sweep(self) -> int:

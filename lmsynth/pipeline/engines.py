@@ -37,6 +37,7 @@ from typing import Any
 
 from pydantic import Field
 
+from lmsynth import constants
 from lmsynth.errors import PipelineError
 from lmsynth.io import write_text
 from lmsynth.llm import OpenAIModelConfig, VllmModelConfig
@@ -49,7 +50,7 @@ logger = logging.getLogger(__name__)
 SERVER_MODULE = "vllm.entrypoints.openai.api_server"
 ENGINE_LOG_DIR = "logs"  # inside the run folder: `vllm-<model>.log` per served model
 DEFAULT_MAX_NUM_SEQS = 256  # vLLM's own default when the YAML leaves max_num_seqs out
-START_TIMEOUT_S = float(os.environ.get("LMSYNTH_ENGINE_START_TIMEOUT_S", 1800))
+START_TIMEOUT_S = constants.ENGINE_START_TIMEOUT_S
 # Step processes per stage on a served model: while one batch's last sequences finish and lmsynth hands its
 # rows on, the other batch's requests already wait in the server, so the engine never idles between batches.
 SERVED_REPLICAS = 2
@@ -133,10 +134,25 @@ def server_args(model: VllmModelConfig, *, port: int, served_name: str, host: st
     return args
 
 
+def downloads_from_hub(model: VllmModelConfig) -> bool:
+    """Whether the server may download `model` (a hub id, not offline): only then does it get the Hub token."""
+    from lmsynth.demo_model import REGISTRY  # a registry name resolves to a converted local folder
+
+    return not model.offline and model.model not in REGISTRY and not Path(model.model).exists()
+
+
 def server_env(model: VllmModelConfig) -> dict[str, str]:
-    """The server's environment: no usage reporting, no hub downloads when offline, its own log level."""
-    env = {**os.environ, "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", "PYTHONUNBUFFERED": "1"}
-    env["VLLM_LOGGING_LEVEL"] = os.environ.get("LMSYNTH_ENGINE_LOG_LEVEL", "INFO")  # the log is a file
+    """The server's environment: no usage reporting, no hub downloads when offline, its own log level.
+
+    The Hub token only for a model it may download (a hub id, not offline); no other secret.
+    """
+    env = constants.child_env(
+        secrets=constants.HF_TOKEN_ENVS if downloads_from_hub(model) else (),
+        VLLM_NO_USAGE_STATS="1",
+        DO_NOT_TRACK="1",
+        PYTHONUNBUFFERED="1",
+        VLLM_LOGGING_LEVEL=constants.ENGINE_LOG_LEVEL,  # the log is a file
+    )
     if model.offline:
         env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
     if model.tensor_parallel_size == 1 and _cpu_build():

@@ -105,7 +105,7 @@ def gather(shard_dirs: list[Path | str], *, out_dir: Path | str, input_dir: Path
     #    duplicates across shards when the order is the input's.
     if positions is None:
         logger.warning("No input order: duplicates across shards stay unresolved (pass the prepared folder)")
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, private=True) as tmp:  # translated instructions: gated
         totals: dict[str, int] = {}
         changes: dict[str, int] = {}
         for sub in _SUBSETS:

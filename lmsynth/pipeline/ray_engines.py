@@ -25,10 +25,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from lmsynth import constants
 from lmsynth.errors import PipelineError
 from lmsynth.io import write_text
 from lmsynth.llm import VllmModelConfig
-from lmsynth.pipeline.engines import START_TIMEOUT_S, STOP_GRACE_S, EngineServer
+from lmsynth.pipeline.engines import START_TIMEOUT_S, STOP_GRACE_S, EngineServer, downloads_from_hub
 from lmsynth.pipeline.ray_exec import ResourcePlan, StepDemand, check_resources, gpu_vllm_installed
 from lmsynth.procs import reap_on_death
 
@@ -95,9 +96,14 @@ class RayEngineServer(EngineServer):
         check_resources(need, total=ray.cluster_resources(), per_node=nodes)
         host = ray.remote(num_cpus=0, num_gpus=gpus, max_concurrency=2)(EngineHost)  # stop() may come mid-start
         self.began_at = time.time()
-        self.proc = host.options(name=f"lmsynth-vllm-{self.name}-{time.time_ns()}").remote(
-            self.name, self.model.model_dump_json()
-        )
+        # The actor starts from Ray's environment, which holds no secret: the Hub token goes to it only for a
+        # model its server downloads (`server_env` hands it on).
+        tokens = constants.HF_TOKEN_ENVS if downloads_from_hub(self.model) else ()
+        env_vars = {n: v for n in tokens if (v := constants.secret(n))}
+        options: dict[str, Any] = {"name": f"lmsynth-vllm-{self.name}-{time.time_ns()}"}
+        if env_vars:
+            options["runtime_env"] = {"env_vars": env_vars}
+        self.proc = host.options(**options).remote(self.name, self.model.model_dump_json())
         self._pending = self.proc.start.remote(START_TIMEOUT_S)
         logger.info("asked a Ray actor for the vLLM server of %s (%d GPUs)", self.name, gpus)
 

@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from pydantic import Field, model_validator
 
+from lmsynth import constants
 from lmsynth.config import StrictModel
 from lmsynth.errors import PipelineError, RayResourceError, require
 
@@ -251,8 +251,8 @@ def ray_cluster(options: RayOptions) -> Iterator[None]:
     require("ray", extra="ray")
     import ray
 
-    # Ray reads these when it starts: no usage report leaves the machine.
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # Ray reads this from the environment when it starts: no usage report leaves the machine.
+    constants.set_for_frameworks({"RAY_USAGE_STATS_ENABLED": "0"})
     started_here = not ray.is_initialized()
     if started_here:
         ray.init(**ray_init_kwargs(options))

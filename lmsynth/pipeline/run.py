@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import shutil
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -27,7 +26,7 @@ from lmsynth.config import StrictModel
 from lmsynth.errors import InputRecordError, PipelineError
 from lmsynth.fingerprint import digest_rows
 from lmsynth.io import atomic_dir, read_jsonl
-from lmsynth.llm import VllmModelConfig
+from lmsynth.llm import OpenAIModelConfig, VllmModelConfig
 from lmsynth.pipeline.cache import StageCache
 from lmsynth.pipeline.config import (
     PipelineConfig,
@@ -122,6 +121,7 @@ def run_pipeline(
     llm_stages = config.model_stages()
     telemetry = Telemetry(total_requests=scan.rows * len(llm_stages), gpus=_gpus(config))
     totals = RunTotals(config)
+    _framework_environ(config)  # before Ray's cluster starts: its workers inherit the environment then
     # One run per output folder at a time (a second one waits, then reuses the cache); leftovers of killed
     # runs in it are removed first.
     with out_folder_lock(out_dir), run_work_dir(cache_root) as work:
@@ -129,8 +129,9 @@ def run_pipeline(
         for stage in llm_stages:
             StageCache(cache_root, stage=stage, fingerprint=stage_fps[stage]).sweep()
         with (
-            atomic_dir(out_dir / RUN_RECORDS_DIR) as records_tmp,
-            atomic_dir(out_dir / RUN_UNSAFE_DIR) as unsafe_tmp,
+            # Translated instructions (gated text): private, like the cache units they come from.
+            atomic_dir(out_dir / RUN_RECORDS_DIR, private=True) as records_tmp,
+            atomic_dir(out_dir / RUN_UNSAFE_DIR, private=True) as unsafe_tmp,
         ):
             safe_out = ShardedWriter(records_tmp, per_file=config.shard_records)
             unsafe_out = ShardedWriter(unsafe_tmp, per_file=config.shard_records)
@@ -360,7 +361,7 @@ def execute(
         return []
     from lmsynth.pipeline.steps import without_checkpoints
 
-    _quiet_libraries()
+    _framework_environ(config)
     shutil.rmtree(work_dir, ignore_errors=True)  # lmsynth resumes from its own cache, never from distilabel's
     pipeline = build_pipeline(
         config,
@@ -403,14 +404,20 @@ def execute(
 # ---------------------------------------------------------------------------
 
 
-def _quiet_libraries() -> None:
-    """Quiet distilabel and vLLM (INFO on every batch and engine detail): the run shows a progress bar instead.
+def _framework_environ(config: PipelineConfig) -> None:
+    """What distilabel's step processes read from the environment they inherit: log levels and the server key.
 
-    Set in the environment because the step and engine processes read it when they start.
+    Quiet distilabel and vLLM (INFO on every batch and engine detail): the run shows a progress bar instead.
+    A step process opens its `backend: openai` client itself and is started by distilabel from this
+    process's environment, so the key (held since the command started) goes back there only for a
+    pipeline that has such a model.
     """
     if not constants.DEBUG:
-        os.environ.setdefault("DISTILABEL_LOG_LEVEL", "WARNING")
-        os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # its warnings are about CPU kernel choices
+        # vLLM's warnings are about CPU kernel choices.
+        constants.set_for_frameworks({"DISTILABEL_LOG_LEVEL": "WARNING", "VLLM_LOGGING_LEVEL": "ERROR"})
+    key = constants.openai_api_key_from_env()
+    if key and any(type(m) is OpenAIModelConfig for m in config.models.values()):
+        constants.set_for_frameworks({constants.OPENAI_API_KEY_ENV: key})
 
 
 def _stage_model(config: PipelineConfig, models: dict[str, Any] | None, stage: str) -> Any:

@@ -62,7 +62,7 @@ def finish_rows(
         summaries.append(_summary(row, record, llm_stages=llm_stages, judged=judged))
     if lines:
         path = records_dir / f"{summaries[0].row_index:012d}-{os.getpid()}.txt"
-        write_text(path, "".join(lines))
+        write_text(path, "".join(lines), private=True)
     return summaries
 
 

@@ -20,6 +20,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from lmsynth.io import private_dir
+
 
 logger = logging.getLogger(__name__)
 
@@ -34,8 +36,7 @@ def run_work_dir(cache_root: Path) -> Iterator[Path]:
 
     Work folders that no living process holds (left by a killed run) are removed first.
     """
-    base = Path(cache_root) / WORK_DIR
-    base.mkdir(parents=True, exist_ok=True)
+    base = private_dir(Path(cache_root) / WORK_DIR)  # its runs' rows hold gated text
     clean_stale_work_dirs(base)
     path = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=base))
     fd = os.open(path / _LOCK_NAME, os.O_WRONLY | os.O_CREAT, 0o644)

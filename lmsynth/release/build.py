@@ -306,7 +306,8 @@ def plan_release(
                 if was_reused:
                     reused.append(rel)
                 if keep_gated is not None:
-                    with atomic_path(keep_gated / rel.removesuffix(".gpg")) as tmp, open(tmp, "wb") as f:
+                    plain = keep_gated / rel.removesuffix(".gpg")
+                    with atomic_path(plain, private=True) as tmp, open(tmp, "wb") as f:
                         for chunk in data_files.gz_chunks(lines()):
                             f.write(chunk)
                 kill_point("release.encrypted")

@@ -307,7 +307,8 @@ _HELD: dict[str, tuple[int, int]] = {}
 
 
 def _git_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    # No secret (git and its hooks need none), and none of the caller's GIT_* settings.
+    env = {k: v for k, v in constants.child_env().items() if not k.startswith("GIT_")}
     env.update(
         GIT_CONFIG_GLOBAL=os.devnull,
         GIT_CONFIG_NOSYSTEM="1",
