@@ -30,7 +30,7 @@ from lmsynth import __version__
 from lmsynth.errors import TagConflictError, TargetError
 from lmsynth.io import atomic_dir
 from lmsynth.retry import RetryPolicy
-from lmsynth.targets._retry import policy_from_env, with_retries
+from lmsynth.targets._retry import http_status, policy_from_env, with_retries
 from lmsynth.targets.base import PublishResult
 from lmsynth.tree.layout import MANIFEST_FILE
 from lmsynth.tree.manifest import check_tree
@@ -193,17 +193,27 @@ class HfTarget:
         return moved
 
     def _get(self, path: str, revision: str) -> bytes | None:
+        """The file, or None only when the Hub answered 404 for the file, the revision or the repo.
+
+        `hf_hub_download` reports a HEAD call that failed for any other reason (a 5xx, a 429, a reset) as
+        `LocalEntryNotFoundError`, a subclass of `EntryNotFoundError`: that one is a failure, never "absent".
+        """
         from huggingface_hub import hf_hub_download
-        from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+        from huggingface_hub.errors import (
+            LocalEntryNotFoundError,
+            RemoteEntryNotFoundError,
+            RepositoryNotFoundError,
+            RevisionNotFoundError,
+        )
 
         with tempfile.TemporaryDirectory(prefix="lmsynth-hf-") as tmp:
             try:
                 local = hf_hub_download(self.repo_id, path, repo_type=REPO_TYPE, revision=revision, local_dir=tmp)
-            except (EntryNotFoundError, RevisionNotFoundError) as e:
-                log.debug("%s: %s@%s absent (%s)", self.uri, path, revision, type(e).__name__)
-                return None
-            except RepositoryNotFoundError as e:
-                if getattr(e.response, "status_code", 404) in (401, 403):
+            except LocalEntryNotFoundError:
+                raise
+            except (RemoteEntryNotFoundError, RevisionNotFoundError, RepositoryNotFoundError) as e:
+                if http_status(e) != 404:
                     raise
+                log.debug("%s: %s@%s absent (%s)", self.uri, path, revision, type(e).__name__)
                 return None
             return Path(local).read_bytes()
