@@ -32,6 +32,10 @@ The flow, one command per stage (each stage reads the previous one's output):
 `lmsynth demo` runs 1–4 on the bundled sample. `lmsynth key --source SRC` prints the decryption key.
 Without --source, commands use the bundled sample (written by the project in the LMSYS-Chat-1M schema).
 Set LMSYNTH_DEBUG=1 to see tracebacks.
+
+\b
+Project folder: --project DIR, else $LMSYNTH_HOME, else the current folder. Its release/VERSION.yaml,
+pipelines/... and cards/... are used where it has them; every other one is the copy shipped with lmsynth.
 """
 
 app = typer.Typer(
@@ -39,15 +43,28 @@ app = typer.Typer(
 )
 
 
+ProjectOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--project",
+        help="Project folder whose release/, pipelines/ and cards/ files win over the shipped ones "
+        "(default: $LMSYNTH_HOME, else the current folder).",
+        file_okay=False,
+    ),
+]
+
+
 @app.callback()
-def _root() -> None:
+def _root(project_dir: ProjectOpt = None) -> None:
     """Before any command: remove what killed lmsynth commands left (scratch and run work folders; never a live one's).
 
     A killed run's work folder holds translated (gated) instructions: any later command removes it, not only a run.
     """
+    from lmsynth import project
     from lmsynth.pipeline.workdir import WORK_DIR, clean_stale_work_dirs
     from lmsynth.scratch import clean_stale
 
+    project.set_project(project_dir)
     clean_stale()
     clean_stale_work_dirs(constants.CACHE_DIR / WORK_DIR)
 
