@@ -140,9 +140,10 @@ def publish_cmd(
 
 def _resolve_target(version: str, name: str | None, manifest: Path | None) -> str:
     """A target URI from `--to/--from`: a manifest name (local, hf, ms) or a URI; default: the manifest's."""
-    if name is not None and name not in ("local", "hf", "ms"):
+    from lmsynth.release.manifest import TARGET_NAMES, load_manifest
+
+    if name is not None and name not in TARGET_NAMES:
         return name
-    from lmsynth.release.manifest import load_manifest
 
     return load_manifest(manifest or project.find(f"release/{version}.yaml")).targets.resolve(name)
 

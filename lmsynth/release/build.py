@@ -145,7 +145,7 @@ def build_release(
         raise ConfigError(manifest_path, "version", f"is {manifest.version}, not {version}")
     uri = manifest.targets.resolve(target)
     tgt = open_target(uri)
-    link_base, load_path, revision = _links(uri, version)
+    links = tgt.card_links(version)
 
     def previous(path: str) -> bytes | None:
         # None only when the target says the release or the file is absent; a read that failed is a TargetError
@@ -155,7 +155,7 @@ def build_release(
     with contextlib.ExitStack() as stack:
         # A target that can be locked (a local folder) is held from the first read of the published release to
         # the tag: a second release into it waits, then finds this one published (and reuses its files).
-        if not dry_run and hasattr(tgt, "lock"):
+        if not dry_run:
             stack.enter_context(tgt.lock())
         if passphrase is not None and not force:
             prev = _previous_manifest(previous)
@@ -180,9 +180,9 @@ def build_release(
             records_overrides=records_overrides,
             runs_root=runs_root,
             previous=previous,
-            link_base=link_base,
-            load_path=load_path,
-            revision=revision,
+            link_base=links.link_base,
+            load_path=links.load_path,
+            revision=links.revision,
             shard_bytes=shard_bytes,
             keep_gated=gated_plain,
         )
@@ -406,19 +406,6 @@ def _publish_gated_repo(manifest: ReleaseManifest, plain_tree: Path, *, version:
     lic = manifest.instructions_license
     metadata = {"license": "other", "license_name": lic.name, "license_link": lic.link, "language": ["ja"]}
     publish_gated_repo(plain_tree, spec=manifest.gated_repo, tag=version, metadata=metadata)
-
-
-def _links(uri: str, version: str) -> tuple[str, str, str | None]:
-    """(link base, load_dataset path, revision) of the cards for a target."""
-    if uri.startswith("hf://"):
-        repo = uri.removeprefix("hf://")
-        return f"https://huggingface.co/datasets/{repo}/resolve/{version}/", repo, version
-    if uri.startswith("ms://"):
-        repo = uri.removeprefix("ms://")
-        return f"https://www.modelscope.cn/datasets/{repo}/resolve/{version}/", repo, version
-    folder = uri.removeprefix("file://")
-    # A card never names a local absolute path: the folder's name is what a reader who cloned it has.
-    return "", Path(folder).name if Path(folder).is_absolute() else folder, None
 
 
 def _project_file(path: Path, root: Path | None) -> Path:
