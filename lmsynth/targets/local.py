@@ -159,13 +159,18 @@ class LocalTarget(Target):
         return self.path if commit is not None and commit == self._rev(f"refs/heads/{BRANCH}") else None
 
     def fetch_file(self, path: str, *, revision: str) -> bytes | None:
-        """One file of the tree at `revision`, or None when the repository, revision or file is absent."""
+        """One file of the tree at `revision`, or None when the repository, revision or file is absent.
+
+        Absent is what git says (no `.git`, no such revision, no such path in its tree); a repository git cannot
+        read (permissions, corruption) raises `TargetError` instead.
+        """
         if not (self.path / ".git").is_dir():
             return None
-        try:
-            return self._git_bytes("show", f"{revision}:{path}")
-        except TargetError:
+        self._git("rev-parse", "--git-dir")  # the repository itself must be readable
+        commit = self._rev(f"{revision}^{{commit}}")
+        if commit is None or not self._git("ls-tree", "--name-only", commit, "--", path).strip():
             return None
+        return self._git_bytes("show", f"{commit}:{path}")
 
     def download(self, tag: str, dest: Path) -> Path:
         """Extract the tree tagged `tag` into `dest` (via `git archive`)."""
@@ -312,6 +317,8 @@ _STEPS = {
     "symbolic-ref": "point HEAD at the branch",
     "archive": "read the release",
     "show": "read a file of the release",
+    "ls-tree": "list the release tree",
+    "rev-parse": "open the repository",
     "log": "read the branch",
 }
 # Folders whose lock this process holds: resolved path → (fd, depth).
