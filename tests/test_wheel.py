@@ -8,6 +8,7 @@ the checkout.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,15 +21,20 @@ from lmsynth.testing import write_run_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 SHAPES = {"llama-3.1": "v0.1", "gemma-2": "v0.3", "gemma-3": "v0.5"}
+_NOT_SOURCE = shutil.ignore_patterns(
+    ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".*_cache", "runs", "hub", "tests", "bench"
+)
 
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The checkout built into a wheel and installed (not editable) into a folder of its own."""
     wheels, target = tmp_path_factory.mktemp("wheels"), tmp_path_factory.mktemp("site")
+    # A copy of the checkout: pip builds in the source folder, and a `build/` left there could leak into wheels.
+    src = Path(shutil.copytree(ROOT, tmp_path_factory.mktemp("src") / "lmsynth", ignore=_NOT_SOURCE))
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-    build = [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(ROOT)]
-    res = subprocess.run(build, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    build = [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(src)]
+    res = subprocess.run(build, cwd=src, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     (wheel,) = wheels.glob("lmsynth-*.whl")
     res = subprocess.run([*pip, "install", "--no-deps", "--target", str(target), str(wheel)], capture_output=True)
