@@ -21,7 +21,7 @@ FOLDERS = ("release", "pipelines", "cards")
 @functools.cache
 def bundled_root() -> Path:
     """The folder holding the shipped `release/`, `pipelines/` and `cards/`: in the package, else the checkout."""
-    package = Path(str(resources.files(PACKAGE)))
+    package = Path(str(resources.files(PACKAGE))).resolve()
     data = package / DATA
     if all((data / f).is_dir() for f in FOLDERS):
         return data

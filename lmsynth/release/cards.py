@@ -212,7 +212,8 @@ def render_cards(
     """
     import jinja2
 
-    search = [cards_dir] if cards_dir else project.search_path("cards")
+    # Neither folder there: the project's is named in the error.
+    search = [cards_dir] if cards_dir else (project.search_path("cards") or [project.project_dir() / "cards"])
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader([str(d) for d in search]),
         undefined=jinja2.StrictUndefined,
