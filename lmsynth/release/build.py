@@ -135,6 +135,8 @@ def build_release(
         PassphraseError: no passphrase, or the previous release's files cannot be reused with it.
         LeakError: a public file contains gated text.
         TagConflictError: the tag exists with different content and `force` is off.
+        TargetError: the published release could not be read (only a 404 means "no previous release"), or the
+            target kept failing; nothing was published.
     """
     if not version:
         raise ConfigError("release", "version", "`version` can't be empty")
