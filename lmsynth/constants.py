@@ -13,18 +13,23 @@ import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from lmsynth.resources import bundled_root
+
 
 def _is_true(value: str | None) -> bool:
     return (value or "").strip().lower() in {"1", "true", "yes", "on"}
 
 
-# Where the project's declarative files live (pipelines/, release/, cards/). The package is installed
-# editable from the repository, so they sit next to it; LMSYNTH_HOME points elsewhere when needed.
+# The shipped declarative files (pipelines/, release/, cards/), found with importlib.resources: in the
+# wheel, or in the checkout of an editable install. A user's project folder (`--project`, LMSYNTH_HOME, else
+# the current folder) overrides them file by file: `lmsynth.project`.
 PACKAGE_DIR = Path(__file__).resolve().parent
-PROJECT_ROOT = Path(os.environ.get("LMSYNTH_HOME", PACKAGE_DIR.parent))
-PIPELINES_DIR = PROJECT_ROOT / "pipelines"
-RELEASE_DIR = PROJECT_ROOT / "release"
-CARDS_DIR = PROJECT_ROOT / "cards"
+BUNDLED_DIR = bundled_root()
+PIPELINES_DIR = BUNDLED_DIR / "pipelines"
+RELEASE_DIR = BUNDLED_DIR / "release"
+CARDS_DIR = BUNDLED_DIR / "cards"
+HOME_ENV = "LMSYNTH_HOME"
+LMSYNTH_HOME = Path(os.environ[HOME_ENV]) if os.environ.get(HOME_ENV) else None
 
 # The bundled sample source (LMSYS-Chat-1M schema, written by the project) and the template rules.
 SAMPLE_SOURCE = PACKAGE_DIR / "sample" / "lmsys_sample.jsonl"

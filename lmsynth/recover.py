@@ -127,7 +127,7 @@ def recover(
     """
     if not revision:
         raise VerifyError("`revision` can't be empty: name the release tag, e.g. v0.5")
-    from lmsynth.targets.base import open_target  # looked up per call: tests stand a plain folder in for it
+    from lmsynth.targets.registry import open_target  # looked up per call: tests stand a plain folder in for it
 
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)

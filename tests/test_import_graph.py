@@ -98,6 +98,59 @@ def test_forbidden_edge(edge: tuple[str, str], why: str) -> None:
     assert not places, f"{edge[0]} must not import {edge[1]} ({why}):\n" + "\n".join(f"  {p}" for p in places)
 
 
+def module_edges(subpackage: str, package: Path = PACKAGE) -> Edges:
+    """(module, module) inside `lmsynth.<subpackage>`: `targets.base` → `targets.schemes`."""
+    edges: Edges = defaultdict(list)
+    inside = f"lmsynth.{subpackage}"
+    for path in sorted((package / subpackage).rglob("*.py")):
+        rel = path.relative_to(package.parent)
+        module = ".".join(rel.with_suffix("").parts).removesuffix(".__init__")
+        text = path.read_text(encoding="utf-8")
+        for stmt in ast.walk(ast.parse(text, filename=str(path))):
+            names = _imported(stmt, module, is_package=path.name == "__init__.py")
+            if isinstance(stmt, ast.ImportFrom):  # `from lmsynth.targets import schemes` imports a module
+                names += [f"{n}.{a.name}" for n in names for a in stmt.names]
+            for name in names:
+                if name.startswith(inside + ".") and (package.parent / (name.replace(".", "/") + ".py")).is_file():
+                    if name != module and module != inside:  # the package's __init__ re-exports; it is no module
+                        edges[(module, name)].append(f"{rel}:{stmt.lineno}")
+    return dict(edges)
+
+
+def test_no_cycle_between_the_target_modules() -> None:
+    """The protocol (`base`) imports no implementation; `registry` picks one; implementations never import it."""
+    edges = module_edges("targets")
+    assert not cycles(edges), cycles(edges)
+    base = sorted(b for a, b in edges if a == "lmsynth.targets.base")
+    assert base == [], f"targets/base.py imports {base}"
+    into_registry = sorted(a for a, b in edges if b == "lmsynth.targets.registry")
+    assert into_registry == [], f"{into_registry} import targets/registry.py"
+
+
+TARGET_SCHEMES = ("hf://", "ms://", "file://")
+
+
+def test_uri_schemes_are_known_in_targets_only() -> None:
+    """No code outside targets/ tests a target URI's scheme (`x.startswith("hf://")`, `== "ms"`, ...).
+
+    `release/inputs.py` reads the runs of `--runs`/`records:`, which are fsspec URLs (a source, not a target).
+    """
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(PACKAGE).as_posix()
+        if rel.startswith("targets/") or rel == "release/inputs.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", "") in ("startswith", "removeprefix"):
+                args = [a.value for a in node.args if isinstance(a, ast.Constant) and isinstance(a.value, str)]
+                if any(a.startswith(TARGET_SCHEMES) for a in args):
+                    found.append(f"{rel}:{node.lineno}")
+            if isinstance(node, ast.keyword) and node.arg == "pattern" and isinstance(node.value, ast.Constant):
+                if TARGET_SCHEMES[0] in str(node.value.value) or TARGET_SCHEMES[1] in str(node.value.value):
+                    found.append(f"{rel}:{node.lineno}")
+    assert not found, "scheme tests outside lmsynth/targets/: " + ", ".join(found)
+
+
 class TestTheGraphReader:
     """The reader itself finds what it must, or the tests above could pass on a blind graph."""
 
@@ -127,6 +180,19 @@ class TestTheGraphReader:
             },
         )
         assert set(import_graph(pkg)) == {("a", "b")}
+
+    def test_module_edges_find_a_cycle_inside_a_package(self, tmp_path: Path) -> None:
+        pkg = _package(
+            tmp_path,
+            {
+                "t/__init__.py": "",
+                "t/base.py": "def f():\n    from lmsynth.t import hf\n",
+                "t/hf.py": "from .base import x\n",
+            },
+        )
+        edges = module_edges("t", pkg)
+        assert set(edges) == {("lmsynth.t.base", "lmsynth.t.hf"), ("lmsynth.t.hf", "lmsynth.t.base")}
+        assert cycles(edges) == [["lmsynth.t.base", "lmsynth.t.hf"]]
 
     def test_the_real_graph_has_the_known_edges(self) -> None:
         edges = import_graph()

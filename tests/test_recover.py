@@ -155,9 +155,9 @@ def built_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture()
 def tree(built_tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     tree = Path(shutil.copytree(built_tree, tmp_path / "release"))
-    import lmsynth.targets.base as base
+    import lmsynth.targets.registry as registry
 
-    monkeypatch.setattr(base, "open_target", lambda uri: FolderTarget(Path(uri)))
+    monkeypatch.setattr(registry, "open_target", lambda uri: FolderTarget(Path(uri)))
     return tree
 
 

@@ -32,6 +32,10 @@ The flow, one command per stage (each stage reads the previous one's output):
 `lmsynth demo` runs 1–4 on the bundled sample. `lmsynth key --source SRC` prints the decryption key.
 Without --source, commands use the bundled sample (written by the project in the LMSYS-Chat-1M schema).
 Set LMSYNTH_DEBUG=1 to see tracebacks.
+
+\b
+Project folder: --project DIR, else $LMSYNTH_HOME, else the current folder. Its release/VERSION.yaml,
+pipelines/... and cards/... are used where it has them; every other one is the copy shipped with lmsynth.
 """
 
 app = typer.Typer(
@@ -42,20 +46,32 @@ app = typer.Typer(
 # Commands that use a Hub client in this process: huggingface_hub reads the token only from `os.environ`.
 HUB_COMMANDS = frozenset({"prepare", "key", "release", "publish", "verify", "recover", "export"})
 
+ProjectOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--project",
+        help="Project folder whose release/, pipelines/ and cards/ files win over the shipped ones "
+        "(default: $LMSYNTH_HOME, else the current folder).",
+        file_okay=False,
+    ),
+]
+
 
 @app.callback()
-def _root(ctx: typer.Context) -> None:
+def _root(ctx: typer.Context, project_dir: ProjectOpt = None) -> None:
     """Before any command: take the secrets out of the environment, and remove what killed commands left.
 
     Secrets: held in this process (`constants.hold_secrets`), so that no child process inherits them; the
     children that need one get it explicitly. Leftovers: scratch and run work folders, never a live one's;
     a killed run's work folder holds translated (gated) instructions, so any later command removes it.
     """
+    from lmsynth import project
     from lmsynth.pipeline.workdir import WORK_DIR, clean_stale_work_dirs
     from lmsynth.scratch import clean_stale
 
     constants.hold_secrets(keep=constants.HF_TOKEN_ENVS if ctx.invoked_subcommand in HUB_COMMANDS else ())
     ctx.call_on_close(constants.restore_secrets)
+    project.set_project(project_dir)
     clean_stale()
     clean_stale_work_dirs(constants.CACHE_DIR / WORK_DIR)
 

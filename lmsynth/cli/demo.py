@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from lmsynth import constants
+from lmsynth import project
 from lmsynth.cli.app import app, out
 
 
@@ -33,12 +33,12 @@ def demo(
     with enabled():
         prep = prepare(None, out_dir=prepared)
         out.result("Prepared the bundled sample", out=prepared, kept=prep.stats.kept, unsafe=prep.stats.unsafe)
-        run = run_pipeline(constants.PIPELINES_DIR / "demo.yaml", input_dir=prepared, out_dir=run_dir)
+        run = run_pipeline(project.find("pipelines/demo.yaml"), input_dir=prepared, out_dir=run_dir)
         out.result("Ran pipelines/demo.yaml", out=run_dir, records=run.records)
         passphrase = derive_key(None)
         rel = build_release(
             "v0.5",
-            manifest_path=constants.RELEASE_DIR / "demo.yaml",
+            manifest_path=project.find("release/demo.yaml"),
             target=str(hub),
             passphrase=passphrase,
         )

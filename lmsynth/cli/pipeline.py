@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from lmsynth import project
 from lmsynth.cli.app import app, out
 
 
@@ -49,6 +50,7 @@ def run(
     from lmsynth.progress import enabled
 
     ray = RayOptions(address=ray_address, num_cpus=ray_cpus) if (use_ray or ray_address) else None
+    pipeline = pipeline if pipeline.exists() else project.find(pipeline)
     with enabled():
         if shard is not None:
             spec = ShardSpec.parse(shard)

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from lmsynth import constants
+from lmsynth import constants, project
 from lmsynth.cli.app import (
     DryRunOpt,
     ForceOpt,
@@ -27,7 +27,11 @@ log = logging.getLogger(__name__)
 
 
 ManifestOpt = Annotated[
-    Path | None, typer.Option("--manifest", help="Release manifest (default: release/<VERSION>.yaml).")
+    Path | None,
+    typer.Option(
+        "--manifest",
+        help="Release manifest (default: release/<VERSION>.yaml of the project folder, else the shipped one).",
+    ),
 ]
 RecordsOpt = Annotated[
     list[str] | None,
@@ -86,7 +90,8 @@ def release_cmd(
         )
     counts = ", ".join(f"{k}={v.records:,}" for k, v in res.counts.items())
     status = "Planned" if res.dry_run else ("Released" if res.created_commit or res.moved_tag else "Unchanged")
-    fields = {"tag": res.tag, "target": res.target, "commit": res.commit or "-", "files": res.files}
+    fields = {"manifest": res.manifest, "tag": res.tag, "target": res.target, "commit": res.commit or "-"}
+    fields["files"] = res.files
     out.result(f"{status} {version}", **fields, bytes=f"{res.bytes:,}", records=counts, tree=res.out_dir or "-")
 
 
@@ -154,11 +159,12 @@ def publish_cmd(
 
 def _resolve_target(version: str, name: str | None, manifest: Path | None) -> str:
     """A target URI from `--to/--from`: a manifest name (local, hf, ms) or a URI; default: the manifest's."""
-    if name is not None and name not in ("local", "hf", "ms"):
-        return name
-    from lmsynth.release.manifest import load_manifest
+    from lmsynth.release.manifest import TARGET_NAMES, load_manifest
 
-    return load_manifest(manifest or constants.RELEASE_DIR / f"{version}.yaml").targets.resolve(name)
+    if name is not None and name not in TARGET_NAMES:
+        return name
+
+    return load_manifest(manifest or project.find(f"release/{version}.yaml")).targets.resolve(name)
 
 
 def _parse_records(items: list[str]) -> dict[str, str]:

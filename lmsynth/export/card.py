@@ -8,7 +8,7 @@ from typing import Literal
 import yaml
 from pydantic import Field
 
-from lmsynth import constants
+from lmsynth import project
 from lmsynth.config import StrictModel
 from lmsynth.export.rows import ExportFilters
 from lmsynth.recover import RecoverReport
@@ -73,7 +73,7 @@ def render_card(
     )
     header = yaml.safe_dump(meta.model_dump(mode="json", exclude_none=True), sort_keys=False, allow_unicode=True)
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(constants.CARDS_DIR),
+        loader=jinja2.FileSystemLoader([str(d) for d in project.search_path("cards")]),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         autoescape=False,

@@ -11,8 +11,7 @@ import logging
 from pathlib import Path
 
 from lmsynth.errors import ExportError
-from lmsynth.targets.base import PublishResult, open_target
-from lmsynth.targets.hf import REPO_TYPE, get_hf_api, parse_repo_id
+from lmsynth.targets import PublishResult, open_target
 
 
 logger = logging.getLogger(__name__)
@@ -36,22 +35,9 @@ def publish_export(out_dir: Path | str, *, target_uri: str, tag: str, private: b
     """
     if not tag:
         raise ExportError("`tag` can't be empty")
-    if private:
-        _make_private(target_uri)
     target = open_target(target_uri)
+    if private:
+        if not target.can_make_private:
+            raise ExportError(f"{target_uri}: `--private` is supported for hf:// targets and local folders only")
+        target.make_private()
     return target.publish(Path(out_dir), tag=tag, message=f"Export {tag}")
-
-
-# Private helpers
-
-
-def _make_private(target_uri: str) -> None:
-    if target_uri.startswith("hf://"):
-        repo_id = parse_repo_id(target_uri, "hf")
-        api = get_hf_api()
-        api.create_repo(repo_id, repo_type=REPO_TYPE, private=True, exist_ok=True)
-        # An existing public repo stays public under `exist_ok`: switch it before the upload.
-        api.update_repo_settings(repo_id, repo_type=REPO_TYPE, private=True)
-        logger.info("%s is private", target_uri)
-    elif "://" in target_uri and not target_uri.startswith("file://"):
-        raise ExportError(f"{target_uri}: `--private` is supported for hf:// targets and local folders only")

@@ -12,10 +12,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, ValidationInfo
 
-from lmsynth import constants
-
-
-DEFAULT_PROMPTS_DIR = constants.PIPELINES_DIR / "prompts"
+from lmsynth import project
 
 
 def render(template: str, **variables: Any) -> str:
@@ -29,8 +26,8 @@ def read_prompt(path: Path) -> str:
 
 
 def default_prompt(name: str) -> Path:
-    """A prompt shipped in `pipelines/prompts/`."""
-    return DEFAULT_PROMPTS_DIR / name
+    """A stage's default prompt: `pipelines/prompts/NAME` of the project folder, else the shipped one."""
+    return project.find(f"pipelines/prompts/{name}")
 
 
 # Private helpers

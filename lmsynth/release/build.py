@@ -24,7 +24,7 @@ from pathlib import Path
 
 from pydantic import Field, SecretStr
 
-from lmsynth import constants, keycheck
+from lmsynth import constants, keycheck, project
 from lmsynth.config import StrictModel
 from lmsynth.crypto import encrypt_stream
 from lmsynth.errors import (
@@ -83,6 +83,7 @@ class ReleaseResult(StrictModel):
     """What `build_release` did."""
 
     version: str
+    manifest: Path = Field(description="The release manifest that was read (the project's or the shipped one).")
     tag: str
     target: str | None
     dry_run: bool
@@ -134,28 +135,29 @@ def build_release(
         PassphraseError: no passphrase, or the previous release's files cannot be reused with it.
         LeakError: a public file contains gated text.
         TagConflictError: the tag exists with different content and `force` is off.
+        TargetError: the published release could not be read (only a 404 means "no previous release"), or the
+            target kept failing; nothing was published.
     """
     if not version:
         raise ConfigError("release", "version", "`version` can't be empty")
-    manifest_path = Path(manifest_path) if manifest_path else constants.RELEASE_DIR / f"{version}.yaml"
+    manifest_path = Path(manifest_path) if manifest_path else project.find(f"release/{version}.yaml")
     manifest = load_manifest(manifest_path)
+    log.info("release %s: manifest %s", version, manifest_path)
     if manifest.version != version:
         raise ConfigError(manifest_path, "version", f"is {manifest.version}, not {version}")
     uri = manifest.targets.resolve(target)
     tgt = open_target(uri)
-    link_base, load_path, revision = _links(uri, version)
+    links = tgt.card_links(version)
 
     def previous(path: str) -> bytes | None:
-        try:
-            return tgt.fetch_file(path, revision=version)
-        except Exception as e:  # noqa: BLE001 — a missing previous release only means no reuse
-            log.debug("no previous %s from %s: %s", path, uri, type(e).__name__)
-            return None
+        # None only when the target says the release or the file is absent; a read that failed is a TargetError
+        # (a release that cannot read what it would replace must not re-encrypt and call the result different).
+        return tgt.fetch_file(path, revision=version)
 
     with contextlib.ExitStack() as stack:
         # A target that can be locked (a local folder) is held from the first read of the published release to
         # the tag: a second release into it waits, then finds this one published (and reuses its files).
-        if not dry_run and hasattr(tgt, "lock"):
+        if not dry_run:
             stack.enter_context(tgt.lock())
         if passphrase is not None and not force:
             prev = _previous_manifest(previous)
@@ -175,13 +177,14 @@ def build_release(
         plan = plan_release(
             manifest,
             tree=staging,
+            project_root=project.manifest_root(manifest_path),
             passphrase=passphrase,
             records_overrides=records_overrides,
             runs_root=runs_root,
             previous=previous,
-            link_base=link_base,
-            load_path=load_path,
-            revision=revision,
+            link_base=links.link_base,
+            load_path=links.load_path,
+            revision=links.revision,
             shard_bytes=shard_bytes,
             keep_gated=gated_plain,
         )
@@ -193,6 +196,7 @@ def build_release(
             kept = Path(out_dir)
         common = {
             "version": version,
+            "manifest": manifest_path,
             "tag": version,
             "target": uri,
             "dry_run": dry_run,
@@ -223,6 +227,7 @@ def plan_release(
     revision: str | None = None,
     shard_bytes: int | None = None,
     keep_gated: Path | None = None,
+    project_root: Path | None = None,
 ) -> ReleasePlan:
     """Build the release tree of `manifest` into the empty folder `tree` and leak-check it.
 
@@ -240,6 +245,8 @@ def plan_release(
         revision: The `revision=` of the cards' examples.
         shard_bytes: Parquet shard rotation size.
         keep_gated: Keep the gated plaintexts (`.jsonl.gz`) here for a Hub-gated repo instead of deleting them.
+        project_root: What the manifest's relative `pipelines:` resolve against (`project.manifest_root`);
+            default: the project folder (`lmsynth.project`).
 
     Returns:
         The plan: every file with sha256 and size, counts, reused ciphertexts.
@@ -257,7 +264,7 @@ def plan_release(
     for s in manifest.subsets:
         _check_finished_inputs(s, records[s.config], prepared[s.config])
         for p in s.pipelines:
-            if not _project_file(p).exists():
+            if not _project_file(p, project_root).exists():
                 raise ManifestError("manifest", s.config, "pipelines", f"{p}: no such file or folder")
     prev_manifest = _previous_manifest(previous)
 
@@ -338,7 +345,7 @@ def plan_release(
                 ),
             )
         # 3. Pipeline definitions, cards.
-        pipeline_hashes = _copy_pipelines(manifest, tree)
+        pipeline_hashes = _copy_pipelines(manifest, tree, project_root)
         texts = cards.render_cards(manifest, built, link_base=link_base, load_path=load_path, revision=revision)
         for rel, text in texts.items():
             (tree / rel).write_text(text, encoding="utf-8")
@@ -404,25 +411,13 @@ def _publish_gated_repo(manifest: ReleaseManifest, plain_tree: Path, *, version:
     publish_gated_repo(plain_tree, spec=manifest.gated_repo, tag=version, metadata=metadata)
 
 
-def _links(uri: str, version: str) -> tuple[str, str, str | None]:
-    """(link base, load_dataset path, revision) of the cards for a target."""
-    if uri.startswith("hf://"):
-        repo = uri.removeprefix("hf://")
-        return f"https://huggingface.co/datasets/{repo}/resolve/{version}/", repo, version
-    if uri.startswith("ms://"):
-        repo = uri.removeprefix("ms://")
-        return f"https://www.modelscope.cn/datasets/{repo}/resolve/{version}/", repo, version
-    folder = uri.removeprefix("file://")
-    # A card never names a local absolute path: the folder's name is what a reader who cloned it has.
-    return "", Path(folder).name if Path(folder).is_absolute() else folder, None
-
-
-def _project_file(path: Path) -> Path:
-    """A relative pipeline path from the current folder, else from the project (for runs started elsewhere)."""
-    if path.is_absolute() or path.exists():
+def _project_file(path: Path, root: Path | None) -> Path:
+    """A manifest's pipeline path: relative to the manifest's project folder, else by the project-folder rule."""
+    if path.is_absolute():
         return path
-    fallback = constants.PROJECT_ROOT / path
-    return fallback if fallback.exists() else path
+    if root is not None and (root / path).exists():
+        return root / path
+    return project.find(path)
 
 
 def _previous_manifest(previous: FetchPrevious | None) -> ChecksumManifest | None:
@@ -536,10 +531,10 @@ def _run_command(spec: SubsetSpec) -> str:
     return f"lmsynth run {pipeline} --input {spec.prepared or 'runs/prepared'} --out {spec.records}"
 
 
-def _copy_pipelines(manifest: ReleaseManifest, tree: Path) -> dict[str, str]:
+def _copy_pipelines(manifest: ReleaseManifest, tree: Path, root: Path | None) -> dict[str, str]:
     hashes: dict[str, str] = {}
     for spec in manifest.subsets:
-        for src in map(_project_file, spec.pipelines):
+        for src in (_project_file(p, root) for p in spec.pipelines):
             items = sorted(p for p in src.rglob("*") if p.is_file()) if src.is_dir() else [src]
             for item in items:
                 rel = f"{layout.PIPELINES_DIR}/{item.relative_to(src.parent).as_posix()}"

@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 from pydantic import Field
 
-from lmsynth import constants
+from lmsynth import project
 from lmsynth.config import StrictModel, load_yaml
 from lmsynth.release.data_files import arrow_schema
 from lmsynth.release.manifest import ReleaseManifest, SubsetSpec
@@ -208,18 +208,20 @@ def render_cards(
             for links relative to the tree.
         load_path: What `load_dataset` is given in the examples (repo id or folder).
         revision: The `revision=` of the examples (the tag on a hub).
-        cards_dir: Templates folder (default `cards/` of the project).
+        cards_dir: Templates folder (default: `cards/` of the project folder, file by file, else the shipped one).
     """
     import jinja2
 
-    cards_dir = cards_dir or constants.CARDS_DIR
+    # Neither folder there: the project's is named in the error.
+    search = [cards_dir] if cards_dir else (project.search_path("cards") or [project.project_dir() / "cards"])
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(cards_dir)),
+        loader=jinja2.FileSystemLoader([str(d) for d in search]),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         autoescape=False,  # noqa: S701 — Markdown, not HTML
     )
-    fields = load_yaml(cards_dir / FIELDS_FILE, FieldDocs).fields
+    fields_file = next((d / FIELDS_FILE for d in search if (d / FIELDS_FILE).is_file()), search[0] / FIELDS_FILE)
+    fields = load_yaml(fields_file, FieldDocs).fields
     present = {"synthesized_assistant_responses_en", "synthesized_multiturn_conversation"}
 
     def fields_for(specs: list[SubsetSpec]) -> list[FieldDoc]:

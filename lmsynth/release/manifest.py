@@ -13,19 +13,23 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import Field, ValidationError, field_validator
 
 from lmsynth.config import StrictModel, dotted, read_yaml, validate_strict
 from lmsynth.errors import ConfigError, ManifestError
 from lmsynth.targets.gated import GatedRepoSpec
+from lmsynth.targets.schemes import HF_URI_PATTERN, MS_URI_PATTERN
 from lmsynth.tree.manifest import LicenseSpec, ModelRef
 
 
 VERSION_PATTERN = r"^v\d+\.\d+(\.\d+)?$"
 CONFIG_PATTERN = r"^[a-z0-9][a-z0-9._-]*$"
 GatedSet = Literal["default", "unsafe"]
+# The names a manifest gives its targets (`targets:`), which `--to` / `--from` accept besides a URI.
+TargetName = Literal["local", "hf", "ms"]
+TARGET_NAMES: tuple[str, ...] = get_args(TargetName)
 
 
 class GenerationParams(StrictModel):
@@ -93,14 +97,14 @@ class TargetsSpec(StrictModel):
     """Named targets; `--to` overrides the default."""
 
     local: str = "hub"
-    hf: str | None = Field(None, pattern=r"^hf://")
-    ms: str | None = Field(None, pattern=r"^ms://")
-    default: Literal["local", "hf", "ms"] = "local"
+    hf: str | None = Field(None, pattern=HF_URI_PATTERN)
+    ms: str | None = Field(None, pattern=MS_URI_PATTERN)
+    default: TargetName = "local"
 
     def resolve(self, name: str | None = None) -> str:
         """The URI of target `name` (default: `default`); anything else is taken as a URI itself."""
         key = name or self.default
-        if key in ("local", "hf", "ms"):
+        if key in TARGET_NAMES:
             uri = getattr(self, key)
             if uri is None:
                 raise ConfigError("targets", key, "this target has no URI in the manifest")

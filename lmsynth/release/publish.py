@@ -12,7 +12,7 @@ from pathlib import Path
 
 from lmsynth.errors import TargetError
 from lmsynth.release.leak_guard import GatedIndex, scan_tree
-from lmsynth.targets.base import PublishResult, open_target
+from lmsynth.targets import PublishResult, open_target
 from lmsynth.tree.layout import MANIFEST_FILE
 from lmsynth.tree.manifest import check_tree
 

@@ -21,7 +21,7 @@ from lmsynth.crypto import KEY_HINT, decrypt_file
 from lmsynth.errors import ChecksumError, PassphraseError, VerifyError
 from lmsynth.io import sha256_file
 from lmsynth.scratch import scratch_dir
-from lmsynth.targets import open_target
+from lmsynth.targets import Target, open_target
 from lmsynth.tree import layout
 from lmsynth.tree.manifest import ChecksumManifest, check_tree
 
@@ -113,9 +113,9 @@ def _opens(tree: Path, manifest: ChecksumManifest, passphrase: SecretStr, *, wor
     return True
 
 
-def _check_working_folder(tgt: object, version: str) -> None:
+def _check_working_folder(tgt: Target, version: str) -> None:
     """A local folder whose branch holds `version` is what `load_dataset(folder, ...)` reads: check its files too."""
-    folder = tgt.working_folder(version) if hasattr(tgt, "working_folder") else None
+    folder = tgt.working_folder(version)
     if folder is None:
         return
     try:
@@ -128,7 +128,7 @@ def _check_working_folder(tgt: object, version: str) -> None:
         ) from None
 
 
-def _check_loading(tgt: object, version: str, manifest: ChecksumManifest, tree: Path) -> dict[str, int]:
+def _check_loading(tgt: Target, version: str, manifest: ChecksumManifest, tree: Path) -> dict[str, int]:
     """`load_dataset` of every config as users load it: by repo id at the tag, or the downloaded tree (ModelScope)."""
     import datasets
 

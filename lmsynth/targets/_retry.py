@@ -86,6 +86,7 @@ def hub_error(e: BaseException, *, target: str, action: str, attempts: int = 1) 
     """The one-line lmsynth error for a failed hub call (never holding a token)."""
     status = http_status(e)
     tries = f" after {attempts} attempts" if attempts > 1 else ""
+    action = f"{action} ({url})" if (url := request_url(e)) else action
     if status in (401, 403):
         msg = (
             f"cannot {action}: the hub refused the credentials (HTTP {status}); use a token with write access "
@@ -121,6 +122,20 @@ def http_status(e: BaseException) -> int | None:
         status = getattr(response, "status_code", None) or getattr(cur, "status_code", None)
         if isinstance(status, int):
             return status
+    return None
+
+
+def request_url(e: BaseException) -> str | None:
+    """`METHOD URL` of the request behind `e` or what it wraps (no query string: it may carry a token)."""
+    for cur in _chain(e):
+        for holder in (getattr(cur, "response", None), cur):
+            try:
+                request = getattr(holder, "request", None)
+            except RuntimeError:  # httpx: an error raised outside a request has none
+                request = None
+            url = getattr(request, "url", None)
+            if url is not None:
+                return f"{getattr(request, 'method', 'GET')} {str(url).split('?')[0]}"
     return None
 
 

@@ -1,11 +1,13 @@
-"""The target protocol and the URI parser that picks an implementation.
+"""The target protocol: what every target does, and the optional abilities it declares.
 
 A target stores release trees under version tags. Every implementation is all-or-nothing: either the
-tag points at a state holding every file of the tree, or there is no tag.
+tag points at a state holding every file of the tree, or there is no tag. `open_target` (`registry`) picks
+the implementation for a URI; this module imports none of them.
 """
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -23,21 +25,35 @@ class PublishResult(StrictModel):
     moved_tag: bool = False
 
 
+class CardLinks(StrictModel):
+    """How a release's cards point at its files and show loading it, for one target and version."""
+
+    link_base: str = ""
+    load_path: str = "."
+    revision: str | None = None
+
+
 @runtime_checkable
 class Target(Protocol):
-    """A place that holds tagged release trees."""
+    """A place that holds tagged release trees.
+
+    Abilities not every target has come with a default here (a target says it has one by overriding it):
+    `lock` (no lock), `working_folder` (none), `make_private` (`can_make_private` False: refused).
+    """
 
     uri: str
+    can_make_private: bool = False
 
     def publish(self, tree: Path, *, tag: str, message: str, force: bool = False) -> PublishResult:
         """Store the release tree `tree` and point `tag` at it (no-op when identical)."""
         ...
 
     def fetch_file(self, path: str, *, revision: str) -> bytes | None:
-        """One file of the tree at `revision` (tag or branch), or None when the revision or file is absent.
+        """One file of the tree at `revision` (tag or branch), or None when the target says it is absent.
 
-        The release builder reads the previous MANIFEST.json and gated ciphertexts through this, so that a
-        re-release with unchanged plaintext reuses them and makes no commit.
+        Absent means the target answered so (a 404 for the file, the revision or the repo); a read that failed
+        for any other reason raises `TargetError`. The release builder reads the previous MANIFEST.json and
+        gated ciphertexts through this, so that a re-release with unchanged plaintext reuses them.
         """
         ...
 
@@ -52,23 +68,18 @@ class Target(Protocol):
         """
         ...
 
+    def card_links(self, version: str) -> CardLinks:
+        """The cards' file links and `load_dataset` example for `version` on this target."""
+        ...
 
-def open_target(uri: str) -> Target:
-    """Return the target for `uri`: `hf://ORG/NAME`, `ms://ORG/NAME`, or a local folder (`file://` optional).
+    def lock(self) -> contextlib.AbstractContextManager[None]:
+        """Hold the target against other releases, from reading the published release to the tag (default: none)."""
+        return contextlib.nullcontext()
 
-    Raises:
-        TargetError: the URI is malformed or its extra is not installed.
-    """
-    if uri.startswith("hf://"):
-        from lmsynth.targets.hf import HfTarget
+    def working_folder(self, tag: str) -> Path | None:
+        """A folder `load_dataset` reads directly when it holds `tag` (default: none)."""
+        return None
 
-        return HfTarget.from_uri(uri)
-    if uri.startswith("ms://"):
-        from lmsynth.targets.modelscope import ModelScopeTarget
-
-        return ModelScopeTarget.from_uri(uri)
-    if "://" in uri and not uri.startswith("file://"):
-        raise TargetError(uri, "unknown target scheme; use a folder, file://PATH, hf://ORG/NAME or ms://ORG/NAME")
-    from lmsynth.targets.local import LocalTarget
-
-    return LocalTarget(Path(uri.removeprefix("file://")))
+    def make_private(self) -> None:
+        """Create the repo private, or switch it to private, before anything is uploaded."""
+        raise TargetError(self.uri, "lmsynth cannot set this target's visibility")

@@ -20,7 +20,8 @@ from lmsynth.errors import TargetError
 from lmsynth.scratch import scratch_dir
 from lmsynth.targets._retry import with_retries
 from lmsynth.targets.base import PublishResult
-from lmsynth.targets.hf import REPO_TYPE, HfTarget, get_hf_api, parse_repo_id
+from lmsynth.targets.hf import REPO_TYPE, HfTarget, get_hf_api
+from lmsynth.targets.schemes import HF, HF_URI_PATTERN, parse_repo_id
 from lmsynth.tree.layout import INDEX_CARD
 from lmsynth.tree.manifest import tree_files, write_manifest
 
@@ -28,7 +29,7 @@ from lmsynth.tree.manifest import tree_files, write_manifest
 class GatedRepoSpec(StrictModel):
     """The release manifest's `gated_repo:` switch: this target's settings."""
 
-    repo: str = Field(pattern=r"^hf://", description="hf://ORG/NAME of the gated repo (not the public one).")
+    repo: str = Field(pattern=HF_URI_PATTERN, description="hf://ORG/NAME of the gated repo (not the public one).")
     prompt: str = Field(min_length=1, description="`extra_gated_prompt`: the terms users accept.")
     fields: dict[str, str | dict] = Field(default_factory=dict, description="`extra_gated_fields` of the form.")
     mode: Literal["auto", "manual"] = Field("manual", description="Approval of access requests.")
@@ -64,7 +65,7 @@ def publish_gated_repo(
     files = [f for f in tree_files(src) if f != INDEX_CARD]
     if not files:
         raise TargetError(str(src), "no files to publish to the gated repo")
-    target = HfTarget(parse_repo_id(spec.repo, "hf"))
+    target = HfTarget(parse_repo_id(spec.repo, HF))
     api = get_hf_api()
 
     def gate() -> None:

@@ -20,7 +20,6 @@ expects and still ends in a single commit; servers without Xet (the test stand-i
 from __future__ import annotations
 
 import logging
-import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -30,8 +29,9 @@ from lmsynth import __version__
 from lmsynth.errors import TagConflictError, TargetError
 from lmsynth.io import atomic_dir
 from lmsynth.retry import RetryPolicy
-from lmsynth.targets._retry import policy_from_env, with_retries
-from lmsynth.targets.base import PublishResult
+from lmsynth.targets._retry import http_status, policy_from_env, with_retries
+from lmsynth.targets.base import CardLinks, PublishResult, Target
+from lmsynth.targets.schemes import HF, parse_repo_id
 from lmsynth.tree.layout import MANIFEST_FILE
 from lmsynth.tree.manifest import check_tree
 
@@ -44,7 +44,6 @@ log = logging.getLogger(__name__)
 
 REPO_TYPE = "dataset"
 BRANCH = "main"
-REPO_ID_PATTERN = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
 # Files the Hub writes itself; never deleted by a release.
 HUB_OWNED = frozenset({".gitattributes"})
 
@@ -56,30 +55,20 @@ def get_hf_api() -> HfApi:
     return HfApi(library_name="lmsynth", library_version=__version__)
 
 
-def parse_repo_id(uri: str, scheme: str) -> str:
-    """`ORG/NAME` from `<scheme>://ORG/NAME`.
+class HfTarget(Target):
+    """A dataset repo on the Hugging Face Hub; versions are git tags. It can be made private."""
 
-    Raises:
-        TargetError: the URI does not have that shape.
-    """
-    repo_id = uri.removeprefix(f"{scheme}://").strip("/")
-    if not uri.startswith(f"{scheme}://") or not REPO_ID_PATTERN.fullmatch(repo_id):
-        raise TargetError(uri, f"expected {scheme}://ORG/NAME")
-    return repo_id
-
-
-class HfTarget:
-    """A dataset repo on the Hugging Face Hub; versions are git tags."""
+    can_make_private = True
 
     def __init__(self, repo_id: str, *, retry: RetryPolicy | None = None) -> None:
         self.repo_id = repo_id
-        self.uri = f"hf://{repo_id}"
+        self.uri = f"{HF}://{repo_id}"
         self.retry = retry or policy_from_env()
 
     @classmethod
     def from_uri(cls, uri: str) -> HfTarget:
         """Build from `hf://ORG/NAME`."""
-        return cls(parse_repo_id(uri, "hf"))
+        return cls(parse_repo_id(uri, HF))
 
     def publish(self, tree: Path, *, tag: str, message: str, force: bool = False) -> PublishResult:
         """Commit `tree` in one commit and tag it `tag` (no commit when the remote already holds it).
@@ -137,6 +126,21 @@ class HfTarget:
         """`load_dataset(repo_id, config, revision=tag)`."""
         return self.repo_id, {"revision": tag}
 
+    def card_links(self, version: str) -> CardLinks:
+        """Links into the Hub's file view at the tag; examples load the repo id at the tag."""
+        base = f"https://huggingface.co/datasets/{self.repo_id}/resolve/{version}/"
+        return CardLinks(link_base=base, load_path=self.repo_id, revision=version)
+
+    def make_private(self) -> None:
+        """Create the repo private, or switch an existing public one to private (`exist_ok` keeps it public)."""
+        api = get_hf_api()
+        repo, kind = self.repo_id, REPO_TYPE
+        self._step(
+            "create the private repo", lambda: api.create_repo(repo, repo_type=kind, private=True, exist_ok=True)
+        )
+        self._step("make the repo private", lambda: api.update_repo_settings(repo, repo_type=kind, private=True))
+        log.info("%s is private", self.uri)
+
     # Private helpers
 
     def _step(self, action: str, fn):
@@ -193,17 +197,27 @@ class HfTarget:
         return moved
 
     def _get(self, path: str, revision: str) -> bytes | None:
+        """The file, or None only when the Hub answered 404 for the file, the revision or the repo.
+
+        `hf_hub_download` reports a HEAD call that failed for any other reason (a 5xx, a 429, a reset) as
+        `LocalEntryNotFoundError`, a subclass of `EntryNotFoundError`: that one is a failure, never "absent".
+        """
         from huggingface_hub import hf_hub_download
-        from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+        from huggingface_hub.errors import (
+            LocalEntryNotFoundError,
+            RemoteEntryNotFoundError,
+            RepositoryNotFoundError,
+            RevisionNotFoundError,
+        )
 
         with tempfile.TemporaryDirectory(prefix="lmsynth-hf-") as tmp:
             try:
                 local = hf_hub_download(self.repo_id, path, repo_type=REPO_TYPE, revision=revision, local_dir=tmp)
-            except (EntryNotFoundError, RevisionNotFoundError) as e:
-                log.debug("%s: %s@%s absent (%s)", self.uri, path, revision, type(e).__name__)
-                return None
-            except RepositoryNotFoundError as e:
-                if getattr(e.response, "status_code", 404) in (401, 403):
+            except LocalEntryNotFoundError:
+                raise
+            except (RemoteEntryNotFoundError, RevisionNotFoundError, RepositoryNotFoundError) as e:
+                if http_status(e) != 404:
                     raise
+                log.debug("%s: %s@%s absent (%s)", self.uri, path, revision, type(e).__name__)
                 return None
             return Path(local).read_bytes()

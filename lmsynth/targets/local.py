@@ -33,7 +33,7 @@ from lmsynth import constants
 from lmsynth.errors import TagConflictError, TargetError
 from lmsynth.faults import kill_point
 from lmsynth.scratch import scratch_dir
-from lmsynth.targets.base import PublishResult
+from lmsynth.targets.base import CardLinks, PublishResult, Target
 
 
 log = logging.getLogger(__name__)
@@ -44,8 +44,13 @@ IDENTITY = {"name": "lmsynth", "email": "lmsynth@localhost"}
 FIXED_DATE = "2024-01-01T00:00:00+0000"
 
 
-class LocalTarget:
-    """A git-backed folder holding tagged release trees; `load_dataset(folder, config)` reads its HEAD."""
+class LocalTarget(Target):
+    """A git-backed folder holding tagged release trees; `load_dataset(folder, config)` reads its HEAD.
+
+    Abilities: a lock (`lock`), a working folder (`working_folder`); it is private to its owner already.
+    """
+
+    can_make_private = True
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
@@ -154,13 +159,18 @@ class LocalTarget:
         return self.path if commit is not None and commit == self._rev(f"refs/heads/{BRANCH}") else None
 
     def fetch_file(self, path: str, *, revision: str) -> bytes | None:
-        """One file of the tree at `revision`, or None when the repository, revision or file is absent."""
+        """One file of the tree at `revision`, or None when the repository, revision or file is absent.
+
+        Absent is what git says (no `.git`, no such revision, no such path in its tree); a repository git cannot
+        read (permissions, corruption) raises `TargetError` instead.
+        """
         if not (self.path / ".git").is_dir():
             return None
-        try:
-            return self._git_bytes("show", f"{revision}:{path}")
-        except TargetError:
+        self._git("rev-parse", "--git-dir")  # the repository itself must be readable
+        commit = self._rev(f"{revision}^{{commit}}")
+        if commit is None or not self._git("ls-tree", "--name-only", commit, "--", path).strip():
             return None
+        return self._git_bytes("show", f"{commit}:{path}")
 
     def download(self, tag: str, dest: Path) -> Path:
         """Extract the tree tagged `tag` into `dest` (via `git archive`)."""
@@ -183,6 +193,13 @@ class LocalTarget:
             with tarfile.open(fileobj=tmp) as tar:
                 tar.extractall(dest, filter="data")
         return dest
+
+    def card_links(self, version: str) -> CardLinks:
+        """Links relative to the tree; examples load the folder by its name (never a local absolute path)."""
+        return CardLinks(load_path=self.path.name if self.path.is_absolute() else str(self.path))
+
+    def make_private(self) -> None:
+        """Nothing to do: a local folder is not published anywhere."""
 
     def load_dataset_args(self, tag: str) -> tuple[str, dict]:
         """The folder itself when `tag` is its checked-out HEAD, else a cached checkout of `tag`.
@@ -300,6 +317,8 @@ _STEPS = {
     "symbolic-ref": "point HEAD at the branch",
     "archive": "read the release",
     "show": "read a file of the release",
+    "ls-tree": "list the release tree",
+    "rev-parse": "open the repository",
     "log": "read the branch",
 }
 # Folders whose lock this process holds: resolved path → (fd, depth).

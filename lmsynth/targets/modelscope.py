@@ -34,8 +34,8 @@ from lmsynth.errors import MissingDependencyError, TagConflictError, TargetError
 from lmsynth.io import atomic_dir, sha256_file
 from lmsynth.retry import RetryPolicy
 from lmsynth.targets._retry import policy_from_env, with_retries
-from lmsynth.targets.base import PublishResult
-from lmsynth.targets.hf import parse_repo_id
+from lmsynth.targets.base import CardLinks, PublishResult, Target
+from lmsynth.targets.schemes import MS, parse_repo_id
 from lmsynth.tree.layout import INDEX_CARD, MANIFEST_FILE
 from lmsynth.tree.manifest import check_tree, read_manifest
 
@@ -98,12 +98,12 @@ def modelscope_card(tree: Path) -> str:
     return f"---\n{yaml.safe_dump(meta, sort_keys=False, allow_unicode=True)}---\n{note}{body}"
 
 
-class ModelScopeTarget:
+class ModelScopeTarget(Target):
     """A dataset repo on ModelScope; versions are repo tags on `master`."""
 
     def __init__(self, repo_id: str, *, retry: RetryPolicy | None = None) -> None:
         self.repo_id = repo_id
-        self.uri = f"ms://{repo_id}"
+        self.uri = f"{MS}://{repo_id}"
         self.retry = retry or policy_from_env()
 
     @classmethod
@@ -173,6 +173,11 @@ class ModelScopeTarget:
                 os.replace(path, out)
             shutil.rmtree(got)
         return Path(dest)
+
+    def card_links(self, version: str) -> CardLinks:
+        """Links into ModelScope's file view at the tag; examples load the repo id at the tag."""
+        base = f"https://www.modelscope.cn/datasets/{self.repo_id}/resolve/{version}/"
+        return CardLinks(link_base=base, load_path=self.repo_id, revision=version)
 
     def load_dataset_args(self, tag: str) -> None:
         """None: ModelScope is not a `datasets` hub; a release is checked by loading its download."""

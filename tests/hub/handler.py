@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import socket
+import struct
 import tempfile
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+
+
+# An injected "status" that answers nothing: the connection is reset (RST) instead.
+RESET = 0
 
 
 class DispatchingHandler(BaseHTTPRequestHandler):
@@ -20,6 +25,12 @@ class DispatchingHandler(BaseHTTPRequestHandler):
 
     def _dispatch(self, method: str) -> None:
         raise NotImplementedError
+
+    def _reset(self) -> None:
+        """Drop the connection with a TCP reset, as a flaky proxy or load balancer does."""
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.close_connection = True
+        self.connection.close()
 
     def do_GET(self) -> None:  # noqa: N802
         self._dispatch("GET")

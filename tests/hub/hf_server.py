@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from tests.hub.handler import DispatchingHandler, StandInServer
+from tests.hub.handler import RESET, DispatchingHandler, StandInServer
 
 
 GITATTRIBUTES = b"*.parquet filter=lfs diff=lfs merge=lfs -text\n*.gpg filter=lfs diff=lfs merge=lfs -text\n"
@@ -69,6 +69,7 @@ class Fault:
     status: int
     times: int
     skip: int = 0
+    path: str | None = None
 
 
 class HubState:
@@ -91,13 +92,15 @@ class HubState:
 
     # Fault injection -----------------------------------------------------------------------------
 
-    def inject(self, route: str, status: int, *, times: int = 1, skip: int = 0) -> None:
+    def inject(self, route: str, status: int, *, times: int = 1, skip: int = 0, path: str | None = None) -> None:
         """Answer `status` to the next `times` requests of `route` after letting `skip` of them through.
 
         Routes: create, preupload, lfs-batch, lfs-upload, commit, tag, refs, info, tree, resolve, any.
+        `path`: only requests whose URL path ends with it (e.g. `/MANIFEST.json`). `status` RESET (0) resets
+        the connection instead of answering.
         """
         with self.lock:
-            self.faults.append(Fault(route, status, times, skip))
+            self.faults.append(Fault(route, status, times, skip, path))
 
     def require_tokens(self, *tokens: str) -> None:
         """From now on, writes need `Authorization: Bearer <one of tokens>`."""
@@ -133,10 +136,12 @@ class HubState:
         repo.commits[oid] = commit
         return commit
 
-    def _take_fault(self, route: str) -> int | None:
+    def _take_fault(self, route: str, path: str = "") -> int | None:
         with self.lock:
             for fault in self.faults:
                 if fault.route not in (route, "any") or fault.times <= 0:
+                    continue
+                if fault.path is not None and not path.endswith(fault.path):
                     continue
                 if fault.skip > 0:
                     fault.skip -= 1
@@ -188,7 +193,9 @@ class _Handler(DispatchingHandler):
             if auth:
                 st.seen_authorization.append(auth)
         route, handler = self._route(method, path)
-        status = st._take_fault(route)
+        status = st._take_fault(route, path)
+        if status == RESET:
+            return self._reset()
         if status is not None:
             return self._error(status, "Injected fault", retry_after=status == 429)
         if handler is None:

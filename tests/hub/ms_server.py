@@ -20,7 +20,7 @@ from email.policy import HTTP
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from tests.hub.handler import DispatchingHandler, StandInServer
+from tests.hub.handler import RESET, DispatchingHandler, StandInServer
 
 
 @dataclass
@@ -54,10 +54,13 @@ class MsState:
             self.faults: list[list] = []
             self.tokens: set[str] | None = None
 
-    def inject(self, route: str, status: int, *, times: int = 1) -> None:
-        """Answer `status` to the next `times` requests of `route` (create, lfs, upload, commit, tag, tree, file)."""
+    def inject(self, route: str, status: int, *, times: int = 1, path: str | None = None) -> None:
+        """Answer `status` to the next `times` requests of `route` (create, lfs, upload, commit, tag, tree, file).
+
+        `path`: only requests whose file path (`FilePath=`) ends with it. `status` RESET (0) resets the connection.
+        """
         with self.lock:
-            self.faults.append([route, status, times])
+            self.faults.append([route, status, times, path])
 
     def require_tokens(self, *tokens: str) -> None:
         self.tokens = set(tokens)
@@ -76,10 +79,10 @@ class MsState:
         self.blobs.add(sha)
         return sha
 
-    def take_fault(self, route: str) -> int | None:
+    def take_fault(self, route: str, path: str = "") -> int | None:
         with self.lock:
             for fault in self.faults:
-                if fault[0] in (route, "any") and fault[2] > 0:
+                if fault[0] in (route, "any") and fault[2] > 0 and (fault[3] is None or path.endswith(fault[3])):
                     fault[2] -= 1
                     return fault[1]
         return None
@@ -133,7 +136,10 @@ class _Handler(DispatchingHandler):
         ]
         for meth, pattern, route, fn in table:
             if meth == method and (m := re.match(pattern, path)):
-                if (status := st.take_fault(route)) is not None:
+                status = st.take_fault(route, "/" + self.query.get("FilePath", "").lstrip("/"))
+                if status == RESET:
+                    return self._reset()
+                if status is not None:
                     return self._reply(None, status=status, message="Injected fault")
                 if method in ("POST", "PUT") and route != "upload" and not self._authorized():
                     return self._reply(None, status=401, message="Invalid token")

@@ -98,3 +98,24 @@ class TestLocalTarget:
         with pytest.raises(TargetError, match="not a git repository"):
             LocalTarget(tmp_path / "hub").publish(trees[0], tag="v0.1", message="m")
         assert sorted(p.name for p in (tmp_path / "hub").iterdir()) == ["notes.txt"]
+
+
+class TestAbsentOrUnreadable:
+    """`fetch_file` answers None only for what git says is absent; a repository it cannot read is an error."""
+
+    def test_absent_folder_revision_and_file(self, tmp_path: Path, trees) -> None:  # noqa: ANN001
+        hub = LocalTarget(tmp_path / "hub")
+        assert hub.fetch_file("README.md", revision="v0.1") is None  # no repository yet
+        hub.publish(trees[0], tag="v0.1", message="Release v0.1")
+        assert hub.fetch_file("README.md", revision="v0.1") == b"a\n"
+        assert hub.fetch_file("README.md", revision="v9.9") is None
+        assert hub.fetch_file("nope.txt", revision="v0.1") is None
+
+    def test_a_lost_object_is_an_error_not_an_absent_file(self, tmp_path: Path, trees) -> None:  # noqa: ANN001
+        hub = LocalTarget(tmp_path / "hub")
+        hub.publish(trees[0], tag="v0.1", message="Release v0.1")
+        blob = _git(hub.path, "rev-parse", "v0.1:README.md")
+        (hub.path / ".git" / "objects" / blob[:2] / blob[2:]).unlink()
+        with pytest.raises(TargetError, match="read a file of the release") as e:
+            hub.fetch_file("README.md", revision="v0.1")
+        assert "\n" not in str(e.value) and "--force" not in str(e.value)
