@@ -201,7 +201,7 @@ def decrypt_stream(src: IO[bytes], *, passphrase: SecretStr, name: str) -> Itera
         os.write(write_fd, secret.encode("utf-8") + b"\n")  # one line, far below a pipe's buffer
     finally:
         os.close(write_fd)
-    env = {"GNUPGHOME": str(home), "PATH": os.environ.get("PATH", os.defpath), "LC_ALL": "C"}
+    env = constants.child_env(GNUPGHOME=str(home), LC_ALL="C")
     args = ["gpg", "--batch", "--no-tty", "--quiet", "--pinentry-mode", "loopback", "--no-symkey-cache"]
     args += ["--passphrase-fd", str(read_fd), "--status-fd", "2", "--decrypt"]
     try:
