@@ -458,9 +458,7 @@ def _interrupts_stop_everything() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    from distilabel.pipeline.base import BasePipeline
-
-    original = BasePipeline._handle_keyboard_interrupt
+    from lmsynth.pipeline.executor import patches
 
     def _handle_keyboard_interrupt(pipeline: Any) -> Any:
         def _on_sigint(signum: int, frame: Any) -> None:
@@ -476,11 +474,11 @@ def _interrupts_stop_everything() -> Iterator[None]:
     _on_sigterm.lmsynth_run = True  # type: ignore[attr-defined]  # forked children reset it
     _interrupted.clear()
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
-    BasePipeline._handle_keyboard_interrupt = _handle_keyboard_interrupt
+    restore = patches.replace_keyboard_interrupt_handler(_handle_keyboard_interrupt)
     try:
         yield
     finally:
-        BasePipeline._handle_keyboard_interrupt = original
+        restore()
         signal.signal(signal.SIGTERM, previous)
 
 

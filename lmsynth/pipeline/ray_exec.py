@@ -233,7 +233,7 @@ def run_on_ray(
         # head-node path would add a pip runtime_env that installs packages on the workers.
         ray_pipeline = pipeline.ray(ray_init_kwargs={k: v for k, v in kwargs.items() if k != "address"})
         if not use_cache:
-            from lmsynth.pipeline.steps import without_checkpoints
+            from lmsynth.pipeline.executor.patches import without_checkpoints
 
             without_checkpoints(ray_pipeline)
         return ray_pipeline.run(parameters=parameters, use_cache=use_cache, load_groups=load_groups)

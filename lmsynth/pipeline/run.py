@@ -37,6 +37,7 @@ from lmsynth.pipeline.config import (
     stage_fingerprint,
 )
 from lmsynth.pipeline.engines import ENGINE_LOG_DIR, EngineServer, serve_models, stage_model
+from lmsynth.pipeline.executor import patches
 from lmsynth.pipeline.flags import FirstSeen
 from lmsynth.pipeline.ray_engines import RayEngineServer
 from lmsynth.pipeline.ray_exec import RayOptions, ray_cluster
@@ -64,6 +65,7 @@ from lmsynth.records import (
 logger = logging.getLogger(__name__)
 
 RowFilter = Callable[[InstructionRecord], bool]
+_STEP_MODULES = ["lmsynth.pipeline.steps", "distilabel.pipeline.local"]  # what the forkserver imports once
 
 
 class RunResult(StrictModel):
@@ -114,6 +116,7 @@ def run_pipeline(
         PipelineError: the input folder is missing or unfinished, or a stage failed for some rows.
     """
     config = config or load_pipeline_config(pipeline_path)
+    patches.apply()  # before anything starts: a changed framework is one line, not a hang
     input_dir, out_dir = Path(input_dir), Path(out_dir)
     cache_root = Path(cache_dir or constants.CACHE_DIR)
     scan = scan_input(input_dir, limit=config.limit, row_filter=row_filter)
@@ -297,9 +300,8 @@ def build_pipeline(
     vLLM runs at capacity. `models` are the runtime model configs of `serve_models` (default: the YAML's).
     """
     from distilabel.pipeline import Pipeline
-    from distilabel.steps import LoadDataFromDicts
 
-    from lmsynth.pipeline.steps import RecordSink, StepContext, stage_step, to_rows
+    from lmsynth.pipeline.steps import LoadRows, RecordSink, StepContext, stage_step, to_rows
 
     bs = config.batch_size
     steps = step_stages(config)
@@ -311,7 +313,7 @@ def build_pipeline(
         model_for=lambda stage: _stage_model(config, models, stage),
     )
     with Pipeline(name=f"lmsynth-{config.name}", cache_dir=str(work_dir)) as pipeline:
-        previous = LoadDataFromDicts(name="load", data=to_rows(rows), batch_size=bs)
+        previous = LoadRows(name="load", data=to_rows(rows), batch_size=bs)
         for stage in steps:
             step = stage_step(stage, config, context)
             previous >> step
@@ -358,9 +360,8 @@ def execute(
     """
     if not rows:
         return []
-    from lmsynth.pipeline.steps import without_checkpoints
-
     _quiet_libraries()
+    patches.apply()
     shutil.rmtree(work_dir, ignore_errors=True)  # lmsynth resumes from its own cache, never from distilabel's
     pipeline = build_pipeline(
         config,
@@ -377,7 +378,7 @@ def execute(
     engines = sum(isinstance(_stage_model(config, models, s), VllmModelConfig) for s in config.model_stages())
     try:
         load_groups = "sequential_step_execution" if engines > 1 else None
-        with _datasets_cache_in(work_dir / "hf-datasets"):
+        with patches.datasets_cache_in(work_dir / "hf-datasets"):
             if ray is not None:
                 from lmsynth.pipeline.ray_exec import run_on_ray, tensor_parallel_of
 
@@ -388,9 +389,13 @@ def execute(
             else:
                 # Steps that hold an in-process vLLM engine keep distilabel's own start method (their engine
                 # dwarfs what a fork inherits, and that path is the one tested with real engines).
-                starts = _forked_from_a_small_process() if engines == 0 else contextlib.nullcontext()
+                starts = (
+                    patches.steps_forked_from_a_small_process(_STEP_MODULES)
+                    if engines == 0
+                    else contextlib.nullcontext()
+                )
                 with starts:
-                    distiset = without_checkpoints(pipeline).run(use_cache=False, load_groups=load_groups)
+                    distiset = patches.without_checkpoints(pipeline).run(use_cache=False, load_groups=load_groups)
             summaries = [RowSummary.model_validate_json(r["summary"]) for r in _distiset_rows(distiset)]
         records = {index: (unsafe, text) for index, unsafe, text in read_records(work_dir / "records")}
     finally:
@@ -415,51 +420,6 @@ def _quiet_libraries() -> None:
 
 def _stage_model(config: PipelineConfig, models: dict[str, Any] | None, stage: str) -> Any:
     return stage_model(config, models, stage) if models else config.model_for(stage)
-
-
-@contextlib.contextmanager
-def _datasets_cache_in(folder: Path) -> Iterator[None]:
-    """Keep the copy `datasets` makes of distilabel's output in the work folder, not in its own cache.
-
-    distilabel loads the leaf step's Parquet through `datasets.load_dataset`, which copies it into
-    `~/.cache/huggingface/datasets` and never removes it.
-    """
-    import datasets
-
-    previous = datasets.config.HF_DATASETS_CACHE
-    datasets.config.HF_DATASETS_CACHE = folder
-    try:
-        yield
-    finally:
-        datasets.config.HF_DATASETS_CACHE = previous
-
-
-@contextlib.contextmanager
-def _forked_from_a_small_process() -> Iterator[None]:
-    """Start distilabel's step processes from a forkserver that has imported the steps, not from this process.
-
-    distilabel starts one process per step with the default start method; on Linux that forks this process,
-    and each child then carries (and `ps` counts) everything this process holds, which grows with every
-    window run so far. A forkserver is started once and stays small, so step processes cost the same in the
-    last window as in the first, and start in milliseconds with their imports done.
-    """
-    import multiprocessing as mp
-
-    from distilabel.pipeline import local
-
-    class _Context(mp.context.ForkServerContext):
-        Process = local._NoDaemonProcess  # distilabel's pool workers may start processes (vLLM)
-
-    previous, original = mp.get_start_method(allow_none=True), local._NoDaemonContext
-    mp.set_forkserver_preload(["lmsynth.pipeline.steps", "distilabel.pipeline.local"])
-    # Both: distilabel's queues come from the default context, its pool from its own context class.
-    mp.set_start_method("forkserver", force=True)
-    local._NoDaemonContext = _Context
-    try:
-        yield
-    finally:
-        local._NoDaemonContext = original
-        mp.set_start_method(previous, force=True)
 
 
 def _gpus(config: PipelineConfig) -> int:

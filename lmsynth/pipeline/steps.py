@@ -7,15 +7,12 @@ calling the model, which is what makes reruns resume and changed rows regenerate
 
 # No `from __future__ import annotations`: distilabel inspects `StepInput` hints at run time.
 
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NamedTuple
 
 from distilabel.models.llms.base import LLM
-from distilabel.pipeline import base as distilabel_base
-from distilabel.pipeline.batch import _Batch
-from distilabel.steps import GlobalStep, Step, StepInput, StepResources
+from distilabel.steps import GlobalStep, LoadDataFromDicts, Step, StepInput, StepResources
 from distilabel.steps.tasks import Task
 from pydantic import Field, PrivateAttr
 
@@ -32,6 +29,7 @@ from lmsynth.pipeline import stages
 from lmsynth.pipeline.cache import StageCache
 from lmsynth.pipeline.config import stage_fingerprint
 from lmsynth.pipeline.engines import stage_replicas
+from lmsynth.pipeline.executor import patches
 from lmsynth.pipeline.flags import FirstSeen, mark_flags
 from lmsynth.pipeline.rows import INSTRUCTION_COLUMNS, PipelineRow, column
 from lmsynth.pipeline.select import SelectConfig, select
@@ -42,6 +40,19 @@ from lmsynth.pipeline.telemetry.metering import MeteredChatModel
 
 if TYPE_CHECKING:
     from lmsynth.pipeline.config import PipelineConfig
+
+
+class _Patched:
+    """A step whose process applies lmsynth's framework patches when it loads (step processes start bare)."""
+
+    def load(self) -> None:
+        """`patches.apply()`, then the step's own load."""
+        patches.apply()
+        super().load()  # type: ignore[misc]
+
+
+class LoadRows(_Patched, LoadDataFromDicts):
+    """The generator step: the window's rows as distilabel dicts."""
 
 
 class StepContext(NamedTuple):
@@ -146,7 +157,7 @@ class ChatModelLLM(LLM):
         return outputs
 
 
-class StageTask(Task):
+class StageTask(_Patched, Task):
     """An LLM stage (`translate`, `generate`, `judge`, `second_turn`) with the per-unit cache in front."""
 
     stage: str
@@ -205,7 +216,7 @@ class StageTask(Task):
         yield [{**row, self.stage: out.encode("utf-8")} for row, out in zip(inputs, unit.outputs, strict=True)]
 
 
-class FlagsStep(GlobalStep):
+class FlagsStep(_Patched, GlobalStep):
     """Empty and duplicate flags need every row of the window, in input order: a global step.
 
     Duplicates are found across the whole run: `seen_path` holds the first occurrences of earlier windows.
@@ -235,7 +246,7 @@ class FlagsStep(GlobalStep):
         yield [{**row, "flags": column(f)} for row, f in zip(inputs, flags, strict=True)]
 
 
-class SelectStep(Step):
+class SelectStep(_Patched, Step):
     """Best-of-n and DPO pair per row (pure, not cached: it costs nothing)."""
 
     select_config: str = Field(description="The `select` block as JSON.")
@@ -264,7 +275,7 @@ class SelectStep(Step):
         yield [{**row, "select": column(p)} for row, p in zip(inputs, picks, strict=True)]
 
 
-class RecordSink(Step):
+class RecordSink(_Patched, Step):
     """The last step: writes each finished row's record into the window's files, returns only its summary."""
 
     records_dir: str = Field(description="The window's record folder (`sink.read_records` merges it).")
@@ -296,52 +307,6 @@ class RecordSink(Step):
             records_dir=Path(self.records_dir),
         )
         yield [{"row_index": s.row_index, "summary": s.model_dump_json()} for s in summaries]
-
-
-def without_checkpoints(pipeline: Any) -> Any:
-    """Turn off distilabel's per-batch bookkeeping for resuming: lmsynth resumes from its own stage cache.
-
-    distilabel 1.5.3 (`pipeline/base.py`), even with `use_cache=False`, after every batch it routes: saves the
-    pipeline, its batch manager and every built batch's rows as JSON (`_cache`), and writes the batch's rows
-    as JSON once more under `steps_data/<step signature>/` (`_register_batch`), recomputing the pipeline's
-    signature each time. Its cost grows with the rows in flight; nothing reads those files when a run starts
-    with `use_cache=False`. The batch is still registered with the batch manager, which routes it.
-    """
-    pipeline._cache = lambda: None
-    pipeline._register_batch = lambda batch: pipeline._batch_manager.register_batch(batch)
-    return pipeline
-
-
-def _no_data_hash(self: _Batch) -> None:
-    """No hash: distilabel hashes `str()` of a batch's rows whenever they change, for its cache files only."""
-    self.data_hash = None
-
-
-# In every process that imports the steps (the step processes too): the hash is computed on both sides of
-# each hand-off, and `str()` of a batch of v0.5 rows (ten responses each) is megabytes.
-_Batch._update_data_hash = _no_data_hash
-
-
-class _QuickPolls:
-    """distilabel's pipeline module as it sees `time`, with its polling sleeps cut to `POLL_S`.
-
-    distilabel checks whether the steps of a stage have loaded every 2.5 s and whether they have finished
-    every 0.5 s (`_run_stage_steps_and_wait`, `_finalize_pipeline_execution` in `pipeline/base.py`). Steps
-    load in milliseconds here (forkserver, no engine inside), so every window of a run would otherwise idle
-    ~3 s: ≈1.5 ms per instruction at the default window of 2,048 rows.
-    """
-
-    POLL_S = 0.05
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(time, name)
-
-    def sleep(self, seconds: float) -> None:
-        """Sleep at most `POLL_S`: the callers poll in a loop, so they only check more often."""
-        time.sleep(min(seconds, self.POLL_S))
-
-
-distilabel_base.time = _QuickPolls()
 
 
 def to_rows(rows: Sequence[PipelineRow]) -> list[dict[str, Any]]:
