@@ -42,6 +42,7 @@ from lmsynth.pipeline.flags import FirstSeen
 from lmsynth.pipeline.ray_engines import RayEngineServer
 from lmsynth.pipeline.ray_exec import RayOptions, ray_cluster
 from lmsynth.pipeline.rows import PipelineRow
+from lmsynth.pipeline.run_folder import PartWriter
 from lmsynth.pipeline.sink import RowSummary, read_records
 from lmsynth.pipeline.telemetry.collector import Telemetry, visible_gpu_count
 from lmsynth.pipeline.telemetry.report_files import report_from_run, write_report
@@ -135,8 +136,8 @@ def run_pipeline(
             atomic_dir(out_dir / RUN_RECORDS_DIR) as records_tmp,
             atomic_dir(out_dir / RUN_UNSAFE_DIR) as unsafe_tmp,
         ):
-            safe_out = ShardedWriter(records_tmp, per_file=config.shard_records)
-            unsafe_out = ShardedWriter(unsafe_tmp, per_file=config.shard_records)
+            safe_out = PartWriter(records_tmp, per_file=config.shard_records)
+            unsafe_out = PartWriter(unsafe_tmp, per_file=config.shard_records)
             events_dir = work / "telemetry"
             # One engine per model for the whole run, shared by every window and stage; under `--ray` each
             # lives in a Ray actor holding its GPUs, so the cluster is held for the whole run.
@@ -506,36 +507,6 @@ def clean_run_folder(out_dir: Path) -> list[Path]:
     return sorted(set(leftovers))
 
 
-class ShardedWriter:
-    """Appends records to `part-NNNNN.jsonl` files of `per_file` records each, in order."""
-
-    def __init__(self, folder: Path, *, per_file: int) -> None:
-        """Write into `folder` (a temporary folder that replaces the real one at the end of the run)."""
-        self.folder, self.per_file = folder, per_file
-        self.count = 0
-        self._file: Any = None
-
-    def write(self, record: str) -> None:
-        """Append one record (its JSON line), starting a new part file every `per_file` records."""
-        if self.count % self.per_file == 0:
-            self._open(self.count // self.per_file)
-        self._file.write(record + "\n")
-        self.count += 1
-
-    def close(self) -> None:
-        """Close the last part (an empty run still gets one empty part, as readers expect)."""
-        if self.count == 0:
-            self._open(0)
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-
-    def _open(self, k: int) -> None:
-        if self._file is not None:
-            self._file.close()
-        self._file = open(self.folder / f"part-{k:05d}.jsonl", "w", encoding="utf-8")  # noqa: SIM115
-
-
 def _ref(model: Any) -> StageModel:
     return StageModel(backend=model.backend, model=model.model, revision=model_revision(model))
 
@@ -571,4 +542,5 @@ class RunTotals:
             sampling={s: getattr(config, s).sampling for s in self.llm_stages},
             counts=RunCounts(**self.counts),
             tokens=self.tokens,
+            shard_records=config.shard_records,
         )
