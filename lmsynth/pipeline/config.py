@@ -103,9 +103,12 @@ def stage_fingerprint(config: PipelineConfig, stage: str) -> str:
     return fingerprint(_identity(block), input_digest=None, extra=extra)
 
 
-def run_fingerprint(config: PipelineConfig, *, input_digest: str) -> str:
-    """The whole run: every stage's identity plus the input rows."""
-    return fingerprint({s: stage_fingerprint(config, s) for s in config.stages()}, input_digest=input_digest, extra={})
+def run_fingerprint(
+    config: PipelineConfig, *, input_digest: str, stage_fingerprints: dict[str, str] | None = None
+) -> str:
+    """The whole run: every stage's identity (`stage_fingerprints` when already computed) plus the input rows."""
+    stage_fps = stage_fingerprints or {s: stage_fingerprint(config, s) for s in config.stages()}
+    return fingerprint(stage_fps, input_digest=input_digest, extra={})
 
 
 # ---------------------------------------------------------------------------

@@ -27,18 +27,17 @@ from lmsynth.config import StrictModel
 from lmsynth.errors import InputRecordError, PipelineError
 from lmsynth.fingerprint import digest_rows
 from lmsynth.io import atomic_dir, read_jsonl
-from lmsynth.llm import VllmModelConfig
 from lmsynth.pipeline.cache import StageCache
 from lmsynth.pipeline.config import (
     PipelineConfig,
     load_pipeline_config,
     model_revision,
     run_fingerprint,
-    stage_fingerprint,
 )
-from lmsynth.pipeline.engines import ENGINE_LOG_DIR, EngineServer, serve_models, stage_model
+from lmsynth.pipeline.engines import ENGINE_LOG_DIR, EngineServer, serve_models
 from lmsynth.pipeline.executor import patches
 from lmsynth.pipeline.flags import FirstSeen
+from lmsynth.pipeline.plan import RunPlan, resolve
 from lmsynth.pipeline.ray_engines import RayEngineServer
 from lmsynth.pipeline.ray_exec import RayOptions, ray_cluster
 from lmsynth.pipeline.rows import PipelineRow
@@ -119,13 +118,12 @@ def run_pipeline(
     config = config or load_pipeline_config(pipeline_path)
     patches.apply()  # before anything starts: a changed framework is one line, not a hang
     input_dir, out_dir = Path(input_dir), Path(out_dir)
-    cache_root = Path(cache_dir or constants.CACHE_DIR)
+    plan = resolve(config, cache_root=Path(cache_dir or constants.CACHE_DIR), ray=ray)
+    cache_root, stage_fps, llm_stages = plan.cache_root, plan.fingerprints, plan.llm_stages
     scan = scan_input(input_dir, limit=config.limit, row_filter=row_filter)
-    fp = run_fingerprint(config, input_digest=scan.digest)
-    stage_fps = {s: stage_fingerprint(config, s) for s in config.stages()}
-    llm_stages = config.model_stages()
-    telemetry = Telemetry(total_requests=scan.rows * len(llm_stages), gpus=_gpus(config))
-    totals = RunTotals(config)
+    fp = run_fingerprint(config, input_digest=scan.digest, stage_fingerprints=stage_fps)
+    telemetry = Telemetry(total_requests=scan.rows * len(llm_stages), gpus=_gpus(plan))
+    totals = RunTotals(plan)
     # One run per output folder at a time (a second one waits, then reuses the cache); leftovers of killed
     # runs in it are removed first.
     with out_folder_lock(out_dir), run_work_dir(cache_root) as work:
@@ -154,7 +152,7 @@ def run_pipeline(
                 ) as models,
             ):
                 rows = iter_rows(input_dir, limit=config.limit, row_filter=row_filter)
-                for finished in _stream(config, rows, cache_root=cache_root, work=work, ray=ray, models=models):
+                for finished in _stream(plan.serving(models), rows, work=work):
                     for row in finished:
                         totals.add(row.summary)
                         (unsafe_out if row.summary.unsafe else safe_out).write(row.record)
@@ -163,7 +161,7 @@ def run_pipeline(
             # run.json goes before the new folders replace the old ones and comes back last: its presence
             # marks a complete folder.
             (out_dir / RUN_INFO_FILE).unlink(missing_ok=True)
-        info = totals.info(fingerprint=fp, input_digest=scan.digest, stage_fps=stage_fps)
+        info = totals.info(fingerprint=fp, input_digest=scan.digest)
         write_run_info(out_dir, info)
         write_report(out_dir, report_from_run(out_dir, telemetry=telemetry))
     units = telemetry.units()
@@ -236,32 +234,21 @@ def load_rows(input_dir: Path, *, limit: int | None = None, row_filter: RowFilte
     return list(iter_rows(input_dir, limit=limit, row_filter=row_filter))
 
 
-def _stream(
-    config: PipelineConfig,
-    rows: Iterable[PipelineRow],
-    *,
-    cache_root: Path,
-    work: Path,
-    ray: RayOptions | None,
-    models: dict[str, Any] | None = None,
-) -> Iterator[list[FinishedRow]]:
+def _stream(plan: RunPlan, rows: Iterable[PipelineRow], *, work: Path) -> Iterator[list[FinishedRow]]:
     """Run the pipeline window by window; yield each window's finished rows, in input order."""
     seen = FirstSeen()
-    for window in windows(rows, config):
+    for window in windows(rows, plan.config):
         seen_path = None
         if seen.first:
             seen_path = work / "flags-first-seen.json"
             seen.write(seen_path)
         finished = execute(
-            config,
+            plan,
             window,
-            cache_root=cache_root,
             work_dir=work / "distilabel",
-            ray=ray,
             events_dir=work / "telemetry",
             seen_path=seen_path,
             scratch_dir=work / "units",
-            models=models,
         )
         for row, done in zip(window, finished, strict=True):
             if done.summary.first_key is not None:
@@ -283,47 +270,38 @@ def windows(rows: Iterable[PipelineRow], config: PipelineConfig) -> Iterator[lis
 
 
 def build_pipeline(
-    config: PipelineConfig,
+    plan: RunPlan,
     rows: Sequence[PipelineRow],
     *,
-    cache_root: Path,
     work_dir: Path,
     events_dir: Path | None = None,
-    models: dict[str, Any] | None = None,
     seen_path: Path | None = None,
     scratch_dir: Path | None = None,
 ) -> Any:
-    """The distilabel Pipeline for `config` over `rows` (not run): load → translate → flags → … → records.
+    """The distilabel Pipeline of `plan` over `rows` (not run): load → translate → flags → … → records.
 
     The last step writes the records into `work_dir/records` (see `lmsynth.pipeline.sink`).
 
-    Every step batch is one cache unit of `config.batch_size` rows; STACK: keep it ≥ max_num_seqs / n so
-    vLLM runs at capacity. `models` are the runtime model configs of `serve_models` (default: the YAML's).
+    Every step batch is one cache unit of `batch_size` rows; STACK: keep it ≥ max_num_seqs / n so vLLM
+    runs at capacity.
     """
     from distilabel.pipeline import Pipeline
 
     from lmsynth.pipeline.steps import LoadRows, RecordSink, StepContext, stage_step, to_rows
 
-    bs = config.batch_size
-    steps = step_stages(config)
-    context = StepContext(
-        cache_root=cache_root,
-        events_dir=events_dir,
-        seen_path=seen_path,
-        scratch_dir=scratch_dir,
-        model_for=lambda stage: _stage_model(config, models, stage),
-    )
+    config, bs = plan.config, plan.config.batch_size
+    context = StepContext(plan=plan, events_dir=events_dir, seen_path=seen_path, scratch_dir=scratch_dir)
     with Pipeline(name=f"lmsynth-{config.name}", cache_dir=str(work_dir)) as pipeline:
         previous = LoadRows(name="load", data=to_rows(rows), batch_size=bs)
-        for stage in steps:
-            step = stage_step(stage, config, context)
+        for stage in plan.steps:
+            step = stage_step(plan.stage(stage), context)
             previous >> step
             previous = step
         previous >> RecordSink(
             name="records",
             records_dir=str(work_dir / "records"),
-            stages=steps,
-            llm_stages=config.model_stages(),
+            stages=plan.steps,
+            llm_stages=plan.llm_stages,
             english=config.generate.english is not None,
             multiturn=config.second_turn is not None,
             judged=config.judge is not None,
@@ -332,28 +310,16 @@ def build_pipeline(
     return pipeline
 
 
-def step_stages(config: PipelineConfig) -> list[str]:
-    """The stages that run as distilabel steps: all but `select` when no `second_turn` reads its picks.
-
-    Records carry every response's score, not the picks, so without a second turn the selection would only
-    ship every row (ten responses in v0.5) through one more process and back for nothing.
-    """
-    return [s for s in config.stages() if s != "select" or config.second_turn is not None]
-
-
 def execute(
-    config: PipelineConfig,
+    plan: RunPlan,
     rows: Sequence[PipelineRow],
     *,
-    cache_root: Path,
     work_dir: Path,
-    ray: RayOptions | None = None,
     events_dir: Path | None = None,
-    models: dict[str, Any] | None = None,
     seen_path: Path | None = None,
     scratch_dir: Path | None = None,
 ) -> list[FinishedRow]:
-    """Build and run the pipeline; return every row's summary and record, in input order.
+    """Build and run the pipeline of `plan` on one window; return every row's summary and record, in order.
 
     Raises:
         PipelineError: a row is missing, repeated or lacks a stage output (distilabel turns a failed batch
@@ -365,27 +331,20 @@ def execute(
     patches.apply()
     shutil.rmtree(work_dir, ignore_errors=True)  # lmsynth resumes from its own cache, never from distilabel's
     pipeline = build_pipeline(
-        config,
-        rows,
-        cache_root=cache_root,
-        work_dir=work_dir,
-        events_dir=events_dir,
-        seen_path=seen_path,
-        scratch_dir=scratch_dir,
-        models=models,
+        plan, rows, work_dir=work_dir, events_dir=events_dir, seen_path=seen_path, scratch_dir=scratch_dir
     )
     # Served engines (`serve_models`) live beside the pipeline: steps run side by side and Ray step actors
-    # reserve no GPUs. Only steps holding in-process engines (no `models` given) run one after another.
-    engines = sum(isinstance(_stage_model(config, models, s), VllmModelConfig) for s in config.model_stages())
+    # reserve no GPUs. Only steps holding in-process engines (no served models) run one after another.
+    engines = plan.in_process_engines
     try:
         load_groups = "sequential_step_execution" if engines > 1 else None
         with patches.datasets_cache_in(work_dir / "hf-datasets"):
-            if ray is not None:
+            if plan.ray is not None:
                 from lmsynth.pipeline.ray_exec import run_on_ray, tensor_parallel_of
 
-                tp = tensor_parallel_of(config) if engines else None
+                tp = tensor_parallel_of(plan.config) if engines else None
                 distiset = run_on_ray(
-                    pipeline, options=ray, tensor_parallel=tp, use_cache=False, load_groups=load_groups
+                    pipeline, options=plan.ray, tensor_parallel=tp, use_cache=False, load_groups=load_groups
                 )
             else:
                 # Steps that hold an in-process vLLM engine keep distilabel's own start method (their engine
@@ -401,7 +360,7 @@ def execute(
         records = {index: (unsafe, text) for index, unsafe, text in read_records(work_dir / "records")}
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
-    return _check_rows(config, rows, summaries, records)
+    return _check_rows(plan.config, rows, summaries, records)
 
 
 # ---------------------------------------------------------------------------
@@ -419,13 +378,9 @@ def _quiet_libraries() -> None:
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # its warnings are about CPU kernel choices
 
 
-def _stage_model(config: PipelineConfig, models: dict[str, Any] | None, stage: str) -> Any:
-    return stage_model(config, models, stage) if models else config.model_for(stage)
-
-
-def _gpus(config: PipelineConfig) -> int:
+def _gpus(plan: RunPlan) -> int:
     """GPUs the run holds: visible ones when any stage runs an in-process vLLM engine, else none."""
-    if not any(isinstance(config.model_for(s), VllmModelConfig) for s in config.model_stages()):
+    if not plan.in_process_engines:
         return 0
     return visible_gpu_count()
 
@@ -514,10 +469,10 @@ def _ref(model: Any) -> StageModel:
 class RunTotals:
     """Counts and tokens of `run.json`, summed window by window."""
 
-    def __init__(self, config: PipelineConfig) -> None:
-        """Zero counters for the stages of `config`."""
-        self.config = config
-        self.llm_stages = config.model_stages()
+    def __init__(self, plan: RunPlan) -> None:
+        """Zero counters for the stages of `plan`."""
+        self.plan, self.config = plan, plan.config
+        self.llm_stages = plan.llm_stages
         self.tokens: dict[str, Usage] = {s: Usage() for s in self.llm_stages}
         self.counts = dict.fromkeys(RunCounts.model_fields, 0)
 
@@ -528,18 +483,18 @@ class RunTotals:
         for key, n in row.counts.items():
             self.counts[key] += n
 
-    def info(self, *, fingerprint: str, input_digest: str, stage_fps: dict[str, str]) -> RunInfo:
+    def info(self, *, fingerprint: str, input_digest: str) -> RunInfo:
         """The `run.json` of the whole run."""
-        config = self.config
+        config, plan = self.config, self.plan
         return RunInfo(
             pipeline=config.name,
             fingerprint=fingerprint,
             input_digest=input_digest,
-            stage_fingerprints=stage_fps,
-            models={s: _ref(config.model_for(s)) for s in self.llm_stages},
+            stage_fingerprints=plan.fingerprints,
+            models={s: _ref(plan.stage(s).model) for s in self.llm_stages},
             generator=_ref(config.model_for("generate")),
             judge=_ref(config.model_for("judge")) if config.judge else None,
-            sampling={s: getattr(config, s).sampling for s in self.llm_stages},
+            sampling={s: plan.stage(s).block.sampling for s in self.llm_stages},
             counts=RunCounts(**self.counts),
             tokens=self.tokens,
             shard_records=config.shard_records,

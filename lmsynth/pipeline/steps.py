@@ -7,7 +7,7 @@ calling the model, which is what makes reruns resume and changed rows regenerate
 
 # No `from __future__ import annotations`: distilabel inspects `StepInput` hints at run time.
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NamedTuple
 
@@ -27,8 +27,6 @@ from lmsynth.llm import (
 )
 from lmsynth.pipeline import stages
 from lmsynth.pipeline.cache import StageCache
-from lmsynth.pipeline.config import stage_fingerprint
-from lmsynth.pipeline.engines import stage_replicas
 from lmsynth.pipeline.executor import patches
 from lmsynth.pipeline.flags import FirstSeen, mark_flags
 from lmsynth.pipeline.rows import INSTRUCTION_COLUMNS, PipelineRow, column
@@ -39,7 +37,7 @@ from lmsynth.pipeline.telemetry.metering import MeteredChatModel
 
 
 if TYPE_CHECKING:
-    from lmsynth.pipeline.config import PipelineConfig
+    from lmsynth.pipeline.plan import RunPlan, StagePlan
 
 
 class _Patched:
@@ -56,18 +54,17 @@ class LoadRows(_Patched, LoadDataFromDicts):
 
 
 class StepContext(NamedTuple):
-    """What the runner gives every stage's step besides the pipeline config (paths of this run and window)."""
+    """What the runner gives every stage's step: the run plan and the paths of this run and window."""
 
-    cache_root: Path
+    plan: "RunPlan"
     events_dir: Path | None
     seen_path: Path | None
     scratch_dir: Path | None
-    model_for: Callable[[str], Any]  # stage → the model config its step opens (a served engine's, at run time)
 
 
-def stage_step(stage: str, config: "PipelineConfig", context: StepContext) -> Any:
+def stage_step(stage: "StagePlan", context: StepContext) -> Any:
     """The distilabel step that runs `stage`: the class the stage registry names, built for this run."""
-    return _STEP_CLASSES[stages.STAGE[stage].step].for_stage(stage, config, context)
+    return _STEP_CLASSES[stage.stage.step].for_stage(stage, context)
 
 
 def _text(path: Path | None) -> str | None:
@@ -170,20 +167,19 @@ class StageTask(_Patched, Task):
     add_raw_input: bool = False
 
     @classmethod
-    def for_stage(cls, stage: str, config: "PipelineConfig", context: StepContext) -> "StageTask":
+    def for_stage(cls, stage: "StagePlan", context: StepContext) -> "StageTask":
         """The step of an LLM stage, with its cache, events folder, model and step processes."""
-        model = context.model_for(stage)
         return cls(
-            name=stage,
-            stage=stage,
-            stage_config=getattr(config, stage).model_dump_json(),
-            cache_dir=str(context.cache_root),
-            fingerprint=stage_fingerprint(config, stage),
+            name=stage.name,
+            stage=stage.name,
+            stage_config=stage.block.model_dump_json(),
+            cache_dir=str(context.plan.cache_root),
+            fingerprint=stage.fingerprint,
             events_dir=_text(context.events_dir),
             scratch_dir=_text(context.scratch_dir),
-            llm=ChatModelLLM(backend_config=model),
-            input_batch_size=config.batch_size,
-            resources=StepResources(replicas=stage_replicas(stage, model)),
+            llm=ChatModelLLM(backend_config=stage.model),
+            input_batch_size=context.plan.config.batch_size,
+            resources=StepResources(replicas=stage.replicas),
         )
 
     @property
@@ -225,9 +221,9 @@ class FlagsStep(_Patched, GlobalStep):
     seen_path: str | None = Field(None, description="`flags.FirstSeen` file of earlier windows (None: none).")
 
     @classmethod
-    def for_stage(cls, stage: str, config: "PipelineConfig", context: StepContext) -> "FlagsStep":
+    def for_stage(cls, stage: "StagePlan", context: StepContext) -> "FlagsStep":
         """The step of the flags stage, reading the first occurrences of earlier windows."""
-        return cls(name=stage, seen_path=_text(context.seen_path))
+        return cls(name=stage.name, seen_path=_text(context.seen_path))
 
     @property
     def inputs(self) -> list[str]:
@@ -252,11 +248,10 @@ class SelectStep(_Patched, Step):
     select_config: str = Field(description="The `select` block as JSON.")
 
     @classmethod
-    def for_stage(cls, stage: str, config: "PipelineConfig", context: StepContext) -> "SelectStep":
+    def for_stage(cls, stage: "StagePlan", context: StepContext) -> "SelectStep":
         """The step of the select stage."""
-        return cls(
-            name=stage, select_config=getattr(config, stage).model_dump_json(), input_batch_size=config.batch_size
-        )
+        batch_size = context.plan.config.batch_size
+        return cls(name=stage.name, select_config=stage.block.model_dump_json(), input_batch_size=batch_size)
 
     @property
     def inputs(self) -> list[str]:

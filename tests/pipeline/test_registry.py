@@ -53,15 +53,15 @@ def test_pipeline_stages_follow_the_registry(name: str, stages: list[str]) -> No
 
 
 def test_each_stage_has_its_step(tmp_path: Path) -> None:
+    from lmsynth.pipeline.plan import resolve
     from lmsynth.pipeline.steps import StepContext, stage_step
 
     config = load_pipeline_config(constants.PIPELINES_DIR / "demo.yaml")
-    context = StepContext(
-        cache_root=tmp_path, events_dir=None, seen_path=None, scratch_dir=None, model_for=config.model_for
-    )
+    plan = resolve(config, cache_root=tmp_path)
+    context = StepContext(plan=plan, events_dir=None, seen_path=None, scratch_dir=None)
     from distilabel.pipeline import Pipeline
 
     with Pipeline(name="registry-test", cache_dir=str(tmp_path / "work")):
-        steps = {s: stage_step(s, config, context) for s in config.stages()}
+        steps = {s: stage_step(plan.stage(s), context) for s in config.stages()}
     assert {s: type(step).__name__ for s, step in steps.items()} == {s: STAGE[s].step for s in config.stages()}
     assert steps["generate"].stage == "generate" and steps["flags"].seen_path is None
