@@ -164,11 +164,11 @@ def in_flight_sequences(config: PipelineConfig) -> dict[str, int]:
         if stage in _BEFORE_BARRIER:
             shares[stage] = seqs
             continue
-        name = getattr(config, stage).model
+        name = config.block(stage).model
         peers = [
             s
             for s in config.stages()
-            if s in LLM_STAGES and s not in _BEFORE_BARRIER and getattr(config, s).model == name
+            if s in LLM_STAGES and s not in _BEFORE_BARRIER and config.block(s).model == name
         ]
         shares[stage] = max(seqs // len(peers), 1)
     return shares
@@ -274,7 +274,7 @@ class EngineSet:
         self, config: PipelineConfig, *, log_dir: Path, control_dir: Path, server: type[EngineServer] = EngineServer
     ) -> None:
         """One `server` (an `EngineServer` or a subclass) per `backend: vllm` model that some LLM stage uses."""
-        used = {getattr(config, s).model for s in config.stages() if s in LLM_STAGES}
+        used = {config.block(s).model for s in config.stages() if s in LLM_STAGES}
         self.servers = {
             name: server(name, m, log_path=log_dir / f"vllm-{name}.log")
             for name, m in config.models.items()
@@ -401,7 +401,7 @@ def serve_models(
 
 def stage_model(config: PipelineConfig, runtime: dict[str, Any], stage: str) -> Any:
     """The runtime model config of `stage`: its served model with that stage's in-flight share."""
-    model = runtime[getattr(config, stage).model]
+    model = runtime[config.block(stage).model]
     if isinstance(model, ServedModelConfig):
         return model.model_copy(update={"max_sequences": in_flight_sequences(config)[stage]})
     return model
@@ -432,11 +432,11 @@ def _eager_models(config: PipelineConfig, cache_root: Path | None, served: set[s
 
     eager = set()
     for stage in config.stages():
-        if stage not in LLM_STAGES or getattr(config, stage).model not in served:
+        if stage not in LLM_STAGES or config.block(stage).model not in served:
             continue
         cache = StageCache(cache_root, stage=stage, fingerprint=stage_fingerprint(config, stage))
         if not cache.units():
-            eager.add(getattr(config, stage).model)
+            eager.add(config.block(stage).model)
     return eager
 
 

@@ -79,7 +79,7 @@ def resolve(config: PipelineConfig, *, cache_root: Path, ray: RayOptions | None 
     for name in config.stages():
         entry = STAGE[name]
         model = config.model_for(name) if entry.calls_model else None
-        block = getattr(config, name) if entry.config is not None else None
+        block = config.block(name) if entry.config is not None else None
         fp = stage_fingerprint(config, name)
         stages.append(StagePlan(name, entry, block, fp, model, stage_replicas(name, model)))
     return RunPlan(config=config, stages=tuple(stages), cache_root=Path(cache_root), ray=ray)

@@ -302,6 +302,7 @@ def build_pipeline(
             records_dir=str(work_dir / "records"),
             stages=plan.steps,
             llm_stages=plan.llm_stages,
+            stage_modules=sorted({s.stage.module for s in plan.stages}),
             english=config.generate.english is not None,
             multiturn=config.second_turn is not None,
             judged=config.judge is not None,

@@ -79,7 +79,7 @@ def read_records(records_dir: Path) -> Iterator[tuple[int, bool, str]]:
 
 
 def _summary(row: PipelineRow, record, *, llm_stages: Sequence[str], judged: bool) -> RowSummary:
-    tokens = {s: out.usage for s in llm_stages if (out := getattr(row, s)) is not None}
+    tokens = {s: out.usage for s in llm_stages if (out := row.output(s)) is not None}
     counts = {"translated": int(bool(row.translate and row.translate.translated))}
     if row.record.flagged:
         counts["unsafe"] = 1

@@ -44,8 +44,9 @@ class _Patched:
     """A step whose process applies lmsynth's framework patches when it loads (step processes start bare)."""
 
     def load(self) -> None:
-        """`patches.apply()`, then the step's own load."""
+        """`patches.apply()`, the modules of registered stages, then the step's own load."""
         patches.apply()
+        stages.import_stage_modules(getattr(self, "stage_modules", ()))
         super().load()  # type: ignore[misc]
 
 
@@ -163,6 +164,7 @@ class StageTask(_Patched, Task):
     fingerprint: str
     events_dir: str | None = Field(None, description="Folder for per-batch telemetry events (None: no events).")
     scratch_dir: str | None = Field(None, description="The run's work folder, for unit files before their rename.")
+    stage_modules: list[str] = Field(description="The module of the stage, imported when the step loads.")
     add_raw_output: bool = False
     add_raw_input: bool = False
 
@@ -173,6 +175,7 @@ class StageTask(_Patched, Task):
             name=stage.name,
             stage=stage.name,
             stage_config=stage.block.model_dump_json(),
+            stage_modules=[stage.stage.module],
             cache_dir=str(context.plan.cache_root),
             fingerprint=stage.fingerprint,
             events_dir=_text(context.events_dir),
@@ -276,6 +279,7 @@ class RecordSink(_Patched, Step):
     records_dir: str = Field(description="The window's record folder (`sink.read_records` merges it).")
     stages: list[str] = Field(description="The pipeline's stages; a row without one of their outputs failed.")
     llm_stages: list[str]
+    stage_modules: list[str] = Field(description="The modules of the stages, imported when the step loads.")
     english: bool = False
     multiturn: bool = False
     judged: bool = False

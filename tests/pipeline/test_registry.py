@@ -15,7 +15,7 @@ from lmsynth.records import RunCounts
 
 def test_every_stage_once_in_row_order() -> None:
     assert [s.name for s in STAGES] == list(STAGE_OUTPUTS) == list(STAGE)
-    assert LLM_STAGES == ("translate", "generate", "judge", "second_turn")
+    assert LLM_STAGES == ["translate", "generate", "judge", "second_turn"]
 
 
 def test_config_blocks_are_the_registry_models() -> None:
