@@ -137,7 +137,7 @@ def _resolve_target(version: str, name: str | None, manifest: Path | None) -> st
     """A target URI from `--to/--from`: a manifest name (local, hf, ms) or a URI; default: the manifest's."""
     if name is not None and name not in ("local", "hf", "ms"):
         return name
-    from lmsynth.release.manifest import load_manifest
+    from lmsynth.release.release_yaml import load_manifest
 
     return load_manifest(manifest or constants.RELEASE_DIR / f"{version}.yaml").targets.resolve(name)
 

@@ -15,13 +15,13 @@ from lmsynth.config import StrictModel, load_yaml
 from lmsynth.demo_model import registry_revision
 from lmsynth.fingerprint import EXCLUDED_FIELDS, fingerprint
 from lmsynth.llm import ModelConfig
-from lmsynth.pipeline.generate import GenerateConfig
-from lmsynth.pipeline.judge import JudgeConfig
-from lmsynth.pipeline.prompts import read_prompt
-from lmsynth.pipeline.second_turn import SecondTurnConfig
-from lmsynth.pipeline.select import SelectConfig
-from lmsynth.pipeline.stages import LLM_STAGES, STAGE, STAGES, parse_block
-from lmsynth.pipeline.translate import TranslateConfig
+from lmsynth.pipeline.stages.generate import GenerateConfig
+from lmsynth.pipeline.stages.judge import JudgeConfig
+from lmsynth.pipeline.stages.prompts import read_prompt
+from lmsynth.pipeline.stages.registry import LLM_STAGES, STAGE, STAGES, parse_block
+from lmsynth.pipeline.stages.second_turn import SecondTurnConfig
+from lmsynth.pipeline.stages.select import SelectConfig
+from lmsynth.pipeline.stages.translate import TranslateConfig
 
 
 class PipelineConfig(StrictModel):

@@ -15,9 +15,9 @@ from typing import Any, NamedTuple
 
 from lmsynth.llm import VllmModelConfig
 from lmsynth.pipeline.config import PipelineConfig, stage_fingerprint
-from lmsynth.pipeline.engines import stage_model, stage_replicas
-from lmsynth.pipeline.ray_exec import RayOptions
-from lmsynth.pipeline.stages import STAGE, Stage
+from lmsynth.pipeline.engines.servers import stage_model, stage_replicas
+from lmsynth.pipeline.executor.on_ray import RayOptions
+from lmsynth.pipeline.stages.registry import STAGE, Stage
 
 
 class StagePlan(NamedTuple):

@@ -34,15 +34,15 @@ from lmsynth.pipeline.config import (
     model_revision,
     run_fingerprint,
 )
-from lmsynth.pipeline.engines import ENGINE_LOG_DIR, EngineServer, serve_models
+from lmsynth.pipeline.engines.ray_actors import RayEngineServer
+from lmsynth.pipeline.engines.servers import ENGINE_LOG_DIR, EngineServer, serve_models
 from lmsynth.pipeline.executor import patches
-from lmsynth.pipeline.flags import FirstSeen
+from lmsynth.pipeline.executor.on_ray import RayOptions, ray_cluster
+from lmsynth.pipeline.output.parts import PartWriter
+from lmsynth.pipeline.output.sink import RowSummary, read_records
+from lmsynth.pipeline.pipeline_row import PipelineRow
 from lmsynth.pipeline.plan import RunPlan, resolve
-from lmsynth.pipeline.ray_engines import RayEngineServer
-from lmsynth.pipeline.ray_exec import RayOptions, ray_cluster
-from lmsynth.pipeline.rows import PipelineRow
-from lmsynth.pipeline.run_folder import PartWriter
-from lmsynth.pipeline.sink import RowSummary, read_records
+from lmsynth.pipeline.stages.flags import FirstSeen
 from lmsynth.pipeline.telemetry.collector import Telemetry, visible_gpu_count
 from lmsynth.pipeline.telemetry.report_files import report_from_run, write_report
 from lmsynth.pipeline.workdir import run_work_dir, unit_lock
@@ -65,7 +65,7 @@ from lmsynth.records import (
 logger = logging.getLogger(__name__)
 
 RowFilter = Callable[[InstructionRecord], bool]
-_STEP_MODULES = ["lmsynth.pipeline.steps", "distilabel.pipeline.local"]  # what the forkserver imports once
+_STEP_MODULES = ["lmsynth.pipeline.executor.steps", "distilabel.pipeline.local"]  # what the forkserver imports once
 
 
 class RunResult(StrictModel):
@@ -104,8 +104,8 @@ def run_pipeline(
         row_filter: keep only instructions for which this returns True (e.g. one shard of many).
         config: an already loaded config (overrides reading `pipeline_path`).
         cache_dir: the cache root (default `constants.CACHE_DIR`).
-        ray: run the steps on this Ray cluster (`lmsynth.pipeline.ray_exec`) instead of local processes, and
-            serve each vLLM model from a Ray actor holding its GPUs (`lmsynth.pipeline.ray_engines`).
+        ray: run the steps on this Ray cluster (`lmsynth.pipeline.executor.on_ray`) instead of local processes, and
+            serve each vLLM model from a Ray actor holding its GPUs (`lmsynth.pipeline.engines.ray_actors`).
 
     Returns:
         Counts, fingerprint, `RunInfo` and cache statistics.
@@ -280,14 +280,14 @@ def build_pipeline(
 ) -> Any:
     """The distilabel Pipeline of `plan` over `rows` (not run): load → translate → flags → … → records.
 
-    The last step writes the records into `work_dir/records` (see `lmsynth.pipeline.sink`).
+    The last step writes the records into `work_dir/records` (see `lmsynth.pipeline.output.sink`).
 
     Every step batch is one cache unit of `batch_size` rows; STACK: keep it ≥ max_num_seqs / n so vLLM
     runs at capacity.
     """
     from distilabel.pipeline import Pipeline
 
-    from lmsynth.pipeline.steps import LoadRows, RecordSink, StepContext, stage_step, to_rows
+    from lmsynth.pipeline.executor.steps import LoadRows, RecordSink, StepContext, stage_step, to_rows
 
     config, bs = plan.config, plan.config.batch_size
     context = StepContext(plan=plan, events_dir=events_dir, seen_path=seen_path, scratch_dir=scratch_dir)
@@ -341,7 +341,7 @@ def execute(
         load_groups = "sequential_step_execution" if engines > 1 else None
         with patches.datasets_cache_in(work_dir / "hf-datasets"):
             if plan.ray is not None:
-                from lmsynth.pipeline.ray_exec import run_on_ray, tensor_parallel_of
+                from lmsynth.pipeline.executor.on_ray import run_on_ray, tensor_parallel_of
 
                 tp = tensor_parallel_of(plan.config) if engines else None
                 distiset = run_on_ray(

@@ -22,7 +22,7 @@ from lmsynth.targets._retry import with_retries
 from lmsynth.targets.base import PublishResult
 from lmsynth.targets.hf import REPO_TYPE, HfTarget, get_hf_api, parse_repo_id
 from lmsynth.tree.layout import INDEX_CARD
-from lmsynth.tree.manifest import tree_files, write_manifest
+from lmsynth.tree.manifest_json import tree_files, write_manifest
 
 
 class GatedRepoSpec(StrictModel):

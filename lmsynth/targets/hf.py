@@ -33,7 +33,7 @@ from lmsynth.retry import RetryPolicy
 from lmsynth.targets._retry import policy_from_env, with_retries
 from lmsynth.targets.base import PublishResult
 from lmsynth.tree.layout import MANIFEST_FILE
-from lmsynth.tree.manifest import check_tree
+from lmsynth.tree.manifest_json import check_tree
 
 
 if TYPE_CHECKING:

@@ -14,8 +14,8 @@ from pydantic import Field
 
 from lmsynth.config import StrictModel
 from lmsynth.llm import ChatModel
-from lmsynth.pipeline import stages
-from lmsynth.pipeline.rows import PipelineRow
+from lmsynth.pipeline.pipeline_row import PipelineRow
+from lmsynth.pipeline.stages import registry as stages
 from lmsynth.records import Usage
 from lmsynth.sampling import SamplingConfig
 

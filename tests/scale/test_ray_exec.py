@@ -12,7 +12,7 @@ import pytest
 from lmsynth import constants
 from lmsynth.errors import PipelineError, RayResourceError
 from lmsynth.pipeline.config import load_pipeline_config
-from lmsynth.pipeline.ray_exec import (
+from lmsynth.pipeline.executor.on_ray import (
     RayOptions,
     ResourcePlan,
     StepDemand,

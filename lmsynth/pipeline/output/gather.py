@@ -31,7 +31,7 @@ from pydantic import BaseModel
 from lmsynth.config import StrictModel
 from lmsynth.errors import ShardSetError
 from lmsynth.io import atomic_dir, dump_json_line, open_text, parse_line
-from lmsynth.pipeline.run_folder import PartWriter
+from lmsynth.pipeline.output.parts import PartWriter
 from lmsynth.pipeline.shard import SHARD_FILE, ShardInfo, in_shard, read_shard_info
 from lmsynth.pipeline.telemetry.report import RUN_REPORT_FILE
 from lmsynth.pipeline.telemetry.report_files import merge_reports, read_report, write_report

@@ -367,7 +367,7 @@ def serve_models(
         cache_root: the stage cache; a model none of whose stages has a cached unit starts right away.
         telemetry: a `Telemetry` that gets each server's start (`record_engine_start`).
         server: what runs each server: a local process (`EngineServer`) or a Ray actor
-            (`lmsynth.pipeline.ray_engines.RayEngineServer`).
+            (`lmsynth.pipeline.engines.ray_actors.RayEngineServer`).
 
     Raises:
         PipelineError: a server failed to start (after the block, which then fails on its own too).

@@ -21,9 +21,9 @@ from pydantic import Field
 
 from lmsynth.config import StrictModel
 from lmsynth.io import dump_json_line, write_text
-from lmsynth.pipeline.assemble import to_synth_record, to_unsafe_record
-from lmsynth.pipeline.flags import FirstSeen
-from lmsynth.pipeline.rows import PipelineRow
+from lmsynth.pipeline.output.assemble import to_synth_record, to_unsafe_record
+from lmsynth.pipeline.pipeline_row import PipelineRow
+from lmsynth.pipeline.stages.flags import FirstSeen
 from lmsynth.records import Usage, record_counts
 
 

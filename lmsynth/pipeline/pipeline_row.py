@@ -47,7 +47,7 @@ class GenerateOutput(StrictModel):
 class JudgeOutput(StrictModel):
     """One judgement and score per Japanese response (score None = no rating could be read).
 
-    The judgement's format depends on the judge mode: see `lmsynth.pipeline.judge`.
+    The judgement's format depends on the judge mode: see `lmsynth.pipeline.stages.judge`.
     """
 
     judgements: list[str] = Field(default_factory=list)

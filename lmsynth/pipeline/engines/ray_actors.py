@@ -28,8 +28,8 @@ from typing import Any
 from lmsynth.errors import PipelineError
 from lmsynth.io import write_text
 from lmsynth.llm import VllmModelConfig
-from lmsynth.pipeline.engines import START_TIMEOUT_S, STOP_GRACE_S, EngineServer
-from lmsynth.pipeline.ray_exec import ResourcePlan, StepDemand, check_resources, gpu_vllm_installed
+from lmsynth.pipeline.engines.servers import START_TIMEOUT_S, STOP_GRACE_S, EngineServer
+from lmsynth.pipeline.executor.on_ray import ResourcePlan, StepDemand, check_resources, gpu_vllm_installed
 from lmsynth.procs import reap_on_death
 
 

@@ -18,13 +18,13 @@ from pydantic import BaseModel, TypeAdapter
 
 from lmsynth.llm import ChatModel
 from lmsynth.pipeline.cache import StageCache
-from lmsynth.pipeline.flags import mark_flags
-from lmsynth.pipeline.generate import GenerateConfig, generate, wants_english
-from lmsynth.pipeline.judge import JudgeConfig, judge
-from lmsynth.pipeline.rows import STAGE_OUTPUTS, PipelineRow
-from lmsynth.pipeline.second_turn import SecondTurnConfig, best_pair, second_turn
-from lmsynth.pipeline.select import SelectConfig, select
-from lmsynth.pipeline.translate import TranslateConfig, needs_translation, translate
+from lmsynth.pipeline.pipeline_row import STAGE_OUTPUTS, PipelineRow
+from lmsynth.pipeline.stages.flags import mark_flags
+from lmsynth.pipeline.stages.generate import GenerateConfig, generate, wants_english
+from lmsynth.pipeline.stages.judge import JudgeConfig, judge
+from lmsynth.pipeline.stages.second_turn import SecondTurnConfig, best_pair, second_turn
+from lmsynth.pipeline.stages.select import SelectConfig, select
+from lmsynth.pipeline.stages.translate import TranslateConfig, needs_translation, translate
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ class Stage:
     calls_model: bool = False  # an LLM stage: cached per unit, metered, served by an engine
     view: Callable[[PipelineRow, Any], dict[str, Any]] | None = None  # what it reads (the cache key)
     needs: str | None = None  # it runs only when this stage runs
-    step: str = "StageTask"  # its distilabel step class in `lmsynth.pipeline.steps`
+    step: str = "StageTask"  # its distilabel step class in `lmsynth.pipeline.executor.steps`
     generation_counts: tuple[str, ...] = ()  # `RunCounts` fields that count its outputs (n per request)
     legacy_failures: str | None = None  # `RunCounts` field of its failures in a run.json older than `Usage.failures`
     output: type[BaseModel] | None = None  # its row output model (the built-in ones: `rows.STAGE_OUTPUTS`)

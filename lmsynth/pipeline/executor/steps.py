@@ -25,13 +25,13 @@ from lmsynth.llm import (
     VllmModelConfig,
     open_chat_model,
 )
-from lmsynth.pipeline import stages
 from lmsynth.pipeline.cache import StageCache
 from lmsynth.pipeline.executor import patches
-from lmsynth.pipeline.flags import FirstSeen, mark_flags
-from lmsynth.pipeline.rows import INSTRUCTION_COLUMNS, PipelineRow, column
-from lmsynth.pipeline.select import SelectConfig, select
-from lmsynth.pipeline.sink import finish_rows
+from lmsynth.pipeline.output.sink import finish_rows
+from lmsynth.pipeline.pipeline_row import INSTRUCTION_COLUMNS, PipelineRow, column
+from lmsynth.pipeline.stages import registry as stages
+from lmsynth.pipeline.stages.flags import FirstSeen, mark_flags
+from lmsynth.pipeline.stages.select import SelectConfig, select
 from lmsynth.pipeline.telemetry.events import append_event
 from lmsynth.pipeline.telemetry.metering import MeteredChatModel
 
