@@ -7,8 +7,9 @@ The house, by role:
 - `config` (the pipeline YAML), `plan` (the run plan: the YAML resolved once per run), `run` (the runner:
   input scan, windows, the run folder's lock), `cache` (stage units), `workdir` (per-run work folders and
   unit locks), `shard`, `estimate`, `pipeline_row` (the row between stages).
-- `executor/`: the only code that knows distilabel: its steps (`steps`), every patch of a framework's
-  internals (`patches`, applied explicitly and checked), and distilabel's Ray execution (`on_ray`).
+- `executor/`: the only code that knows distilabel: a window of rows through one distilabel pipeline
+  (`window`), its steps (`steps`), every patch of a framework's internals (`patches`, applied explicitly
+  and checked), and distilabel's Ray execution (`on_ray`).
 - `engines/`: one vLLM server per model per run, a local process (`servers`) or a Ray actor (`ray_actors`).
 - `output/`: the run folder: finished rows become records (`sink`, `assemble`), the one writer of part
   files (`parts`) for `run` and `gather` (shards into one run folder).

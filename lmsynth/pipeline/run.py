@@ -1,4 +1,4 @@
-"""`lmsynth run`: build a distilabel pipeline from a config, run it, write the run folder.
+"""`lmsynth run`: resolve the run plan, stream the input through it window by window, write the run folder.
 
 Output folder contract (`lmsynth.records`): `records/` (one SynthRecord per safe instruction, empty and
 duplicate ones included without responses), `unsafe/` (translation fields of the flagged instructions) and
@@ -6,7 +6,7 @@ duplicate ones included without responses), `unsafe/` (translation fields of the
 the same command after a crash or kill resumes instead of starting over.
 
 The input streams through in windows of `config.window` rows, one distilabel pipeline per window
-(`build_pipeline` is where stage configs become step LLMs); `run_pipeline` holds the whole multi-window
+(`executor.window.execute`, the only way into distilabel); `run_pipeline` holds the whole multi-window
 run, so anything that must outlive a window (an engine served per model) wraps its window loop.
 """
 
@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import shutil
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from pydantic import Field
 
@@ -38,8 +37,9 @@ from lmsynth.pipeline.engines.ray_actors import RayEngineServer
 from lmsynth.pipeline.engines.servers import ENGINE_LOG_DIR, EngineServer, serve_models
 from lmsynth.pipeline.executor import patches
 from lmsynth.pipeline.executor.on_ray import RayOptions, ray_cluster
+from lmsynth.pipeline.executor.window import FinishedRow, WindowFolders, execute
 from lmsynth.pipeline.output.parts import PartWriter
-from lmsynth.pipeline.output.sink import RowSummary, read_records
+from lmsynth.pipeline.output.sink import RowSummary
 from lmsynth.pipeline.pipeline_row import PipelineRow
 from lmsynth.pipeline.plan import RunPlan, resolve
 from lmsynth.pipeline.stages.flags import FirstSeen
@@ -65,7 +65,6 @@ from lmsynth.records import (
 logger = logging.getLogger(__name__)
 
 RowFilter = Callable[[InstructionRecord], bool]
-_STEP_MODULES = ["lmsynth.pipeline.executor.steps", "distilabel.pipeline.local"]  # what the forkserver imports once
 
 
 class RunResult(StrictModel):
@@ -242,14 +241,8 @@ def _stream(plan: RunPlan, rows: Iterable[PipelineRow], *, work: Path) -> Iterat
         if seen.first:
             seen_path = work / "flags-first-seen.json"
             seen.write(seen_path)
-        finished = execute(
-            plan,
-            window,
-            work_dir=work / "distilabel",
-            events_dir=work / "telemetry",
-            seen_path=seen_path,
-            scratch_dir=work / "units",
-        )
+        folders = WindowFolders(work / "distilabel", work / "telemetry", seen_path, work / "units")
+        finished = execute(plan, window, folders)
         for row, done in zip(window, finished, strict=True):
             if done.summary.first_key is not None:
                 seen.add(done.summary.first_key, row.record.conversation_id)
@@ -269,114 +262,9 @@ def windows(rows: Iterable[PipelineRow], config: PipelineConfig) -> Iterator[lis
         yield chunk
 
 
-def build_pipeline(
-    plan: RunPlan,
-    rows: Sequence[PipelineRow],
-    *,
-    work_dir: Path,
-    events_dir: Path | None = None,
-    seen_path: Path | None = None,
-    scratch_dir: Path | None = None,
-) -> Any:
-    """The distilabel Pipeline of `plan` over `rows` (not run): load → translate → flags → … → records.
-
-    The last step writes the records into `work_dir/records` (see `lmsynth.pipeline.output.sink`).
-
-    Every step batch is one cache unit of `batch_size` rows; STACK: keep it ≥ max_num_seqs / n so vLLM
-    runs at capacity.
-    """
-    from distilabel.pipeline import Pipeline
-
-    from lmsynth.pipeline.executor.steps import LoadRows, RecordSink, StepContext, stage_step, to_rows
-
-    config, bs = plan.config, plan.config.batch_size
-    context = StepContext(plan=plan, events_dir=events_dir, seen_path=seen_path, scratch_dir=scratch_dir)
-    with Pipeline(name=f"lmsynth-{config.name}", cache_dir=str(work_dir)) as pipeline:
-        previous = LoadRows(name="load", data=to_rows(rows), batch_size=bs)
-        for stage in plan.steps:
-            step = stage_step(plan.stage(stage), context)
-            previous >> step
-            previous = step
-        previous >> RecordSink(
-            name="records",
-            records_dir=str(work_dir / "records"),
-            stages=plan.steps,
-            llm_stages=plan.llm_stages,
-            stage_modules=sorted({s.stage.module for s in plan.stages}),
-            english=config.generate.english is not None,
-            multiturn=config.second_turn is not None,
-            judged=config.judge is not None,
-            input_batch_size=bs,
-        )
-    return pipeline
-
-
-def execute(
-    plan: RunPlan,
-    rows: Sequence[PipelineRow],
-    *,
-    work_dir: Path,
-    events_dir: Path | None = None,
-    seen_path: Path | None = None,
-    scratch_dir: Path | None = None,
-) -> list[FinishedRow]:
-    """Build and run the pipeline of `plan` on one window; return every row's summary and record, in order.
-
-    Raises:
-        PipelineError: a row is missing, repeated or lacks a stage output (distilabel turns a failed batch
-            into rows of None instead of raising; this is where that surfaces).
-    """
-    if not rows:
-        return []
-    _quiet_libraries()
-    patches.apply()
-    shutil.rmtree(work_dir, ignore_errors=True)  # lmsynth resumes from its own cache, never from distilabel's
-    pipeline = build_pipeline(
-        plan, rows, work_dir=work_dir, events_dir=events_dir, seen_path=seen_path, scratch_dir=scratch_dir
-    )
-    # Served engines (`serve_models`) live beside the pipeline: steps run side by side and Ray step actors
-    # reserve no GPUs. Only steps holding in-process engines (no served models) run one after another.
-    engines = plan.in_process_engines
-    try:
-        load_groups = "sequential_step_execution" if engines > 1 else None
-        with patches.datasets_cache_in(work_dir / "hf-datasets"):
-            if plan.ray is not None:
-                from lmsynth.pipeline.executor.on_ray import run_on_ray, tensor_parallel_of
-
-                tp = tensor_parallel_of(plan.config) if engines else None
-                distiset = run_on_ray(
-                    pipeline, options=plan.ray, tensor_parallel=tp, use_cache=False, load_groups=load_groups
-                )
-            else:
-                # Steps that hold an in-process vLLM engine keep distilabel's own start method (their engine
-                # dwarfs what a fork inherits, and that path is the one tested with real engines).
-                starts = (
-                    patches.steps_forked_from_a_small_process(_STEP_MODULES)
-                    if engines == 0
-                    else contextlib.nullcontext()
-                )
-                with starts:
-                    distiset = patches.without_checkpoints(pipeline).run(use_cache=False, load_groups=load_groups)
-            summaries = [RowSummary.model_validate_json(r["summary"]) for r in _distiset_rows(distiset)]
-        records = {index: (unsafe, text) for index, unsafe, text in read_records(work_dir / "records")}
-    finally:
-        shutil.rmtree(work_dir, ignore_errors=True)
-    return _check_rows(plan.config, rows, summaries, records)
-
-
 # ---------------------------------------------------------------------------
 # Private helpers
 # ---------------------------------------------------------------------------
-
-
-def _quiet_libraries() -> None:
-    """Quiet distilabel and vLLM (INFO on every batch and engine detail): the run shows a progress bar instead.
-
-    Set in the environment because the step and engine processes read it when they start.
-    """
-    if not constants.DEBUG:
-        os.environ.setdefault("DISTILABEL_LOG_LEVEL", "WARNING")
-        os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # its warnings are about CPU kernel choices
 
 
 def _gpus(plan: RunPlan) -> int:
@@ -384,43 +272,6 @@ def _gpus(plan: RunPlan) -> int:
     if not plan.in_process_engines:
         return 0
     return visible_gpu_count()
-
-
-def _distiset_rows(distiset: Any) -> Iterator[dict[str, Any]]:
-    for name in distiset:
-        for split in distiset[name].values():
-            yield from split.to_list()
-
-
-class FinishedRow(NamedTuple):
-    """A row through every stage: its summary and its record (JSON)."""
-
-    summary: RowSummary
-    record: str
-
-
-def _check_rows(
-    config: PipelineConfig,
-    rows: Sequence[PipelineRow],
-    summaries: Sequence[RowSummary],
-    records: dict[int, tuple[bool, str]],
-) -> list[FinishedRow]:
-    """Every input row exactly once, with every stage's output and a record; else a one-line error."""
-    by_index: dict[int, RowSummary] = {}
-    failed: dict[str, int] = {}
-    for summary in summaries:
-        if summary.row_index in by_index:
-            raise PipelineError(f"pipeline `{config.name}` returned row {summary.row_index} twice")
-        by_index[summary.row_index] = summary
-        for stage in summary.failed:
-            failed[stage] = failed.get(stage, 0) + 1
-    if failed:
-        detail = ", ".join(f"{s}: {n} rows" for s, n in failed.items())
-        raise PipelineError(f"pipeline `{config.name}`: stages failed ({detail}); rerun to retry, see the log")
-    missing = [r.row_index for r in rows if r.row_index not in by_index or r.row_index not in records]
-    if missing:
-        raise PipelineError(f"pipeline `{config.name}`: {len(missing)} rows missing from the output")
-    return [FinishedRow(by_index[r.row_index], records[r.row_index][1]) for r in rows]
 
 
 def _iter_input(input_dir: Path, *, limit: int | None) -> Iterator[tuple[Path, int, InstructionRecord]]:

@@ -96,8 +96,8 @@ def test_a_cpu_server_runs_the_model_in_its_engine_core(monkeypatch) -> None:
 def test_served_stages_get_two_step_processes(tmp_path: Path) -> None:
     """Two replicas overlap one batch's tail with the next batch's requests; in-process engines get one."""
     from lmsynth.llm import FakeModelConfig, VllmModelConfig
+    from lmsynth.pipeline.executor.window import WindowFolders, build_pipeline
     from lmsynth.pipeline.plan import resolve
-    from lmsynth.pipeline.run import build_pipeline
 
     served = ServedModelConfig(model="m", name="m", control_dir=tmp_path)
     assert SERVED_REPLICAS == 2 and stage_replicas("generate", served) == 2
@@ -106,7 +106,7 @@ def test_served_stages_get_two_step_processes(tmp_path: Path) -> None:
     demo = load_pipeline_config(constants.PIPELINES_DIR / "demo.yaml")
     runtime = {name: served.model_copy(update={"name": name}) for name in demo.models}
     plan = resolve(demo, cache_root=tmp_path / "c").serving(runtime)
-    pipeline = build_pipeline(plan, [], work_dir=tmp_path / "w")
+    pipeline = build_pipeline(plan, [], WindowFolders(tmp_path / "w"))
     replicas = {s: pipeline.dag.get_step(s)["step"].resources.replicas for s in ("translate", "generate", "judge")}
     # translate feeds the flags global step, which two translate replicas left waiting forever.
     assert replicas == {"translate": 1, "generate": 2, "judge": 2}
