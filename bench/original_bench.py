@@ -40,7 +40,7 @@ if step == "recover":
                            passphrase=SecretStr(sys.argv[5]))
     rows = res.report.subsets["gemma3"].written
 else:
-    from lmsynth.export.build import export_dpo
+    from lmsynth.export.sft_dpo import export_dpo
     res = export_dpo(Path(work) / "recovered", out_dir=Path(work) / "dpo")
     rows = sum(res.rows.values())
 secs = time.perf_counter() - t0

@@ -45,11 +45,11 @@ if step == "recover":
                   passphrase=SecretStr(sys.argv[5]))
     rows = sum(s.written for s in res.report.subsets.values())
 elif step == "export-sft":
-    from lmsynth.export.build import export_sft
+    from lmsynth.export.sft_dpo import export_sft
     res = export_sft(Path(work) / "recovered", out_dir=Path(work) / "sft", test_size=0.01)
     rows = sum(res.rows.values())
 else:
-    from lmsynth.export.build import export_dpo
+    from lmsynth.export.sft_dpo import export_dpo
     res = export_dpo(Path(work) / "recovered", out_dir=Path(work) / "dpo", test_size=0.01)
     rows = sum(res.rows.values())
 secs = time.perf_counter() - t0
@@ -70,7 +70,7 @@ def build_release(root: Path, n: int) -> tuple[Path, Path]:
     from lmsynth.io import sha256_file
     from lmsynth.testing import en_instruction_for, iter_run_dicts
     from lmsynth.tree import layout
-    from lmsynth.tree.manifest import ChecksumManifest
+    from lmsynth.tree.manifest_json import ChecksumManifest
 
     tree = root / "tree"
     n_shards = (n + SHARD_ROWS - 1) // SHARD_ROWS

@@ -55,8 +55,8 @@ def main() -> None:
 
 def run_bench(root: Path, n: int, shards: int, repeats: int) -> list[tuple[str, float, str]]:
     from lmsynth import constants
-    from lmsynth.pipeline.gather import gather
-    from lmsynth.pipeline.ray_exec import RayOptions
+    from lmsynth.pipeline.executor.on_ray import RayOptions
+    from lmsynth.pipeline.output.gather import gather
     from lmsynth.pipeline.run import run_pipeline
     from lmsynth.pipeline.shard import ShardSpec, run_shard
     from lmsynth.records import iter_synth_records

@@ -28,14 +28,12 @@ import time
 from pathlib import Path
 
 import psutil
-import yaml
 
-from lmsynth.config import read_yaml
+from lmsynth.testing import SCRIPTED_RESPONSE, write_scripted_pipeline
 
 
 REPO = Path(__file__).resolve().parents[1]
 PIPELINE = REPO / "pipelines" / "v0.5-gemma3.yaml"
-RESPONSE = ("これはテスト用の回答です。" * 64)[:800]  # ~800 Japanese characters
 
 
 def main() -> None:
@@ -48,7 +46,7 @@ def main() -> None:
 
     root = Path(tempfile.mkdtemp(prefix="lmstream", dir="/tmp"))
     try:
-        pipe = write_fake_pipeline(root, window=args.window)
+        pipe = write_scripted_pipeline(PIPELINE, root, window=args.window)
         rows = []
         for n in sizes:
             run = run_once(root, pipe, n)
@@ -60,7 +58,8 @@ def main() -> None:
         else:
             shutil.rmtree(root, ignore_errors=True)
 
-    print(f"\nStream bench: {PIPELINE.name} with scripted models (replies of {len(RESPONSE)} JA characters, n=10)")
+    replies = f"replies of {len(SCRIPTED_RESPONSE)} JA characters"
+    print(f"\nStream bench: {PIPELINE.name} with scripted models ({replies}, n=10)")
     head = ("instructions", "wall s", "CPU s", "wall ms/i", "CPU ms/i", "RSS MiB", "PSS MiB")
     print("".join(f"{h:>{w}}" for h, w in zip(head, (12, 9, 9, 11, 10, 9, 9), strict=True)))
     for r in rows:
@@ -90,25 +89,6 @@ class Run:
             f"{self.wall:.1f} s wall, {self.cpu:.1f} s CPU, peak RSS {self.rss / 2**20:.0f} MiB "
             f"(PSS {self.pss / 2**20:.0f} MiB), {self.records} records"
         )
-
-
-def write_fake_pipeline(root: Path, *, window: int | None = None) -> Path:
-    """The v0.5 pipeline with its model replaced by three scripted ones (prompt paths made absolute)."""
-    config = read_yaml(PIPELINE)
-    config["models"] = {
-        "translator": {"backend": "fake", "model": "fake-translator", "replies": ["{last_line}"]},
-        "generator": {"backend": "fake", "model": "fake-generator", "replies": [RESPONSE]},
-        "judge": {"backend": "fake", "model": "fake-judge", "replies": ["回答は正確で分かりやすい。Rating: [[7]]"]},
-    }
-    for stage, model in (("translate", "translator"), ("generate", "generator"), ("judge", "judge")):
-        config[stage]["model"] = model
-        if "prompt" in config[stage]:
-            config[stage]["prompt"] = str(PIPELINE.parent / config[stage]["prompt"])
-    if window is not None:
-        config["window"] = window
-    path = root / "v0.5-fake.yaml"
-    path.write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
-    return path
 
 
 def run_once(root: Path, pipe: Path, n: int) -> Run:

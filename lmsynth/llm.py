@@ -2,7 +2,7 @@
 
 Stages never import vLLM; they take a `ChatModel` (a batch of chat conversations in, `n` completions with
 token counts out). The backend is chosen by config (`backend: vllm | openai | fake`).
-`lmsynth.pipeline.steps.ChatModelLLM` adapts any of them to distilabel's `LLM` interface (kept there so this
+`lmsynth.pipeline.executor.steps.ChatModelLLM` adapts any of them to distilabel's `LLM` interface (kept there so this
 module imports no distilabel), because distilabel's own `vLLM` class no longer works on current vLLM (it
 builds `SamplingParams` with removed fields and fails silently inside a pipeline).
 """

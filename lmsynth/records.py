@@ -198,6 +198,7 @@ PREPARED_UNSAFE = "unsafe.jsonl"  # moderation-flagged: translated for the `+uns
 RUN_RECORDS_DIR = "records"  # one SynthRecord per prepared (safe) instruction
 RUN_UNSAFE_DIR = "unsafe"  # SynthRecords of flagged instructions: translation fields only
 RUN_INFO_FILE = "run.json"  # `RunInfo`, written last: its presence marks a finished run folder
+RUN_RECORDS_PER_FILE = 10_000  # records per part file, unless the pipeline's `shard_records` says otherwise
 
 
 class Usage(StrictModel):
@@ -259,6 +260,9 @@ class RunInfo(StrictModel):
     sampling: dict[str, SamplingConfig]
     counts: RunCounts
     tokens: dict[str, Usage] = Field(description="Tokens per stage, over all rows (cached or not).")
+    shard_records: int = Field(
+        RUN_RECORDS_PER_FILE, ge=1, description="Records per `part-NNNNN.jsonl` (the pipeline's `shard_records`)."
+    )
 
 
 def record_counts(record: SynthRecord, *, judged: bool = True) -> dict[str, int]:

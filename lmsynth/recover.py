@@ -30,7 +30,7 @@ from lmsynth.progress import track
 from lmsynth.records import GatedInstruction, Message, SynthRecord
 from lmsynth.scratch import scratch_dir
 from lmsynth.tree import layout
-from lmsynth.tree.manifest import ChecksumManifest, check_tree
+from lmsynth.tree.manifest_json import ChecksumManifest, check_tree
 
 
 logger = logging.getLogger(__name__)
@@ -121,7 +121,7 @@ def recover(
         The output folder and the report also written to `recover_report.json`.
 
     Raises:
-        ChecksumError: the release breaks the tree rule of `lmsynth.tree.manifest` (nothing is decrypted).
+        ChecksumError: the release breaks the tree rule of `lmsynth.tree.manifest_json` (nothing is decrypted).
         PassphraseError: the key does not decrypt the gated files (nothing is written).
         VerifyError: the release has no subset.
     """

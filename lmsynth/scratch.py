@@ -18,26 +18,21 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import fcntl
 import logging
 import os
 import shutil
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from lmsynth import constants
+from lmsynth import constants, locks
 
 
 log = logging.getLogger(__name__)
 
-LOCK_FILE = ".lock"
 GNUPG_HOMES = "gnupg-homes"
 PENDING = "pending"
-# A folder without its lock file is a process between `mkdir` and `flock`, unless it is older than this.
-UNLOCKED_GRACE_S = 60.0
 
 _state: dict[str, object] = {}  # this process's folder, the fd holding its lock, and (pid, root) they are for
 
@@ -52,10 +47,7 @@ def process_dir() -> Path:
     base = root()
     if _state.get("key") != (os.getpid(), base):  # first use, a forked child, or another cache: a new folder
         clean_stale()
-        base.mkdir(parents=True, exist_ok=True)
-        path = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=base))
-        fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        path, fd = locks.process_folder(base)
         _state.update(key=(os.getpid(), base), path=path, fd=fd)
         atexit.register(_remove_own, path, os.getpid())
     return _state["path"]  # type: ignore[return-value]
@@ -101,46 +93,13 @@ def clean_stale() -> list[Path]:
 
     A folder is removed only when its lock can be taken, so the folders of running commands stay.
     """
-    base = root()
-    if not base.is_dir():
-        return []
-    removed = []
-    for entry in sorted(base.iterdir()):
-        if not entry.is_dir() or entry == _state.get("path"):
-            continue
-        if _remove_if_dead(entry):
-            removed.append(entry)
+    removed = locks.sweep_unheld(root(), _remove, keep=_state.get("path"))  # type: ignore[arg-type]
     if removed:
         log.info("removed %d scratch folder(s) of killed lmsynth commands", len(removed))
     return removed
 
 
 # Private helpers
-
-
-def _remove_if_dead(entry: Path) -> bool:
-    try:
-        fd = os.open(entry / LOCK_FILE, os.O_RDWR)
-    except FileNotFoundError:
-        try:
-            young = time.time() - entry.stat().st_mtime < UNLOCKED_GRACE_S
-        except FileNotFoundError:
-            return False
-        if young:
-            return False  # its process is between mkdir and flock
-        _remove(entry)
-        return True
-    except OSError:
-        return False
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False  # its process is alive
-        _remove(entry)
-        return True
-    finally:
-        os.close(fd)
 
 
 def _remove_own(path: Path, pid: int) -> None:

@@ -225,6 +225,35 @@ def synthetic_run_info(records: Iterable[SynthRecord], *, unsafe: int, shape: Sh
     )
 
 
+SCRIPTED_RESPONSE = ("これはテスト用の回答です。" * 64)[:800]  # ~800 Japanese characters
+
+
+def write_scripted_pipeline(pipeline: Path, root: Path, *, window: int | None = None, **settings: Any) -> Path:
+    """`pipeline` (a v0.5-style YAML) with its models replaced by three scripted ones, prompt paths made absolute.
+
+    Translation echoes the instruction, each response is `SCRIPTED_RESPONSE`, the judge answers `[[7]]`: runs
+    measure lmsynth and distilabel, not a model. `settings` replace top-level keys (`shard_records`, ...).
+    """
+    import yaml
+
+    config = yaml.safe_load(pipeline.read_text(encoding="utf-8"))
+    config["models"] = {
+        "translator": {"backend": "fake", "model": "fake-translator", "replies": ["{last_line}"]},
+        "generator": {"backend": "fake", "model": "fake-generator", "replies": [SCRIPTED_RESPONSE]},
+        "judge": {"backend": "fake", "model": "fake-judge", "replies": ["回答は正確で分かりやすい。Rating: [[7]]"]},
+    }
+    for stage, model in (("translate", "translator"), ("generate", "generator"), ("judge", "judge")):
+        config[stage]["model"] = model
+        if "prompt" in config[stage]:
+            config[stage]["prompt"] = str(pipeline.parent / config[stage]["prompt"])
+    if window is not None:
+        config["window"] = window
+    config.update(settings)
+    path = root / f"{pipeline.stem}-fake.yaml"
+    path.write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
+    return path
+
+
 def write_prepared_dir(path: Path | str, n: int, *, seed: int = 0, unsafe_n: int = 0) -> Path:
     """Write a prepare output (`instructions.jsonl`, `unsafe.jsonl`) matching `write_run_dir`'s ids."""
     path = Path(path)

@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from lmsynth.errors import ExportError
-from lmsynth.export.build import export_dpo, export_sft
-from lmsynth.export.rows import ExportFilters, best_index, dpo_row, split_of, worst_index
+from lmsynth.export.selection import ExportFilters, best_index, dpo_row, split_of, worst_index
+from lmsynth.export.sft_dpo import export_dpo, export_sft
 from lmsynth.io import write_json, write_jsonl
 from lmsynth.recover import REPORT_FILE, RecoveredRecord, RecoverReport, SubsetLicense, SubsetRecovery
 
@@ -230,7 +230,7 @@ class TestExportSft:
             export_sft(recovered, out_dir=tmp_path / "out", subsets=["nope"])
 
     def test_shards_rotate(self, recovered: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-        import lmsynth.export.build as export
+        import lmsynth.export.sft_dpo as export
 
         monkeypatch.setattr(export, "SHARD_ROWS", 2)
         res = export_sft(recovered, out_dir=tmp_path / "out")
@@ -295,7 +295,7 @@ from tests.hub.hf_server import HubStandIn
 hub = HubStandIn().start()
 os.environ.update(HF_ENDPOINT=hub.endpoint, HF_HUB_DISABLE_XET="1", HF_TOKEN="hf_test_write_token_123456")
 from datasets import load_dataset
-from lmsynth.export.publish import publish_export
+from lmsynth.export.push import publish_export
 out, tag = Path(sys.argv[1]), sys.argv[2]
 pub = publish_export(out, target_uri="hf://me/sft-ja", tag=tag, private=True)
 commits = hub.state.commits_on("me/sft-ja")
@@ -321,7 +321,7 @@ class TestPush:
         import subprocess
         import sys
 
-        from lmsynth.export.build import export_tag
+        from lmsynth.export.sft_dpo import export_tag
 
         res = export_sft(recovered, out_dir=tmp_path / "out", test_size=0.5, seed=3)
         root = Path(__file__).resolve().parent.parent
@@ -347,7 +347,7 @@ class TestPush:
         assert export_tag(res) == "sft-v0.5"
 
     def test_private_refused_where_visibility_is_not_supported(self, recovered: Path, tmp_path: Path) -> None:
-        from lmsynth.export.publish import publish_export
+        from lmsynth.export.push import publish_export
 
         res = export_sft(recovered, out_dir=tmp_path / "out")
         with pytest.raises(ExportError, match="`--private` is supported for hf:// targets"):

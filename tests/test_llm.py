@@ -124,7 +124,7 @@ class TestOpenAI:
 
 
 def test_distilabel_llm_generate_takes_no_var_kwargs() -> None:
-    from lmsynth.pipeline.steps import ChatModelLLM
+    from lmsynth.pipeline.executor.steps import ChatModelLLM
 
     params = inspect.signature(ChatModelLLM.generate).parameters.values()
     assert not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)

@@ -19,7 +19,7 @@ from lmsynth.errors import ChecksumError, ExportError, PassphraseError
 from lmsynth.io import sha256_file
 from lmsynth.recover import REPORT_FILE, RecoveredRecord, iter_recovered, recover
 from lmsynth.tree import layout
-from lmsynth.tree.manifest import ChecksumManifest
+from lmsynth.tree.manifest_json import ChecksumManifest
 
 
 KEY = SecretStr("correct horse battery staple")
@@ -379,7 +379,7 @@ def load_rows(out: Path, config: str) -> list[dict]:
 
 class TestRoundTrip:
     def test_release_recover_export_load(self, released: Path, tmp_path: Path) -> None:
-        from lmsynth.export.build import export_dpo, export_sft
+        from lmsynth.export.sft_dpo import export_dpo, export_sft
 
         # Key derived from the bundled sample (no passphrase given, none in the environment).
         res = recover(str(released), revision="v0.5", source=None, out_dir=tmp_path / "rec", passphrase=None)

@@ -12,7 +12,7 @@ import pytest
 from pydantic import SecretStr
 
 from lmsynth.errors import ArgumentError, EncryptionError, InputRecordError, PassphraseError, SourceError
-from lmsynth.export.build import export_dpo, export_sft
+from lmsynth.export.sft_dpo import export_dpo, export_sft
 from lmsynth.original import layout
 from lmsynth.original.layout import detect
 from lmsynth.original.models import OriginalRecoveredRecord

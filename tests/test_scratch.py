@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from lmsynth import constants, scratch
+from lmsynth import constants, locks, scratch
 
 
 _HOLDER = (
@@ -54,7 +54,7 @@ def test_a_folder_without_its_lock_is_left_while_young(tmp_path: Path) -> None:
     assert young not in scratch.clean_stale() and young.is_dir()  # a process between mkdir and flock
     old = scratch.root() / "124-old"
     old.mkdir()
-    past = time.time() - 2 * scratch.UNLOCKED_GRACE_S
+    past = time.time() - 2 * locks.UNLOCKED_GRACE_S
     os.utime(old, (past, past))
     assert old in scratch.clean_stale() and not old.exists()
 

@@ -149,7 +149,7 @@ class TestServerEnvironment:
 
     def _start(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, model: str, *, offline: bool) -> bytes:
         from lmsynth.llm import VllmModelConfig
-        from lmsynth.pipeline import engines
+        from lmsynth.pipeline.engines import servers as engines
 
         for name, value in SECRETS.items():
             monkeypatch.setenv(name, value)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from lmsynth.export.build import export_dpo, export_sft
+from lmsynth.export.sft_dpo import export_dpo, export_sft
 from tests.test_export import RECORDS, write_recovered
 
 

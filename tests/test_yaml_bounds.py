@@ -13,8 +13,8 @@ import yaml
 from lmsynth.config import YAML_MAX_BYTES, load_yaml, read_yaml
 from lmsynth.errors import ConfigError
 from lmsynth.pipeline.config import load_pipeline_config
-from lmsynth.release.cards import FieldDocs
-from lmsynth.release.manifest import load_manifest
+from lmsynth.release.dataset_cards import FieldDocs
+from lmsynth.release.release_yaml import load_manifest
 from lmsynth.templates import load_rules
 
 
@@ -126,8 +126,8 @@ def test_a_bomb_is_refused_in_bounded_memory_and_time(tmp_path: Path) -> None:
         from lmsynth.config import load_yaml
         from lmsynth.errors import ConfigError
         from lmsynth.pipeline.config import load_pipeline_config
-        from lmsynth.release.cards import FieldDocs
-        from lmsynth.release.manifest import load_manifest
+        from lmsynth.release.dataset_cards import FieldDocs
+        from lmsynth.release.release_yaml import load_manifest
         from lmsynth.templates import load_rules
         root = Path({str(tmp_path)!r})
         loaders = {{"pipeline": load_pipeline_config, "manifest": load_manifest, "rules": load_rules,

@@ -44,7 +44,7 @@ def run(
       lmsynth run pipelines/v0.5-gemma3.yaml --input prepared --out runs/v0.5-2of8 --shard 2/8
       lmsynth run pipelines/v0.5-gemma3.yaml --input prepared --out runs/v0.5 --ray-address HEAD:6379
     """
-    from lmsynth.pipeline.ray_exec import RayOptions
+    from lmsynth.pipeline.executor.on_ray import RayOptions
     from lmsynth.pipeline.run import run_pipeline
     from lmsynth.pipeline.shard import ShardSpec, run_shard
     from lmsynth.progress import enabled

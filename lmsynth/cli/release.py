@@ -159,7 +159,7 @@ def publish_cmd(
 
 def _resolve_target(version: str, name: str | None, manifest: Path | None) -> str:
     """A target URI from `--to/--from`: a manifest name (local, hf, ms) or a URI; default: the manifest's."""
-    from lmsynth.release.manifest import TARGET_NAMES, load_manifest
+    from lmsynth.release.release_yaml import TARGET_NAMES, load_manifest
 
     if name is not None and name not in TARGET_NAMES:
         return name

@@ -30,7 +30,7 @@ def gather_cmd(
     ] = None,
 ) -> None:
     """Merge shard run folders into one run folder; refuses missing, duplicated or mismatched shards."""
-    from lmsynth.pipeline.gather import gather
+    from lmsynth.pipeline.output.gather import gather
 
     res = gather(shard_dirs, out_dir=out_dir, input_dir=input_dir)
     out.result(

@@ -141,7 +141,7 @@ def export_sft_cmd(
     \b
     Example: lmsynth export sft --input recovered --out sft-ja --exclude-pii --min-score 7 --test-size 0.01
     """
-    from lmsynth.export.build import export_sft
+    from lmsynth.export.sft_dpo import export_sft
     from lmsynth.progress import enabled
 
     with enabled():
@@ -185,7 +185,7 @@ def export_dpo_cmd(
     \b
     Example: lmsynth export dpo --input recovered --out dpo-ja --min-margin 2 --test-size 0.01
     """
-    from lmsynth.export.build import export_dpo
+    from lmsynth.export.sft_dpo import export_dpo
     from lmsynth.progress import enabled
 
     with enabled():
@@ -208,8 +208,8 @@ def export_dpo_cmd(
 
 
 def _report(res: object, *, push: str | None, private: bool, tag: str | None) -> None:
-    from lmsynth.export.build import ExportResult, export_tag
-    from lmsynth.export.publish import publish_export
+    from lmsynth.export.push import publish_export
+    from lmsynth.export.sft_dpo import ExportResult, export_tag
 
     assert isinstance(res, ExportResult)
     rows = ", ".join(f"{split} {n}" for split, n in sorted(res.rows.items()))

@@ -28,7 +28,7 @@ from lmsynth.config import StrictModel
 from lmsynth.errors import InputRecordError
 from lmsynth.fingerprint import FINGERPRINT_VERSION, canonical_json, digest_rows
 from lmsynth.io import atomic_path, parse_line, private_dir
-from lmsynth.pipeline.rows import STAGE_OUTPUTS
+from lmsynth.pipeline.pipeline_row import STAGE_OUTPUTS
 from lmsynth.pipeline.workdir import sweep_locks, unit_lock
 
 

@@ -9,19 +9,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from lmsynth.config import StrictModel, load_yaml
 from lmsynth.demo_model import registry_revision
 from lmsynth.fingerprint import EXCLUDED_FIELDS, fingerprint
 from lmsynth.llm import ModelConfig
-from lmsynth.pipeline.generate import GenerateConfig
-from lmsynth.pipeline.judge import JudgeConfig
-from lmsynth.pipeline.prompts import read_prompt
-from lmsynth.pipeline.second_turn import SecondTurnConfig
-from lmsynth.pipeline.select import SelectConfig
-from lmsynth.pipeline.stages import LLM_STAGES, STAGE, STAGES
-from lmsynth.pipeline.translate import TranslateConfig
+from lmsynth.pipeline.stages.generate import GenerateConfig
+from lmsynth.pipeline.stages.judge import JudgeConfig
+from lmsynth.pipeline.stages.prompts import read_prompt
+from lmsynth.pipeline.stages.registry import LLM_STAGES, STAGE, STAGES, parse_block
+from lmsynth.pipeline.stages.second_turn import SecondTurnConfig
+from lmsynth.pipeline.stages.select import SelectConfig
+from lmsynth.pipeline.stages.translate import TranslateConfig
 
 
 class PipelineConfig(StrictModel):
@@ -45,11 +45,33 @@ class PipelineConfig(StrictModel):
     judge: JudgeConfig | None = None
     select: SelectConfig = SelectConfig()
     second_turn: SecondTurnConfig | None = None
+    extra_stages: dict[str, Any] = Field(
+        default_factory=dict, description="Blocks of stages registered beyond the built-in ones, by stage name."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _registered_blocks(cls, data: Any) -> Any:
+        """A registered stage's block is a top-level key named after it, as the built-in stages' are."""
+        if isinstance(data, dict):
+            extra = {k: v for k, v in data.items() if k in STAGE and k not in cls.model_fields}
+            if extra:
+                data = {k: v for k, v in data.items() if k not in extra}
+                data["extra_stages"] = {**data.get("extra_stages", {}), **extra}
+        return data
+
+    @field_validator("extra_stages")
+    @classmethod
+    def _parse_registered_blocks(cls, blocks: dict[str, Any]) -> dict[str, Any]:
+        unknown = [k for k in blocks if k not in STAGE or k in cls.model_fields]
+        if unknown:
+            raise ValueError(f"`{unknown[0]}`: no such registered stage")
+        return {k: parse_block(k, v) for k, v in blocks.items()}
 
     @model_validator(mode="after")
     def _models_exist(self) -> PipelineConfig:
         for stage in LLM_STAGES:
-            block = getattr(self, stage)
+            block = self.block(stage)
             if block is not None and block.model not in self.models:
                 known = ", ".join(sorted(self.models))
                 raise ValueError(f"`{stage}.model`: unknown model `{block.model}` (known: {known})")
@@ -64,7 +86,7 @@ class PipelineConfig(StrictModel):
         """
         names: list[str] = []
         for stage in STAGES:
-            present = stage.config is None or getattr(self, stage.name) is not None
+            present = stage.config is None or self.block(stage.name) is not None
             if present and (stage.needs is None or stage.needs in names):
                 names.append(stage.name)
         return names
@@ -73,9 +95,15 @@ class PipelineConfig(StrictModel):
         """The stages of `stages()` that call a model, in order."""
         return [s for s in self.stages() if STAGE[s].calls_model]
 
+    def block(self, stage: str) -> Any:
+        """The YAML block of `stage` (None when the pipeline has none)."""
+        if stage in type(self).model_fields:
+            return getattr(self, stage)
+        return self.extra_stages.get(stage)
+
     def model_for(self, stage: str) -> Any:
         """The model config a stage uses."""
-        return self.models[getattr(self, stage).model]
+        return self.models[self.block(stage).model]
 
 
 def load_pipeline_config(path: Path | str) -> PipelineConfig:
@@ -94,7 +122,7 @@ def model_revision(model: Any) -> str | None:
 
 def stage_fingerprint(config: PipelineConfig, stage: str) -> str:
     """The cache folder fingerprint of one stage: its block (prompts by text), its model and revision."""
-    block = getattr(config, stage, None)
+    block = config.block(stage)
     extra: dict[str, Any] = {"stage": stage}
     if stage in LLM_STAGES:
         model = config.model_for(stage)
@@ -103,9 +131,12 @@ def stage_fingerprint(config: PipelineConfig, stage: str) -> str:
     return fingerprint(_identity(block), input_digest=None, extra=extra)
 
 
-def run_fingerprint(config: PipelineConfig, *, input_digest: str) -> str:
-    """The whole run: every stage's identity plus the input rows."""
-    return fingerprint({s: stage_fingerprint(config, s) for s in config.stages()}, input_digest=input_digest, extra={})
+def run_fingerprint(
+    config: PipelineConfig, *, input_digest: str, stage_fingerprints: dict[str, str] | None = None
+) -> str:
+    """The whole run: every stage's identity (`stage_fingerprints` when already computed) plus the input rows."""
+    stage_fps = stage_fingerprints or {s: stage_fingerprint(config, s) for s in config.stages()}
+    return fingerprint(stage_fps, input_digest=input_digest, extra={})
 
 
 # ---------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""`lmsynth run`: build a distilabel pipeline from a config, run it, write the run folder.
+"""`lmsynth run`: resolve the run plan, stream the input through it window by window, write the run folder.
 
 Output folder contract (`lmsynth.records`): `records/` (one SynthRecord per safe instruction, empty and
 duplicate ones included without responses), `unsafe/` (translation fields of the flagged instructions) and
@@ -6,7 +6,7 @@ duplicate ones included without responses), `unsafe/` (translation fields of the
 the same command after a crash or kill resumes instead of starting over.
 
 The input streams through in windows of `config.window` rows, one distilabel pipeline per window
-(`build_pipeline` is where stage configs become step LLMs); `run_pipeline` holds the whole multi-window
+(`executor.window.execute`, the only way into distilabel); `run_pipeline` holds the whole multi-window
 run, so anything that must outlive a window (an engine served per model) wraps its window loop.
 """
 
@@ -15,9 +15,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from pydantic import Field
 
@@ -26,21 +26,23 @@ from lmsynth.config import StrictModel
 from lmsynth.errors import InputRecordError, PipelineError
 from lmsynth.fingerprint import digest_rows
 from lmsynth.io import atomic_dir, read_jsonl
-from lmsynth.llm import OpenAIModelConfig, VllmModelConfig
 from lmsynth.pipeline.cache import StageCache
 from lmsynth.pipeline.config import (
     PipelineConfig,
     load_pipeline_config,
     model_revision,
     run_fingerprint,
-    stage_fingerprint,
 )
-from lmsynth.pipeline.engines import ENGINE_LOG_DIR, EngineServer, serve_models, stage_model
-from lmsynth.pipeline.flags import FirstSeen
-from lmsynth.pipeline.ray_engines import RayEngineServer
-from lmsynth.pipeline.ray_exec import RayOptions, ray_cluster
-from lmsynth.pipeline.rows import PipelineRow
-from lmsynth.pipeline.sink import RowSummary, read_records
+from lmsynth.pipeline.engines.ray_actors import RayEngineServer
+from lmsynth.pipeline.engines.servers import ENGINE_LOG_DIR, EngineServer, serve_models
+from lmsynth.pipeline.executor import patches
+from lmsynth.pipeline.executor.on_ray import RayOptions, ray_cluster
+from lmsynth.pipeline.executor.window import FinishedRow, WindowFolders, execute, framework_environ
+from lmsynth.pipeline.output.parts import PartWriter
+from lmsynth.pipeline.output.sink import RowSummary
+from lmsynth.pipeline.pipeline_row import PipelineRow
+from lmsynth.pipeline.plan import RunPlan, resolve
+from lmsynth.pipeline.stages.flags import FirstSeen
 from lmsynth.pipeline.telemetry.collector import Telemetry, visible_gpu_count
 from lmsynth.pipeline.telemetry.report_files import report_from_run, write_report
 from lmsynth.pipeline.workdir import run_work_dir, unit_lock
@@ -101,8 +103,8 @@ def run_pipeline(
         row_filter: keep only instructions for which this returns True (e.g. one shard of many).
         config: an already loaded config (overrides reading `pipeline_path`).
         cache_dir: the cache root (default `constants.CACHE_DIR`).
-        ray: run the steps on this Ray cluster (`lmsynth.pipeline.ray_exec`) instead of local processes, and
-            serve each vLLM model from a Ray actor holding its GPUs (`lmsynth.pipeline.ray_engines`).
+        ray: run the steps on this Ray cluster (`lmsynth.pipeline.executor.on_ray`) instead of local processes, and
+            serve each vLLM model from a Ray actor holding its GPUs (`lmsynth.pipeline.engines.ray_actors`).
 
     Returns:
         Counts, fingerprint, `RunInfo` and cache statistics.
@@ -113,15 +115,15 @@ def run_pipeline(
         PipelineError: the input folder is missing or unfinished, or a stage failed for some rows.
     """
     config = config or load_pipeline_config(pipeline_path)
+    patches.apply()  # before anything starts: a changed framework is one line, not a hang
     input_dir, out_dir = Path(input_dir), Path(out_dir)
-    cache_root = Path(cache_dir or constants.CACHE_DIR)
+    plan = resolve(config, cache_root=Path(cache_dir or constants.CACHE_DIR), ray=ray)
+    cache_root, stage_fps, llm_stages = plan.cache_root, plan.fingerprints, plan.llm_stages
     scan = scan_input(input_dir, limit=config.limit, row_filter=row_filter)
-    fp = run_fingerprint(config, input_digest=scan.digest)
-    stage_fps = {s: stage_fingerprint(config, s) for s in config.stages()}
-    llm_stages = config.model_stages()
-    telemetry = Telemetry(total_requests=scan.rows * len(llm_stages), gpus=_gpus(config))
-    totals = RunTotals(config)
-    _framework_environ(config)  # before Ray's cluster starts: its workers inherit the environment then
+    fp = run_fingerprint(config, input_digest=scan.digest, stage_fingerprints=stage_fps)
+    telemetry = Telemetry(total_requests=scan.rows * len(llm_stages), gpus=_gpus(plan))
+    totals = RunTotals(plan)
+    framework_environ(config)  # before Ray's cluster starts: its workers inherit the environment then
     # One run per output folder at a time (a second one waits, then reuses the cache); leftovers of killed
     # runs in it are removed first.
     with out_folder_lock(out_dir), run_work_dir(cache_root) as work:
@@ -133,8 +135,8 @@ def run_pipeline(
             atomic_dir(out_dir / RUN_RECORDS_DIR, private=True) as records_tmp,
             atomic_dir(out_dir / RUN_UNSAFE_DIR, private=True) as unsafe_tmp,
         ):
-            safe_out = ShardedWriter(records_tmp, per_file=config.shard_records)
-            unsafe_out = ShardedWriter(unsafe_tmp, per_file=config.shard_records)
+            safe_out = PartWriter(records_tmp, per_file=config.shard_records)
+            unsafe_out = PartWriter(unsafe_tmp, per_file=config.shard_records)
             events_dir = work / "telemetry"
             # One engine per model for the whole run, shared by every window and stage; under `--ray` each
             # lives in a Ray actor holding its GPUs, so the cluster is held for the whole run.
@@ -151,7 +153,7 @@ def run_pipeline(
                 ) as models,
             ):
                 rows = iter_rows(input_dir, limit=config.limit, row_filter=row_filter)
-                for finished in _stream(config, rows, cache_root=cache_root, work=work, ray=ray, models=models):
+                for finished in _stream(plan.serving(models), rows, work=work):
                     for row in finished:
                         totals.add(row.summary)
                         (unsafe_out if row.summary.unsafe else safe_out).write(row.record)
@@ -160,7 +162,7 @@ def run_pipeline(
             # run.json goes before the new folders replace the old ones and comes back last: its presence
             # marks a complete folder.
             (out_dir / RUN_INFO_FILE).unlink(missing_ok=True)
-        info = totals.info(fingerprint=fp, input_digest=scan.digest, stage_fps=stage_fps)
+        info = totals.info(fingerprint=fp, input_digest=scan.digest)
         write_run_info(out_dir, info)
         write_report(out_dir, report_from_run(out_dir, telemetry=telemetry))
     units = telemetry.units()
@@ -233,33 +235,16 @@ def load_rows(input_dir: Path, *, limit: int | None = None, row_filter: RowFilte
     return list(iter_rows(input_dir, limit=limit, row_filter=row_filter))
 
 
-def _stream(
-    config: PipelineConfig,
-    rows: Iterable[PipelineRow],
-    *,
-    cache_root: Path,
-    work: Path,
-    ray: RayOptions | None,
-    models: dict[str, Any] | None = None,
-) -> Iterator[list[FinishedRow]]:
+def _stream(plan: RunPlan, rows: Iterable[PipelineRow], *, work: Path) -> Iterator[list[FinishedRow]]:
     """Run the pipeline window by window; yield each window's finished rows, in input order."""
     seen = FirstSeen()
-    for window in windows(rows, config):
+    for window in windows(rows, plan.config):
         seen_path = None
         if seen.first:
             seen_path = work / "flags-first-seen.json"
             seen.write(seen_path)
-        finished = execute(
-            config,
-            window,
-            cache_root=cache_root,
-            work_dir=work / "distilabel",
-            ray=ray,
-            events_dir=work / "telemetry",
-            seen_path=seen_path,
-            scratch_dir=work / "units",
-            models=models,
-        )
+        folders = WindowFolders(work / "distilabel", work / "telemetry", seen_path, work / "units")
+        finished = execute(plan, window, folders)
         for row, done in zip(window, finished, strict=True):
             if done.summary.first_key is not None:
                 seen.add(done.summary.first_key, row.record.conversation_id)
@@ -279,238 +264,16 @@ def windows(rows: Iterable[PipelineRow], config: PipelineConfig) -> Iterator[lis
         yield chunk
 
 
-def build_pipeline(
-    config: PipelineConfig,
-    rows: Sequence[PipelineRow],
-    *,
-    cache_root: Path,
-    work_dir: Path,
-    events_dir: Path | None = None,
-    models: dict[str, Any] | None = None,
-    seen_path: Path | None = None,
-    scratch_dir: Path | None = None,
-) -> Any:
-    """The distilabel Pipeline for `config` over `rows` (not run): load → translate → flags → … → records.
-
-    The last step writes the records into `work_dir/records` (see `lmsynth.pipeline.sink`).
-
-    Every step batch is one cache unit of `config.batch_size` rows; STACK: keep it ≥ max_num_seqs / n so
-    vLLM runs at capacity. `models` are the runtime model configs of `serve_models` (default: the YAML's).
-    """
-    from distilabel.pipeline import Pipeline
-    from distilabel.steps import LoadDataFromDicts
-
-    from lmsynth.pipeline.steps import RecordSink, StepContext, stage_step, to_rows
-
-    bs = config.batch_size
-    steps = step_stages(config)
-    context = StepContext(
-        cache_root=cache_root,
-        events_dir=events_dir,
-        seen_path=seen_path,
-        scratch_dir=scratch_dir,
-        model_for=lambda stage: _stage_model(config, models, stage),
-    )
-    with Pipeline(name=f"lmsynth-{config.name}", cache_dir=str(work_dir)) as pipeline:
-        previous = LoadDataFromDicts(name="load", data=to_rows(rows), batch_size=bs)
-        for stage in steps:
-            step = stage_step(stage, config, context)
-            previous >> step
-            previous = step
-        previous >> RecordSink(
-            name="records",
-            records_dir=str(work_dir / "records"),
-            stages=steps,
-            llm_stages=config.model_stages(),
-            english=config.generate.english is not None,
-            multiturn=config.second_turn is not None,
-            judged=config.judge is not None,
-            input_batch_size=bs,
-        )
-    return pipeline
-
-
-def step_stages(config: PipelineConfig) -> list[str]:
-    """The stages that run as distilabel steps: all but `select` when no `second_turn` reads its picks.
-
-    Records carry every response's score, not the picks, so without a second turn the selection would only
-    ship every row (ten responses in v0.5) through one more process and back for nothing.
-    """
-    return [s for s in config.stages() if s != "select" or config.second_turn is not None]
-
-
-def execute(
-    config: PipelineConfig,
-    rows: Sequence[PipelineRow],
-    *,
-    cache_root: Path,
-    work_dir: Path,
-    ray: RayOptions | None = None,
-    events_dir: Path | None = None,
-    models: dict[str, Any] | None = None,
-    seen_path: Path | None = None,
-    scratch_dir: Path | None = None,
-) -> list[FinishedRow]:
-    """Build and run the pipeline; return every row's summary and record, in input order.
-
-    Raises:
-        PipelineError: a row is missing, repeated or lacks a stage output (distilabel turns a failed batch
-            into rows of None instead of raising; this is where that surfaces).
-    """
-    if not rows:
-        return []
-    from lmsynth.pipeline.steps import without_checkpoints
-
-    _framework_environ(config)
-    shutil.rmtree(work_dir, ignore_errors=True)  # lmsynth resumes from its own cache, never from distilabel's
-    pipeline = build_pipeline(
-        config,
-        rows,
-        cache_root=cache_root,
-        work_dir=work_dir,
-        events_dir=events_dir,
-        seen_path=seen_path,
-        scratch_dir=scratch_dir,
-        models=models,
-    )
-    # Served engines (`serve_models`) live beside the pipeline: steps run side by side and Ray step actors
-    # reserve no GPUs. Only steps holding in-process engines (no `models` given) run one after another.
-    engines = sum(isinstance(_stage_model(config, models, s), VllmModelConfig) for s in config.model_stages())
-    try:
-        load_groups = "sequential_step_execution" if engines > 1 else None
-        with _datasets_cache_in(work_dir / "hf-datasets"):
-            if ray is not None:
-                from lmsynth.pipeline.ray_exec import run_on_ray, tensor_parallel_of
-
-                tp = tensor_parallel_of(config) if engines else None
-                distiset = run_on_ray(
-                    pipeline, options=ray, tensor_parallel=tp, use_cache=False, load_groups=load_groups
-                )
-            else:
-                # Steps that hold an in-process vLLM engine keep distilabel's own start method (their engine
-                # dwarfs what a fork inherits, and that path is the one tested with real engines).
-                starts = _forked_from_a_small_process() if engines == 0 else contextlib.nullcontext()
-                with starts:
-                    distiset = without_checkpoints(pipeline).run(use_cache=False, load_groups=load_groups)
-            summaries = [RowSummary.model_validate_json(r["summary"]) for r in _distiset_rows(distiset)]
-        records = {index: (unsafe, text) for index, unsafe, text in read_records(work_dir / "records")}
-    finally:
-        shutil.rmtree(work_dir, ignore_errors=True)
-    return _check_rows(config, rows, summaries, records)
-
-
 # ---------------------------------------------------------------------------
 # Private helpers
 # ---------------------------------------------------------------------------
 
 
-def _framework_environ(config: PipelineConfig) -> None:
-    """What distilabel's step processes read from the environment they inherit: log levels and the server key.
-
-    Quiet distilabel and vLLM (INFO on every batch and engine detail): the run shows a progress bar instead.
-    A step process opens its `backend: openai` client itself and is started by distilabel from this
-    process's environment, so the key (held since the command started) goes back there only for a
-    pipeline that has such a model.
-    """
-    if not constants.DEBUG:
-        # vLLM's warnings are about CPU kernel choices.
-        constants.set_for_frameworks({"DISTILABEL_LOG_LEVEL": "WARNING", "VLLM_LOGGING_LEVEL": "ERROR"})
-    key = constants.openai_api_key_from_env()
-    if key and any(type(m) is OpenAIModelConfig for m in config.models.values()):
-        constants.set_for_frameworks({constants.OPENAI_API_KEY_ENV: key})
-
-
-def _stage_model(config: PipelineConfig, models: dict[str, Any] | None, stage: str) -> Any:
-    return stage_model(config, models, stage) if models else config.model_for(stage)
-
-
-@contextlib.contextmanager
-def _datasets_cache_in(folder: Path) -> Iterator[None]:
-    """Keep the copy `datasets` makes of distilabel's output in the work folder, not in its own cache.
-
-    distilabel loads the leaf step's Parquet through `datasets.load_dataset`, which copies it into
-    `~/.cache/huggingface/datasets` and never removes it.
-    """
-    import datasets
-
-    previous = datasets.config.HF_DATASETS_CACHE
-    datasets.config.HF_DATASETS_CACHE = folder
-    try:
-        yield
-    finally:
-        datasets.config.HF_DATASETS_CACHE = previous
-
-
-@contextlib.contextmanager
-def _forked_from_a_small_process() -> Iterator[None]:
-    """Start distilabel's step processes from a forkserver that has imported the steps, not from this process.
-
-    distilabel starts one process per step with the default start method; on Linux that forks this process,
-    and each child then carries (and `ps` counts) everything this process holds, which grows with every
-    window run so far. A forkserver is started once and stays small, so step processes cost the same in the
-    last window as in the first, and start in milliseconds with their imports done.
-    """
-    import multiprocessing as mp
-
-    from distilabel.pipeline import local
-
-    class _Context(mp.context.ForkServerContext):
-        Process = local._NoDaemonProcess  # distilabel's pool workers may start processes (vLLM)
-
-    previous, original = mp.get_start_method(allow_none=True), local._NoDaemonContext
-    mp.set_forkserver_preload(["lmsynth.pipeline.steps", "distilabel.pipeline.local"])
-    # Both: distilabel's queues come from the default context, its pool from its own context class.
-    mp.set_start_method("forkserver", force=True)
-    local._NoDaemonContext = _Context
-    try:
-        yield
-    finally:
-        local._NoDaemonContext = original
-        mp.set_start_method(previous, force=True)
-
-
-def _gpus(config: PipelineConfig) -> int:
+def _gpus(plan: RunPlan) -> int:
     """GPUs the run holds: visible ones when any stage runs an in-process vLLM engine, else none."""
-    if not any(isinstance(config.model_for(s), VllmModelConfig) for s in config.model_stages()):
+    if not plan.in_process_engines:
         return 0
     return visible_gpu_count()
-
-
-def _distiset_rows(distiset: Any) -> Iterator[dict[str, Any]]:
-    for name in distiset:
-        for split in distiset[name].values():
-            yield from split.to_list()
-
-
-class FinishedRow(NamedTuple):
-    """A row through every stage: its summary and its record (JSON)."""
-
-    summary: RowSummary
-    record: str
-
-
-def _check_rows(
-    config: PipelineConfig,
-    rows: Sequence[PipelineRow],
-    summaries: Sequence[RowSummary],
-    records: dict[int, tuple[bool, str]],
-) -> list[FinishedRow]:
-    """Every input row exactly once, with every stage's output and a record; else a one-line error."""
-    by_index: dict[int, RowSummary] = {}
-    failed: dict[str, int] = {}
-    for summary in summaries:
-        if summary.row_index in by_index:
-            raise PipelineError(f"pipeline `{config.name}` returned row {summary.row_index} twice")
-        by_index[summary.row_index] = summary
-        for stage in summary.failed:
-            failed[stage] = failed.get(stage, 0) + 1
-    if failed:
-        detail = ", ".join(f"{s}: {n} rows" for s, n in failed.items())
-        raise PipelineError(f"pipeline `{config.name}`: stages failed ({detail}); rerun to retry, see the log")
-    missing = [r.row_index for r in rows if r.row_index not in by_index or r.row_index not in records]
-    if missing:
-        raise PipelineError(f"pipeline `{config.name}`: {len(missing)} rows missing from the output")
-    return [FinishedRow(by_index[r.row_index], records[r.row_index][1]) for r in rows]
 
 
 def _iter_input(input_dir: Path, *, limit: int | None) -> Iterator[tuple[Path, int, InstructionRecord]]:
@@ -553,36 +316,6 @@ def clean_run_folder(out_dir: Path) -> list[Path]:
     return sorted(set(leftovers))
 
 
-class ShardedWriter:
-    """Appends records to `part-NNNNN.jsonl` files of `per_file` records each, in order."""
-
-    def __init__(self, folder: Path, *, per_file: int) -> None:
-        """Write into `folder` (a temporary folder that replaces the real one at the end of the run)."""
-        self.folder, self.per_file = folder, per_file
-        self.count = 0
-        self._file: Any = None
-
-    def write(self, record: str) -> None:
-        """Append one record (its JSON line), starting a new part file every `per_file` records."""
-        if self.count % self.per_file == 0:
-            self._open(self.count // self.per_file)
-        self._file.write(record + "\n")
-        self.count += 1
-
-    def close(self) -> None:
-        """Close the last part (an empty run still gets one empty part, as readers expect)."""
-        if self.count == 0:
-            self._open(0)
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-
-    def _open(self, k: int) -> None:
-        if self._file is not None:
-            self._file.close()
-        self._file = open(self.folder / f"part-{k:05d}.jsonl", "w", encoding="utf-8")  # noqa: SIM115
-
-
 def _ref(model: Any) -> StageModel:
     return StageModel(backend=model.backend, model=model.model, revision=model_revision(model))
 
@@ -590,10 +323,10 @@ def _ref(model: Any) -> StageModel:
 class RunTotals:
     """Counts and tokens of `run.json`, summed window by window."""
 
-    def __init__(self, config: PipelineConfig) -> None:
-        """Zero counters for the stages of `config`."""
-        self.config = config
-        self.llm_stages = config.model_stages()
+    def __init__(self, plan: RunPlan) -> None:
+        """Zero counters for the stages of `plan`."""
+        self.plan, self.config = plan, plan.config
+        self.llm_stages = plan.llm_stages
         self.tokens: dict[str, Usage] = {s: Usage() for s in self.llm_stages}
         self.counts = dict.fromkeys(RunCounts.model_fields, 0)
 
@@ -604,18 +337,19 @@ class RunTotals:
         for key, n in row.counts.items():
             self.counts[key] += n
 
-    def info(self, *, fingerprint: str, input_digest: str, stage_fps: dict[str, str]) -> RunInfo:
+    def info(self, *, fingerprint: str, input_digest: str) -> RunInfo:
         """The `run.json` of the whole run."""
-        config = self.config
+        config, plan = self.config, self.plan
         return RunInfo(
             pipeline=config.name,
             fingerprint=fingerprint,
             input_digest=input_digest,
-            stage_fingerprints=stage_fps,
-            models={s: _ref(config.model_for(s)) for s in self.llm_stages},
+            stage_fingerprints=plan.fingerprints,
+            models={s: _ref(plan.stage(s).model) for s in self.llm_stages},
             generator=_ref(config.model_for("generate")),
             judge=_ref(config.model_for("judge")) if config.judge else None,
-            sampling={s: getattr(config, s).sampling for s in self.llm_stages},
+            sampling={s: plan.stage(s).block.sampling for s in self.llm_stages},
             counts=RunCounts(**self.counts),
             tokens=self.tokens,
+            shard_records=config.shard_records,
         )

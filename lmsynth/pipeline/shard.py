@@ -25,7 +25,7 @@ from lmsynth.io import parse_line, write_json
 
 
 if TYPE_CHECKING:
-    from lmsynth.pipeline.ray_exec import RayOptions
+    from lmsynth.pipeline.executor.on_ray import RayOptions
     from lmsynth.pipeline.run import RunResult
 
 

@@ -16,18 +16,16 @@ import fcntl
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from lmsynth import locks
 from lmsynth.io import private_dir
 
 
 logger = logging.getLogger(__name__)
 
 WORK_DIR = "work"  # under the cache root
-_LOCK_NAME = ".lock"
-_UNLOCKED_GRACE_S = 60.0
 
 
 @contextlib.contextmanager
@@ -38,10 +36,8 @@ def run_work_dir(cache_root: Path) -> Iterator[Path]:
     """
     base = private_dir(Path(cache_root) / WORK_DIR)  # its runs' rows hold gated text
     clean_stale_work_dirs(base)
-    path = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=base))
-    fd = os.open(path / _LOCK_NAME, os.O_WRONLY | os.O_CREAT, 0o644)
+    path, fd = locks.process_folder(base)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
@@ -50,30 +46,7 @@ def run_work_dir(cache_root: Path) -> Iterator[Path]:
 
 def clean_stale_work_dirs(base: Path) -> list[Path]:
     """Remove the work folders under `base` whose lock is free (their process is gone); return them."""
-    removed = []
-    for path in sorted(base.iterdir()) if base.is_dir() else []:
-        if not path.is_dir():
-            continue
-        lock = path / _LOCK_NAME
-        try:
-            fd = os.open(lock, os.O_WRONLY)
-        except FileNotFoundError:
-            # Never locked: killed between mkdtemp and open, or a run starting right now (spare the young).
-            if _age_s(path) < _UNLOCKED_GRACE_S:
-                continue
-            fd = None
-        except OSError:
-            continue
-        try:
-            if fd is not None:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            continue  # a living run holds it
-        shutil.rmtree(path, ignore_errors=True)
-        removed.append(path)
-        if fd is not None:
-            os.close(fd)
+    removed = locks.sweep_unheld(base, lambda path: shutil.rmtree(path, ignore_errors=True))
     if removed:
         logger.info("removed %d work folders left by killed runs", len(removed))
     return removed
@@ -84,19 +57,9 @@ def unit_lock(path: Path) -> Iterator[None]:
     """Hold an exclusive lock named `path` (created if missing, removed when released).
 
     The file is removed while the lock is held; a waiter that then wins the lock on the removed file sees
-    that `path` no longer names it and locks again, so removal never lets two holders in at once.
+    that `path` no longer names it and locks again (`locks.hold`), so removal never lets two holders in.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    while True:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        try:
-            same = os.stat(path).st_ino == os.fstat(fd).st_ino
-        except FileNotFoundError:
-            same = False
-        if same:
-            break
-        os.close(fd)
+    fd = locks.hold(path)
     try:
         yield
     finally:
@@ -124,12 +87,3 @@ def sweep_locks(folder: Path) -> int:
         finally:
             os.close(fd)
     return removed
-
-
-def _age_s(path: Path) -> float:
-    import time
-
-    try:
-        return time.time() - path.stat().st_mtime
-    except FileNotFoundError:
-        return 0.0

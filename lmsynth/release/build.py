@@ -39,15 +39,16 @@ from lmsynth.faults import kill_point
 from lmsynth.io import atomic_dir, atomic_path, parse_line, sha256_file
 from lmsynth.prepare import PREPARED_MARKER
 from lmsynth.records import PREPARED_INSTRUCTIONS, PREPARED_UNSAFE, RUN_INFO_FILE, InstructionRecord, read_run_info
-from lmsynth.release import cards, data_files, figures
+from lmsynth.release import data_files, figures
+from lmsynth.release import dataset_cards as cards
 from lmsynth.release.inputs import RunInput, exists, resolve_input
 from lmsynth.release.leak_guard import GatedIndex, scan_tree
-from lmsynth.release.manifest import ReleaseManifest, SubsetSpec, load_manifest
+from lmsynth.release.release_yaml import ReleaseManifest, SubsetSpec, load_manifest
 from lmsynth.scratch import scratch_dir
 from lmsynth.targets import open_target
 from lmsynth.targets.gated import publish_gated_repo
 from lmsynth.tree import layout
-from lmsynth.tree.manifest import (
+from lmsynth.tree.manifest_json import (
     ChecksumManifest,
     FileEntry,
     SubsetCounts,

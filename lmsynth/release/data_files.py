@@ -30,9 +30,9 @@ from lmsynth.io import parse_line
 from lmsynth.progress import track
 from lmsynth.records import PUBLIC_FIELDS, RUN_RECORDS_DIR, RUN_UNSAFE_DIR, GatedInstruction, SynthRecord
 from lmsynth.release.inputs import RunInput, as_input
-from lmsynth.release.manifest import SubsetSpec
+from lmsynth.release.release_yaml import SubsetSpec
 from lmsynth.tree import layout
-from lmsynth.tree.manifest import SubsetCounts
+from lmsynth.tree.manifest_json import SubsetCounts
 
 
 ROWS_PER_GROUP = 1_000

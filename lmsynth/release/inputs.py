@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from lmsynth.errors import SourceError
-from lmsynth.tree.manifest import InputRef
+from lmsynth.tree.manifest_json import InputRef
 
 
 HF_URL = re.compile(

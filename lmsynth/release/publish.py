@@ -14,7 +14,7 @@ from lmsynth.errors import TargetError
 from lmsynth.release.leak_guard import GatedIndex, scan_tree
 from lmsynth.targets import PublishResult, open_target
 from lmsynth.tree.layout import MANIFEST_FILE
-from lmsynth.tree.manifest import check_tree
+from lmsynth.tree.manifest_json import check_tree
 
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ def publish_tree(
 
     Raises:
         TargetError: `tree` is not a folder with a MANIFEST.json, or the target failed (see the target's errors).
-        ChecksumError: `tree` breaks the tree rule (`lmsynth.tree.manifest`): a file unlisted, missing or changed.
+        ChecksumError: `tree` breaks the tree rule (`lmsynth.tree.manifest_json`): a file unlisted, missing or changed.
         LeakError: a public file holds gated text.
         TagConflictError: `tag` exists on different content and `force` is off.
     """

@@ -1,6 +1,6 @@
 """`verify`: check a published release against its MANIFEST.json, load every config, and decrypt (given the key).
 
-Three levels, each stronger than the last: the tagged tree passes the tree rule of `lmsynth.tree.manifest`
+Three levels, each stronger than the last: the tagged tree passes the tree rule of `lmsynth.tree.manifest_json`
 (exactly the files MANIFEST.json lists, with their sha256 and size); `datasets.load_dataset(path, config)`
 loads every config with the recorded row count (by repo id at the tag on the HF Hub; on ModelScope, which is
 not a `datasets` hub, the SDK's download of the tag, which is what its users get); and, with the key, every
@@ -23,7 +23,7 @@ from lmsynth.io import sha256_file
 from lmsynth.scratch import scratch_dir
 from lmsynth.targets import Target, open_target
 from lmsynth.tree import layout
-from lmsynth.tree.manifest import ChecksumManifest, check_tree
+from lmsynth.tree.manifest_json import ChecksumManifest, check_tree
 
 
 log = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ from lmsynth.targets.base import PublishResult
 from lmsynth.targets.hf import REPO_TYPE, HfTarget, get_hf_api
 from lmsynth.targets.schemes import HF, HF_URI_PATTERN, parse_repo_id
 from lmsynth.tree.layout import INDEX_CARD
-from lmsynth.tree.manifest import tree_files, write_manifest
+from lmsynth.tree.manifest_json import tree_files, write_manifest
 
 
 class GatedRepoSpec(StrictModel):

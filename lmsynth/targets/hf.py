@@ -33,7 +33,7 @@ from lmsynth.targets._retry import http_status, policy_from_env, with_retries
 from lmsynth.targets.base import CardLinks, PublishResult, Target
 from lmsynth.targets.schemes import HF, parse_repo_id
 from lmsynth.tree.layout import MANIFEST_FILE
-from lmsynth.tree.manifest import check_tree
+from lmsynth.tree.manifest_json import check_tree
 
 
 if TYPE_CHECKING:

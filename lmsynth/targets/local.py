@@ -19,7 +19,6 @@ Publishing a tree identical to the tagged one is a no-op.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import shutil
@@ -29,7 +28,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from lmsynth import constants
+from lmsynth import constants, locks
 from lmsynth.errors import TagConflictError, TargetError
 from lmsynth.faults import kill_point
 from lmsynth.scratch import scratch_dir
@@ -130,27 +129,16 @@ class LocalTarget(Target):
 
     def _acquire(self) -> int:
         """Lock the folder (created if missing); retry when a holder removed it while we waited."""
-        while True:
-            if self.path.exists() and not self.path.is_dir():
-                raise TargetError(self.uri, "is a file, not a folder; give a folder (or hf://ORG/NAME, ms://ORG/NAME)")
-            try:
-                self.path.mkdir(parents=True, exist_ok=True)
-                fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
-            except FileNotFoundError:
-                continue
-            except OSError as e:
-                raise TargetError(self.uri, f"cannot create the folder: {e.strerror or e}") from None
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                log.warning("%s: another release is publishing here; waiting for it", self.uri)
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            try:
-                if os.stat(self.path).st_ino == os.fstat(fd).st_ino:
-                    return fd
-            except FileNotFoundError:
-                pass
-            os.close(fd)
+        if self.path.exists() and not self.path.is_dir():
+            raise TargetError(self.uri, "is a file, not a folder; give a folder (or hf://ORG/NAME, ms://ORG/NAME)")
+        try:
+            return locks.hold(
+                self.path,
+                folder=True,
+                on_wait=lambda: log.warning("%s: another release is publishing here; waiting for it", self.uri),
+            )
+        except OSError as e:
+            raise TargetError(self.uri, f"cannot create the folder: {e.strerror or e}") from None
 
     def working_folder(self, tag: str) -> Path | None:
         """The folder itself when its branch holds `tag`: what `load_dataset(folder, config)` then reads."""

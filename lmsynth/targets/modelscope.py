@@ -37,7 +37,7 @@ from lmsynth.targets._retry import policy_from_env, with_retries
 from lmsynth.targets.base import CardLinks, PublishResult, Target
 from lmsynth.targets.schemes import MS, parse_repo_id
 from lmsynth.tree.layout import INDEX_CARD, MANIFEST_FILE
-from lmsynth.tree.manifest import check_tree, read_manifest
+from lmsynth.tree.manifest_json import check_tree, read_manifest
 
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ pipelines/<file>                            pipeline definitions and prompts use
 MANIFEST.json                               sha256 + size of every other file, counts, fingerprints
 ```
 
-Which files a tree may hold is `lmsynth.tree.manifest`'s rule: exactly those MANIFEST.json lists.
+Which files a tree may hold is `lmsynth.tree.manifest_json`'s rule: exactly those MANIFEST.json lists.
 
 Public multiturn conversations carry an empty first user turn: its text is the gated JA instruction,
 which recovery puts back.

@@ -182,7 +182,7 @@ class TestRead:
         assert target.fetch_file("MANIFEST.json", revision="v9.9") is None
         assert target.fetch_file("nope.txt", revision="v0.5") is None
         out = target.download("v0.5", tmp_path / "out")
-        from lmsynth.tree.manifest import check_tree, tree_files
+        from lmsynth.tree.manifest_json import check_tree, tree_files
 
         assert tree_files(out) == tree_files(tree)
         check_tree(out)  # every file matches MANIFEST.json

@@ -36,7 +36,7 @@ class TestModelScope:
         assert ms_hub.commits_on(REPO) == 2  # creation + one upload commit
         assert ms_hub.repo(REPO).visibility == 5
         out = target.download("v0.5", tmp_path / "out")
-        from lmsynth.tree.manifest import check_tree, tree_files
+        from lmsynth.tree.manifest_json import check_tree, tree_files
 
         assert tree_files(out) == tree_files(tree)
         check_tree(out)  # every file, README.md included, matches MANIFEST.json again
@@ -136,7 +136,7 @@ class TestModelScope:
         listing = HubApi()._api.list_repo_files(REPO, "dataset", revision="v0.5")
         assert {"data", "data/gemma3"} <= {f.path for f in listing if f.type == "tree"}
         out = ModelScopeTarget(REPO).download("v0.5", tmp_path / "out")
-        from lmsynth.tree.manifest import check_tree
+        from lmsynth.tree.manifest_json import check_tree
 
         check_tree(out)
         assert not (out / "data").is_file()

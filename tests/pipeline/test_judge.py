@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from lmsynth.pipeline.judge import (
+from lmsynth.pipeline.stages.judge import (
     SingleJudgeConfig,
     UltraFeedbackJudgeConfig,
     judge,
@@ -16,7 +16,7 @@ from lmsynth.pipeline.judge import (
     shuffled_order,
     ultrafeedback_score,
 )
-from lmsynth.pipeline.reask import ReaskSettings, ask
+from lmsynth.pipeline.stages.reask import ReaskSettings, ask
 from lmsynth.sampling import SamplingConfig
 from tests.pipeline.factories import fake, make_row
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from lmsynth.pipeline.judge import (
+from lmsynth.pipeline.stages.judge import (
     ASPECTS,
     SingleJudgeConfig,
     UltraFeedbackJudgeConfig,

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import pytest
 
 from lmsynth.llm import Completion
-from lmsynth.pipeline.judge import (
+from lmsynth.pipeline.pipeline_row import SelectOutput
+from lmsynth.pipeline.stages.judge import (
     ASPECTS,
     NA,
     NA_ASPECTS,
@@ -26,8 +27,7 @@ from lmsynth.pipeline.judge import (
     parse_structured_rating,
     parse_ultrafeedback,
 )
-from lmsynth.pipeline.rows import SelectOutput
-from lmsynth.pipeline.second_turn import SecondTurnConfig, parse_answer, parse_user_turn, second_turn
+from lmsynth.pipeline.stages.second_turn import SecondTurnConfig, parse_answer, parse_user_turn, second_turn
 from tests.pipeline.factories import make_row
 
 

@@ -8,14 +8,14 @@ import pytest
 
 from lmsynth import constants
 from lmsynth.pipeline.config import PipelineConfig, load_pipeline_config
-from lmsynth.pipeline.rows import STAGE_OUTPUTS
-from lmsynth.pipeline.stages import LLM_STAGES, STAGE, STAGES
+from lmsynth.pipeline.pipeline_row import STAGE_OUTPUTS
+from lmsynth.pipeline.stages.registry import LLM_STAGES, STAGE, STAGES
 from lmsynth.records import RunCounts
 
 
 def test_every_stage_once_in_row_order() -> None:
     assert [s.name for s in STAGES] == list(STAGE_OUTPUTS) == list(STAGE)
-    assert LLM_STAGES == ("translate", "generate", "judge", "second_turn")
+    assert LLM_STAGES == ["translate", "generate", "judge", "second_turn"]
 
 
 def test_config_blocks_are_the_registry_models() -> None:
@@ -53,15 +53,15 @@ def test_pipeline_stages_follow_the_registry(name: str, stages: list[str]) -> No
 
 
 def test_each_stage_has_its_step(tmp_path: Path) -> None:
-    from lmsynth.pipeline.steps import StepContext, stage_step
+    from lmsynth.pipeline.executor.steps import StepContext, stage_step
+    from lmsynth.pipeline.plan import resolve
 
     config = load_pipeline_config(constants.PIPELINES_DIR / "demo.yaml")
-    context = StepContext(
-        cache_root=tmp_path, events_dir=None, seen_path=None, scratch_dir=None, model_for=config.model_for
-    )
+    plan = resolve(config, cache_root=tmp_path)
+    context = StepContext(plan=plan, events_dir=None, seen_path=None, scratch_dir=None)
     from distilabel.pipeline import Pipeline
 
     with Pipeline(name="registry-test", cache_dir=str(tmp_path / "work")):
-        steps = {s: stage_step(s, config, context) for s in config.stages()}
+        steps = {s: stage_step(plan.stage(s), context) for s in config.stages()}
     assert {s: type(step).__name__ for s, step in steps.items()} == {s: STAGE[s].step for s in config.stages()}
     assert steps["generate"].stage == "generate" and steps["flags"].seen_path is None

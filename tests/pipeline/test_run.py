@@ -154,7 +154,7 @@ def test_unreadable_judge_answers_are_reasked_then_recorded_and_counted(tmp_path
 @pytest.mark.timeout(300)
 def test_select_runs_as_a_step_only_where_a_second_turn_reads_its_picks(tmp_path: Path) -> None:
     from lmsynth.pipeline.config import load_pipeline_config
-    from lmsynth.pipeline.run import step_stages
+    from lmsynth.pipeline.plan import step_stages
 
     pipe, _ = write_fake_pipeline(tmp_path)
     assert step_stages(load_pipeline_config(pipe)) == ["translate", "flags", "generate", "judge"]

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from lmsynth.pipeline.flags import mark_flags
-from lmsynth.pipeline.generate import EnglishResponses, GenerateConfig, generate
-from lmsynth.pipeline.rows import JudgeOutput, PipelineRow, SelectOutput, TranslateOutput
-from lmsynth.pipeline.second_turn import SecondTurnConfig, second_turn
-from lmsynth.pipeline.select import SelectConfig, best_of_n, dpo_pair, select
-from lmsynth.pipeline.translate import TranslateConfig, clean_translation, translate
+from lmsynth.pipeline.pipeline_row import JudgeOutput, PipelineRow, SelectOutput, TranslateOutput
+from lmsynth.pipeline.stages.flags import mark_flags
+from lmsynth.pipeline.stages.generate import EnglishResponses, GenerateConfig, generate
+from lmsynth.pipeline.stages.second_turn import SecondTurnConfig, second_turn
+from lmsynth.pipeline.stages.select import SelectConfig, best_of_n, dpo_pair, select
+from lmsynth.pipeline.stages.translate import TranslateConfig, clean_translation, translate
 from tests.pipeline.factories import fake, make_row
 
 

@@ -20,10 +20,10 @@ from lmsynth.key import derive_key
 from lmsynth.prepare import prepare
 from lmsynth.records import RUN_RECORDS_DIR
 from lmsynth.release.build import build_release
-from lmsynth.release.manifest import load_manifest
+from lmsynth.release.release_yaml import load_manifest
 from lmsynth.testing import write_prepared_dir
 from lmsynth.tree import layout
-from lmsynth.tree.manifest import check_tree
+from lmsynth.tree.manifest_json import check_tree
 from tests.hub.trees import write_tree
 
 

@@ -22,7 +22,7 @@ from lmsynth.release.verify import verify
 from lmsynth.targets.local import LocalTarget
 from lmsynth.testing import en_instruction_for, ja_instruction_for
 from lmsynth.tree import layout
-from lmsynth.tree.manifest import check_tree
+from lmsynth.tree.manifest_json import check_tree
 from tests.release.conftest import PASSPHRASE, N, Project
 
 

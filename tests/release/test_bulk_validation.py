@@ -15,7 +15,7 @@ from lmsynth import constants
 from lmsynth.errors import InputRecordError
 from lmsynth.records import RUN_RECORDS_DIR, GatedInstruction
 from lmsynth.release import data_files
-from lmsynth.release.manifest import load_manifest
+from lmsynth.release.release_yaml import load_manifest
 from lmsynth.testing import write_run_dir
 
 
@@ -89,7 +89,7 @@ def test_bulk_and_line_by_line_give_the_same_output(tmp_path: Path, monkeypatch:
 def test_card_features_are_what_datasets_writes(config: str) -> None:
     from datasets import Features
 
-    from lmsynth.release.cards import features_yaml
+    from lmsynth.release.dataset_cards import features_yaml
 
     spec = _spec(config)
     assert features_yaml(spec) == Features.from_arrow_schema(data_files.arrow_schema(spec))._to_yaml_list()

@@ -9,8 +9,8 @@ import yaml
 
 from lmsynth import constants
 from lmsynth.errors import ConfigError, ManifestError
-from lmsynth.release.manifest import load_manifest
-from lmsynth.tree.manifest import ChecksumManifest
+from lmsynth.release.release_yaml import load_manifest
+from lmsynth.tree.manifest_json import ChecksumManifest
 
 
 def _write(tmp_path: Path, mutate) -> Path:  # noqa: ANN001

@@ -1,6 +1,6 @@
 """One rule for a release tree: publish, verify and recover accept and refuse the same trees, with the same line.
 
-The rule (`lmsynth.tree.manifest`): a tree is MANIFEST.json plus exactly the files it lists, with their size
+The rule (`lmsynth.tree.manifest_json`): a tree is MANIFEST.json plus exactly the files it lists, with their size
 and sha256; only a `.git` at the root is not part of it. One tree is built by the real builder, changed in
 each way a tree can be changed, and handed to the three verbs: `publish_tree` gets the changed folder, and
 `verify` and `recover` get it as a tampered release (committed under a tag to a local target, which stores
@@ -27,7 +27,7 @@ from lmsynth.release.verify import verify
 from lmsynth.targets.local import LocalTarget
 from lmsynth.testing import write_run_dir
 from lmsynth.tree import layout
-from lmsynth.tree.manifest import GIT_DIR, check_tree, tree_files
+from lmsynth.tree.manifest_json import GIT_DIR, check_tree, tree_files
 
 
 KEY = SecretStr("tree-contract-key")

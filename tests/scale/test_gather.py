@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from lmsynth.cli import app
 from lmsynth.errors import InputRecordError, ShardSetError
-from lmsynth.pipeline.gather import gather
+from lmsynth.pipeline.output.gather import gather
 from lmsynth.pipeline.shard import SHARD_FILE
 from lmsynth.pipeline.telemetry.report_files import read_report
 from lmsynth.records import RUN_INFO_FILE, RUN_RECORDS_DIR, RUN_UNSAFE_DIR, iter_synth_records

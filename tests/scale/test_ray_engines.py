@@ -9,8 +9,8 @@ from urllib.parse import urlparse
 
 import pytest
 
-from lmsynth.pipeline.ray_engines import RayEngineServer
-from lmsynth.pipeline.ray_exec import RayOptions, ray_cluster
+from lmsynth.pipeline.engines.ray_actors import RayEngineServer
+from lmsynth.pipeline.executor.on_ray import RayOptions, ray_cluster
 from lmsynth.procs import descendants, process_identity
 from lmsynth.records import iter_synth_records
 from tests import engine_fixtures

@@ -12,7 +12,7 @@ import pytest
 from lmsynth import constants
 from lmsynth.errors import PipelineError, RayResourceError
 from lmsynth.pipeline.config import load_pipeline_config
-from lmsynth.pipeline.ray_exec import (
+from lmsynth.pipeline.executor.on_ray import (
     RayOptions,
     ResourcePlan,
     StepDemand,
@@ -94,12 +94,14 @@ class TestPlan:
         assert tensor_parallel_of(config) == {}
 
     def test_apply_sets_step_gpus(self, tmp_path: Path) -> None:
-        from lmsynth.pipeline.run import build_pipeline, load_rows
+        from lmsynth.pipeline.executor.window import WindowFolders, build_pipeline
+        from lmsynth.pipeline.plan import resolve
+        from lmsynth.pipeline.run import load_rows
 
         pipe, _ = write_fake_pipeline(tmp_path)
         config = load_pipeline_config(pipe)
         rows = load_rows(write_prepared(tmp_path / "prep", [make_record(i) for i in range(3)]))
-        pipeline = build_pipeline(config, rows, cache_root=tmp_path / "c", work_dir=tmp_path / "w")
+        pipeline = build_pipeline(resolve(config, cache_root=tmp_path / "c"), rows, WindowFolders(tmp_path / "w"))
         apply_tensor_parallel(pipeline, {"generate": 2, "judge": 2, "translate": 0})
         demand = {s.step: s.gpus for s in plan_resources(pipeline).steps}
         assert demand == {"load": 0, "translate": 0, "flags": 0, "generate": 2, "judge": 2, "records": 0}
@@ -127,7 +129,9 @@ def ray_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[RayOptions]:
 @pytest.mark.ray
 @pytest.mark.timeout(600)
 def test_ray_run_gives_the_same_records_as_a_local_run(tmp_path: Path, ray_env: RayOptions) -> None:
-    from lmsynth.pipeline.run import execute, load_rows
+    from lmsynth.pipeline.executor.window import WindowFolders, execute
+    from lmsynth.pipeline.plan import resolve
+    from lmsynth.pipeline.run import load_rows
 
     pipe, log = write_fake_pipeline(tmp_path, batch_size=4)
     config = load_pipeline_config(pipe)
@@ -135,9 +139,10 @@ def test_ray_run_gives_the_same_records_as_a_local_run(tmp_path: Path, ray_env: 
     records[2] = make_record(2, instruction="Question number 0?")
     rows = load_rows(write_prepared(tmp_path / "prep", records, [make_record(90)]))
 
-    local = execute(config, rows, cache_root=tmp_path / "c-local", work_dir=tmp_path / "w-local")
+    local = execute(resolve(config, cache_root=tmp_path / "c-local"), rows, WindowFolders(tmp_path / "w-local"))
     local_calls = len(log.read_text().splitlines())
-    on_ray = execute(config, rows, cache_root=tmp_path / "c-ray", work_dir=tmp_path / "w-ray", ray=ray_env)
+    ray_plan = resolve(config, cache_root=tmp_path / "c-ray", ray=ray_env)
+    on_ray = execute(ray_plan, rows, WindowFolders(tmp_path / "w-ray"))
 
     assert [f.record for f in on_ray] == [f.record for f in local]
     assert [f.summary for f in on_ray] == [f.summary for f in local]
@@ -148,11 +153,14 @@ def test_ray_run_gives_the_same_records_as_a_local_run(tmp_path: Path, ray_env: 
 @pytest.mark.ray
 @pytest.mark.timeout(300)
 def test_ray_refuses_what_the_cluster_cannot_hold(tmp_path: Path, ray_env: RayOptions) -> None:
-    from lmsynth.pipeline.run import build_pipeline, load_rows
+    from lmsynth.pipeline.executor.window import WindowFolders, build_pipeline
+    from lmsynth.pipeline.plan import resolve
+    from lmsynth.pipeline.run import load_rows
 
     pipe, log = write_fake_pipeline(tmp_path)
     rows = load_rows(write_prepared(tmp_path / "prep", [make_record(0)]))
-    pipeline = build_pipeline(load_pipeline_config(pipe), rows, cache_root=tmp_path / "c", work_dir=tmp_path / "w")
+    plan = resolve(load_pipeline_config(pipe), cache_root=tmp_path / "c")
+    pipeline = build_pipeline(plan, rows, WindowFolders(tmp_path / "w"))
     with pytest.raises(RayResourceError, match=r"reserves 2 GPUs \(generate 1×2\) but the Ray cluster has 0"):
         run_on_ray(pipeline, options=ray_env, tensor_parallel={"generate": 2})
     assert not log.exists()  # refused before any step ran

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from lmsynth.errors import ShardSetError
-from lmsynth.pipeline.gather import gather
+from lmsynth.pipeline.output.gather import gather
 from lmsynth.pipeline.run import run_pipeline
 from lmsynth.pipeline.shard import ShardSpec, read_shard_info, run_shard, shard_of
 from lmsynth.pipeline.telemetry.report_files import read_report

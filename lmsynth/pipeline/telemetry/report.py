@@ -33,7 +33,7 @@ class StepReport(StrictModel):
 
 
 class EngineReport(StrictModel):
-    """One engine server start (`lmsynth.pipeline.engines`): once per served model and run."""
+    """One engine server start (`lmsynth.pipeline.engines.servers`): once per served model and run."""
 
     model: str = Field(description="The model's key in the pipeline YAML.")
     start_s: float | None = Field(None, ge=0, description="Seconds from launch to a healthy server; None: never.")

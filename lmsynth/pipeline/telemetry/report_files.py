@@ -6,7 +6,7 @@ from pathlib import Path
 
 from lmsynth.errors import InputRecordError
 from lmsynth.io import parse_line, write_json
-from lmsynth.pipeline.stages import STAGE
+from lmsynth.pipeline.stages.registry import STAGE
 from lmsynth.pipeline.telemetry.collector import Telemetry
 from lmsynth.pipeline.telemetry.report import RUN_REPORT_FILE, RunReport, StepReport
 from lmsynth.records import RunCounts, Usage, read_run_info

@@ -31,6 +31,7 @@ from pydantic import BaseModel
 from lmsynth.config import StrictModel
 from lmsynth.errors import ShardSetError
 from lmsynth.io import atomic_dir, dump_json_line, open_text, parse_line
+from lmsynth.pipeline.output.parts import PartWriter
 from lmsynth.pipeline.shard import SHARD_FILE, ShardInfo, in_shard, read_shard_info
 from lmsynth.pipeline.telemetry.report import RUN_REPORT_FILE
 from lmsynth.pipeline.telemetry.report_files import merge_reports, read_report, write_report
@@ -52,8 +53,6 @@ from lmsynth.records import (
 
 
 logger = logging.getLogger(__name__)
-
-RECORDS_PER_FILE = 10_000  # records per `records/part-NNNNN.jsonl`, as `lmsynth run` names them of the gathered folder
 
 
 class GatherResult(StrictModel):
@@ -108,9 +107,11 @@ def gather(shard_dirs: list[Path | str], *, out_dir: Path | str, input_dir: Path
     with atomic_dir(out, private=True) as tmp:  # translated instructions: gated
         totals: dict[str, int] = {}
         changes: dict[str, int] = {}
+        per_file = read_run_info(ordered[0]).shard_records  # the pipeline's, as every shard wrote its parts
         for sub in _SUBSETS:
             index = _index_records(ordered, infos, sub, positions[sub] if positions else None)
-            totals[sub], delta = _copy_in_order(index, tmp / sub, reflag=positions is not None)
+            with PartWriter(tmp / sub, per_file=per_file) as out:
+                totals[sub], delta = _copy_in_order(index, out, reflag=positions is not None)
             if sub == RUN_RECORDS_DIR:
                 changes = delta
         first = infos[ordered[0]]
@@ -270,18 +271,12 @@ def _lines_with_offsets(path: Path) -> Iterator[tuple[int, int, str]]:
             offset += len(line)
 
 
-def _copy_in_order(entries: list[_Entry], dest: Path, *, reflag: bool) -> tuple[int, dict[str, int]]:
-    dest.mkdir(parents=True, exist_ok=True)
+def _copy_in_order(entries: list[_Entry], out: PartWriter, *, reflag: bool) -> tuple[int, dict[str, int]]:
     handles: dict[Path, Any] = {}
     first: dict[str, str] = {}
     delta = {"duplicate": 0, "responses_ja": 0, "judge_failures": 0, "multiturn": 0}
-    out = None
     try:
-        for n, e in enumerate(entries):
-            if n % RECORDS_PER_FILE == 0:
-                if out is not None:
-                    out.close()
-                out = open(dest / f"part-{n // RECORDS_PER_FILE:05d}.jsonl", "wb")
+        for e in entries:
             if e.path not in handles:
                 handles[e.path] = _open_for_seek(e.path)
             src = handles[e.path]
@@ -290,12 +285,8 @@ def _copy_in_order(entries: list[_Entry], dest: Path, *, reflag: bool) -> tuple[
             original = first.setdefault(e.text, e.cid) if e.text is not None else None
             if reflag and original not in (None, e.cid) and e.duplicate_of != original:
                 line = _as_duplicate(line, original, delta, newly=e.duplicate_of is None).encode("utf-8")
-            out.write(line + b"\n")
-        if out is None:  # an empty subset still gets its (empty) first file, as a run writes it
-            open(dest / "part-00000.jsonl", "wb").close()
+            out.write(line)
     finally:
-        if out is not None:
-            out.close()
         for h in handles.values():
             h.close()
     return len(entries), delta

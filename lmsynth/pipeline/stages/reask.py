@@ -19,7 +19,7 @@ from pydantic import Field
 
 from lmsynth.config import StrictModel
 from lmsynth.llm import ChatMessages, ChatModel, Completion
-from lmsynth.pipeline.rows import Usage
+from lmsynth.pipeline.pipeline_row import Usage
 from lmsynth.sampling import SamplingConfig
 
 

@@ -12,7 +12,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from lmsynth.pipeline.rows import PipelineRow
+from lmsynth.pipeline.pipeline_row import PipelineRow
 from lmsynth.records import Message, ScoringAnnotation, SynthRecord, redact_quotes
 
 

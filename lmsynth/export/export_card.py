@@ -10,9 +10,9 @@ from pydantic import Field
 
 from lmsynth import project
 from lmsynth.config import StrictModel
-from lmsynth.export.rows import ExportFilters
+from lmsynth.export.selection import ExportFilters
 from lmsynth.recover import RecoverReport
-from lmsynth.release.cards import CardConfig, DataFile
+from lmsynth.release.dataset_cards import CardConfig, DataFile
 
 
 TEMPLATE = "export.md.j2"

@@ -12,7 +12,7 @@ from pydantic import Field
 
 from lmsynth.config import StrictModel
 from lmsynth.llm import ChatModel
-from lmsynth.pipeline.rows import GenerateOutput, PipelineRow, Usage
+from lmsynth.pipeline.pipeline_row import GenerateOutput, PipelineRow, Usage
 from lmsynth.sampling import SamplingConfig
 
 

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pydantic import Field
 
 from lmsynth.config import StrictModel
-from lmsynth.pipeline.rows import PipelineRow, SelectOutput
+from lmsynth.pipeline.pipeline_row import PipelineRow, SelectOutput
 
 
 class SelectConfig(StrictModel):

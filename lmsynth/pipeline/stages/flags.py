@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from lmsynth.io import write_text
-from lmsynth.pipeline.rows import FlagsOutput, PipelineRow
+from lmsynth.pipeline.pipeline_row import FlagsOutput, PipelineRow
 
 
 class FirstSeen:

@@ -13,8 +13,8 @@ from pydantic import Field
 
 from lmsynth.config import StrictModel
 from lmsynth.llm import ChatModel
-from lmsynth.pipeline.prompts import PromptPath, default_prompt, read_prompt, render
-from lmsynth.pipeline.rows import PipelineRow, TranslateOutput, Usage
+from lmsynth.pipeline.pipeline_row import PipelineRow, TranslateOutput, Usage
+from lmsynth.pipeline.stages.prompts import PromptPath, default_prompt, read_prompt, render
 from lmsynth.sampling import SamplingConfig
 
 

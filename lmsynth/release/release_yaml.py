@@ -5,7 +5,7 @@ settings that produced them, their licenses and where their records are. It is c
 the v0.1 and v0.3 subsets too. License data is mandatory for every subset; a manifest missing any of it
 is refused with a `ManifestError` naming the subset and the field, before anything is built.
 
-The built tree's `MANIFEST.json` is the tree contract's (`lmsynth.tree.manifest`), which also holds the
+The built tree's `MANIFEST.json` is the tree contract's (`lmsynth.tree.manifest_json`), which also holds the
 license and model models both files share.
 """
 
@@ -21,7 +21,7 @@ from lmsynth.config import StrictModel, dotted, read_yaml, validate_strict
 from lmsynth.errors import ConfigError, ManifestError
 from lmsynth.targets.gated import GatedRepoSpec
 from lmsynth.targets.schemes import HF_URI_PATTERN, MS_URI_PATTERN
-from lmsynth.tree.manifest import LicenseSpec, ModelRef
+from lmsynth.tree.manifest_json import LicenseSpec, ModelRef
 
 
 VERSION_PATTERN = r"^v\d+\.\d+(\.\d+)?$"

@@ -8,7 +8,7 @@ response by the mean of its aspect ratings; the judgement is JSON, `{aspect: Asp
 
 Both parsers read any text without raising. A rating is taken only where the answer states one on the
 scale: an answer (or one text's part of it) with no rating, or a rating off the scale, is unreadable. It is
-asked again (`max_reasks`, see `lmsynth.pipeline.reask`) and, if still unreadable, recorded as a failure:
+asked again (`max_reasks`, see `lmsynth.pipeline.stages.reask`) and, if still unreadable, recorded as a failure:
 score None, the raw answer kept. `N/A` is a value of its own, not a failure, and is left out of the mean.
 """
 
@@ -25,9 +25,9 @@ from pydantic import Field
 
 from lmsynth.config import StrictModel
 from lmsynth.llm import ChatModel
-from lmsynth.pipeline.prompts import PromptPath, default_prompt, read_prompt, render
-from lmsynth.pipeline.reask import ReaskSettings, ask
-from lmsynth.pipeline.rows import JudgeOutput, PipelineRow, Usage
+from lmsynth.pipeline.pipeline_row import JudgeOutput, PipelineRow, Usage
+from lmsynth.pipeline.stages.prompts import PromptPath, default_prompt, read_prompt, render
+from lmsynth.pipeline.stages.reask import ReaskSettings, ask
 from lmsynth.sampling import SamplingConfig
 
 

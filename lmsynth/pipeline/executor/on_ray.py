@@ -7,7 +7,7 @@ adds is what distilabel 1.5.3 leaves to the user:
    existing one (`address`, and then no `num_cpus`: Ray refuses it when connecting). Ray is initialised
    here, before distilabel's `_init_ray`, which then finds it running and reuses it.
 2. GPUs: `lmsynth run` serves each vLLM model from one Ray actor that holds its `tensor_parallel_size` GPUs
-   (`lmsynth.pipeline.ray_engines`), on whatever node Ray places it; step actors reserve none and reach the
+   (`lmsynth.pipeline.engines.ray_actors`), on whatever node Ray places it; step actors reserve none and reach the
    server at that node's IP. For pipelines built with in-process engines, `tensor_parallel_of` and
    `apply_tensor_parallel` give an LLM step's actor `tensor_parallel_size` GPUs (`StepResources(gpus=tp)`),
    which Ray packs on one node. (distilabel's placement groups only cover its own `vLLM` class, which
@@ -233,7 +233,7 @@ def run_on_ray(
         # head-node path would add a pip runtime_env that installs packages on the workers.
         ray_pipeline = pipeline.ray(ray_init_kwargs={k: v for k, v in kwargs.items() if k != "address"})
         if not use_cache:
-            from lmsynth.pipeline.steps import without_checkpoints
+            from lmsynth.pipeline.executor.patches import without_checkpoints
 
             without_checkpoints(ray_pipeline)
         return ray_pipeline.run(parameters=parameters, use_cache=use_cache, load_groups=load_groups)

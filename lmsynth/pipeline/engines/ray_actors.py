@@ -29,8 +29,8 @@ from lmsynth import constants
 from lmsynth.errors import PipelineError
 from lmsynth.io import write_text
 from lmsynth.llm import VllmModelConfig
-from lmsynth.pipeline.engines import START_TIMEOUT_S, STOP_GRACE_S, EngineServer, downloads_from_hub
-from lmsynth.pipeline.ray_exec import ResourcePlan, StepDemand, check_resources, gpu_vllm_installed
+from lmsynth.pipeline.engines.servers import START_TIMEOUT_S, STOP_GRACE_S, EngineServer, downloads_from_hub
+from lmsynth.pipeline.executor.on_ray import ResourcePlan, StepDemand, check_resources, gpu_vllm_installed
 from lmsynth.procs import reap_on_death
 
 

@@ -47,7 +47,7 @@ class GenerateOutput(StrictModel):
 class JudgeOutput(StrictModel):
     """One judgement and score per Japanese response (score None = no rating could be read).
 
-    The judgement's format depends on the judge mode: see `lmsynth.pipeline.judge`.
+    The judgement's format depends on the judge mode: see `lmsynth.pipeline.stages.judge`.
     """
 
     judgements: list[str] = Field(default_factory=list)
@@ -81,6 +81,7 @@ STAGE_OUTPUTS: dict[str, type[StrictModel]] = {
     "select": SelectOutput,
     "second_turn": SecondTurnOutput,
 }
+STAGE_FIELDS = frozenset(STAGE_OUTPUTS)  # the built-in stages: a field each; registered ones go in `outputs`
 INSTRUCTION_COLUMNS: tuple[str, ...] = tuple(InstructionRecord.model_fields)
 
 
@@ -100,6 +101,11 @@ class PipelineRow(StrictModel):
     judge: JudgeOutput | None = None
     select: SelectOutput | None = None
     second_turn: SecondTurnOutput | None = None
+    outputs: dict[str, Any] = Field(default_factory=dict, description="Outputs of stages registered beyond these.")
+
+    def output(self, stage: str) -> Any:
+        """The output of `stage` (None when it has not run)."""
+        return getattr(self, stage) if stage in STAGE_FIELDS else self.outputs.get(stage)
 
     @property
     def instruction_ja(self) -> str:
@@ -121,14 +127,18 @@ class PipelineRow(StrictModel):
         }
         for stage, model in STAGE_OUTPUTS.items():
             if row.get(stage):
-                data[stage] = model.model_validate_json(row[stage])
+                output = model.model_validate_json(row[stage])
+                if stage in STAGE_FIELDS:
+                    data[stage] = output
+                else:
+                    data.setdefault("outputs", {})[stage] = output
         return cls.model_validate(data)
 
     def to_columns(self) -> dict[str, Any]:
         """The flat distilabel row for this view."""
         row: dict[str, Any] = {"row_index": self.row_index, **self.record.model_dump(mode="json")}
         for stage in STAGE_OUTPUTS:
-            value = getattr(self, stage)
+            value = self.output(stage)
             if value is not None:
                 row[stage] = column(value)
         return row

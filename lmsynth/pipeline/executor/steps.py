@@ -7,15 +7,12 @@ calling the model, which is what makes reruns resume and changed rows regenerate
 
 # No `from __future__ import annotations`: distilabel inspects `StepInput` hints at run time.
 
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NamedTuple
 
 from distilabel.models.llms.base import LLM
-from distilabel.pipeline import base as distilabel_base
-from distilabel.pipeline.batch import _Batch
-from distilabel.steps import GlobalStep, Step, StepInput, StepResources
+from distilabel.steps import GlobalStep, LoadDataFromDicts, Step, StepInput, StepResources
 from distilabel.steps.tasks import Task
 from pydantic import Field, PrivateAttr
 
@@ -28,35 +25,47 @@ from lmsynth.llm import (
     VllmModelConfig,
     open_chat_model,
 )
-from lmsynth.pipeline import stages
 from lmsynth.pipeline.cache import StageCache
-from lmsynth.pipeline.config import stage_fingerprint
-from lmsynth.pipeline.engines import stage_replicas
-from lmsynth.pipeline.flags import FirstSeen, mark_flags
-from lmsynth.pipeline.rows import INSTRUCTION_COLUMNS, PipelineRow, column
-from lmsynth.pipeline.select import SelectConfig, select
-from lmsynth.pipeline.sink import finish_rows
+from lmsynth.pipeline.executor import patches
+from lmsynth.pipeline.output.sink import finish_rows
+from lmsynth.pipeline.pipeline_row import INSTRUCTION_COLUMNS, PipelineRow, column
+from lmsynth.pipeline.stages import registry as stages
+from lmsynth.pipeline.stages.flags import FirstSeen, mark_flags
+from lmsynth.pipeline.stages.select import SelectConfig, select
 from lmsynth.pipeline.telemetry.events import append_event
 from lmsynth.pipeline.telemetry.metering import MeteredChatModel
 
 
 if TYPE_CHECKING:
-    from lmsynth.pipeline.config import PipelineConfig
+    from lmsynth.pipeline.plan import RunPlan, StagePlan
+
+
+class _Patched:
+    """A step whose process applies lmsynth's framework patches when it loads (step processes start bare)."""
+
+    def load(self) -> None:
+        """`patches.apply()`, the modules of registered stages, then the step's own load."""
+        patches.apply()
+        stages.import_stage_modules(getattr(self, "stage_modules", ()))
+        super().load()  # type: ignore[misc]
+
+
+class LoadRows(_Patched, LoadDataFromDicts):
+    """The generator step: the window's rows as distilabel dicts."""
 
 
 class StepContext(NamedTuple):
-    """What the runner gives every stage's step besides the pipeline config (paths of this run and window)."""
+    """What the runner gives every stage's step: the run plan and the paths of this run and window."""
 
-    cache_root: Path
+    plan: "RunPlan"
     events_dir: Path | None
     seen_path: Path | None
     scratch_dir: Path | None
-    model_for: Callable[[str], Any]  # stage → the model config its step opens (a served engine's, at run time)
 
 
-def stage_step(stage: str, config: "PipelineConfig", context: StepContext) -> Any:
+def stage_step(stage: "StagePlan", context: StepContext) -> Any:
     """The distilabel step that runs `stage`: the class the stage registry names, built for this run."""
-    return _STEP_CLASSES[stages.STAGE[stage].step].for_stage(stage, config, context)
+    return _STEP_CLASSES[stage.stage.step].for_stage(stage, context)
 
 
 def _text(path: Path | None) -> str | None:
@@ -146,7 +155,7 @@ class ChatModelLLM(LLM):
         return outputs
 
 
-class StageTask(Task):
+class StageTask(_Patched, Task):
     """An LLM stage (`translate`, `generate`, `judge`, `second_turn`) with the per-unit cache in front."""
 
     stage: str
@@ -155,24 +164,25 @@ class StageTask(Task):
     fingerprint: str
     events_dir: str | None = Field(None, description="Folder for per-batch telemetry events (None: no events).")
     scratch_dir: str | None = Field(None, description="The run's work folder, for unit files before their rename.")
+    stage_modules: list[str] = Field(description="The module of the stage, imported when the step loads.")
     add_raw_output: bool = False
     add_raw_input: bool = False
 
     @classmethod
-    def for_stage(cls, stage: str, config: "PipelineConfig", context: StepContext) -> "StageTask":
+    def for_stage(cls, stage: "StagePlan", context: StepContext) -> "StageTask":
         """The step of an LLM stage, with its cache, events folder, model and step processes."""
-        model = context.model_for(stage)
         return cls(
-            name=stage,
-            stage=stage,
-            stage_config=getattr(config, stage).model_dump_json(),
-            cache_dir=str(context.cache_root),
-            fingerprint=stage_fingerprint(config, stage),
+            name=stage.name,
+            stage=stage.name,
+            stage_config=stage.block.model_dump_json(),
+            stage_modules=[stage.stage.module],
+            cache_dir=str(context.plan.cache_root),
+            fingerprint=stage.fingerprint,
             events_dir=_text(context.events_dir),
             scratch_dir=_text(context.scratch_dir),
-            llm=ChatModelLLM(backend_config=model),
-            input_batch_size=config.batch_size,
-            resources=StepResources(replicas=stage_replicas(stage, model)),
+            llm=ChatModelLLM(backend_config=stage.model),
+            input_batch_size=context.plan.config.batch_size,
+            resources=StepResources(replicas=stage.replicas),
         )
 
     @property
@@ -208,7 +218,7 @@ class StageTask(Task):
         yield [{**row, self.stage: out.encode("utf-8")} for row, out in zip(inputs, unit.outputs, strict=True)]
 
 
-class FlagsStep(GlobalStep):
+class FlagsStep(_Patched, GlobalStep):
     """Empty and duplicate flags need every row of the window, in input order: a global step.
 
     Duplicates are found across the whole run: `seen_path` holds the first occurrences of earlier windows.
@@ -217,9 +227,9 @@ class FlagsStep(GlobalStep):
     seen_path: str | None = Field(None, description="`flags.FirstSeen` file of earlier windows (None: none).")
 
     @classmethod
-    def for_stage(cls, stage: str, config: "PipelineConfig", context: StepContext) -> "FlagsStep":
+    def for_stage(cls, stage: "StagePlan", context: StepContext) -> "FlagsStep":
         """The step of the flags stage, reading the first occurrences of earlier windows."""
-        return cls(name=stage, seen_path=_text(context.seen_path))
+        return cls(name=stage.name, seen_path=_text(context.seen_path))
 
     @property
     def inputs(self) -> list[str]:
@@ -238,17 +248,16 @@ class FlagsStep(GlobalStep):
         yield [{**row, "flags": column(f)} for row, f in zip(inputs, flags, strict=True)]
 
 
-class SelectStep(Step):
+class SelectStep(_Patched, Step):
     """Best-of-n and DPO pair per row (pure, not cached: it costs nothing)."""
 
     select_config: str = Field(description="The `select` block as JSON.")
 
     @classmethod
-    def for_stage(cls, stage: str, config: "PipelineConfig", context: StepContext) -> "SelectStep":
+    def for_stage(cls, stage: "StagePlan", context: StepContext) -> "SelectStep":
         """The step of the select stage."""
-        return cls(
-            name=stage, select_config=getattr(config, stage).model_dump_json(), input_batch_size=config.batch_size
-        )
+        batch_size = context.plan.config.batch_size
+        return cls(name=stage.name, select_config=stage.block.model_dump_json(), input_batch_size=batch_size)
 
     @property
     def inputs(self) -> list[str]:
@@ -267,12 +276,13 @@ class SelectStep(Step):
         yield [{**row, "select": column(p)} for row, p in zip(inputs, picks, strict=True)]
 
 
-class RecordSink(Step):
+class RecordSink(_Patched, Step):
     """The last step: writes each finished row's record into the window's files, returns only its summary."""
 
     records_dir: str = Field(description="The window's record folder (`sink.read_records` merges it).")
     stages: list[str] = Field(description="The pipeline's stages; a row without one of their outputs failed.")
     llm_stages: list[str]
+    stage_modules: list[str] = Field(description="The modules of the stages, imported when the step loads.")
     english: bool = False
     multiturn: bool = False
     judged: bool = False
@@ -299,52 +309,6 @@ class RecordSink(Step):
             records_dir=Path(self.records_dir),
         )
         yield [{"row_index": s.row_index, "summary": s.model_dump_json()} for s in summaries]
-
-
-def without_checkpoints(pipeline: Any) -> Any:
-    """Turn off distilabel's per-batch bookkeeping for resuming: lmsynth resumes from its own stage cache.
-
-    distilabel 1.5.3 (`pipeline/base.py`), even with `use_cache=False`, after every batch it routes: saves the
-    pipeline, its batch manager and every built batch's rows as JSON (`_cache`), and writes the batch's rows
-    as JSON once more under `steps_data/<step signature>/` (`_register_batch`), recomputing the pipeline's
-    signature each time. Its cost grows with the rows in flight; nothing reads those files when a run starts
-    with `use_cache=False`. The batch is still registered with the batch manager, which routes it.
-    """
-    pipeline._cache = lambda: None
-    pipeline._register_batch = lambda batch: pipeline._batch_manager.register_batch(batch)
-    return pipeline
-
-
-def _no_data_hash(self: _Batch) -> None:
-    """No hash: distilabel hashes `str()` of a batch's rows whenever they change, for its cache files only."""
-    self.data_hash = None
-
-
-# In every process that imports the steps (the step processes too): the hash is computed on both sides of
-# each hand-off, and `str()` of a batch of v0.5 rows (ten responses each) is megabytes.
-_Batch._update_data_hash = _no_data_hash
-
-
-class _QuickPolls:
-    """distilabel's pipeline module as it sees `time`, with its polling sleeps cut to `POLL_S`.
-
-    distilabel checks whether the steps of a stage have loaded every 2.5 s and whether they have finished
-    every 0.5 s (`_run_stage_steps_and_wait`, `_finalize_pipeline_execution` in `pipeline/base.py`). Steps
-    load in milliseconds here (forkserver, no engine inside), so every window of a run would otherwise idle
-    ~3 s: ≈1.5 ms per instruction at the default window of 2,048 rows.
-    """
-
-    POLL_S = 0.05
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(time, name)
-
-    def sleep(self, seconds: float) -> None:
-        """Sleep at most `POLL_S`: the callers poll in a loop, so they only check more often."""
-        time.sleep(min(seconds, self.POLL_S))
-
-
-distilabel_base.time = _QuickPolls()
 
 
 def to_rows(rows: Sequence[PipelineRow]) -> list[dict[str, Any]]:

@@ -21,9 +21,9 @@ from pydantic import Field
 
 from lmsynth.config import StrictModel
 from lmsynth.io import dump_json_line, write_text
-from lmsynth.pipeline.assemble import to_synth_record, to_unsafe_record
-from lmsynth.pipeline.flags import FirstSeen
-from lmsynth.pipeline.rows import PipelineRow
+from lmsynth.pipeline.output.assemble import to_synth_record, to_unsafe_record
+from lmsynth.pipeline.pipeline_row import PipelineRow
+from lmsynth.pipeline.stages.flags import FirstSeen
 from lmsynth.records import Usage, record_counts
 
 
@@ -79,7 +79,7 @@ def read_records(records_dir: Path) -> Iterator[tuple[int, bool, str]]:
 
 
 def _summary(row: PipelineRow, record, *, llm_stages: Sequence[str], judged: bool) -> RowSummary:
-    tokens = {s: out.usage for s in llm_stages if (out := getattr(row, s)) is not None}
+    tokens = {s: out.usage for s in llm_stages if (out := row.output(s)) is not None}
     counts = {"translated": int(bool(row.translate and row.translate.translated))}
     if row.record.flagged:
         counts["unsafe"] = 1

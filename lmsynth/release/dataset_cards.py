@@ -17,9 +17,9 @@ from pydantic import Field
 from lmsynth import project
 from lmsynth.config import StrictModel, load_yaml
 from lmsynth.release.data_files import arrow_schema
-from lmsynth.release.manifest import ReleaseManifest, SubsetSpec
+from lmsynth.release.release_yaml import ReleaseManifest, SubsetSpec
 from lmsynth.tree import layout
-from lmsynth.tree.manifest import SubsetCounts
+from lmsynth.tree.manifest_json import SubsetCounts
 
 
 INDEX_TEMPLATE = "index.md.j2"

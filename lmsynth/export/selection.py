@@ -1,6 +1,6 @@
 """Row selection for the exports: which response is best, which pair is a preference, which split.
 
-Pure per-record functions, tested directly; the verbs in `lmsynth.export.build` stream records through them.
+Pure per-record functions, tested directly; the verbs in `lmsynth.export.sft_dpo` stream records through them.
 """
 
 from __future__ import annotations

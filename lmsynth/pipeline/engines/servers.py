@@ -180,11 +180,11 @@ def in_flight_sequences(config: PipelineConfig) -> dict[str, int]:
         if stage in _BEFORE_BARRIER:
             shares[stage] = seqs
             continue
-        name = getattr(config, stage).model
+        name = config.block(stage).model
         peers = [
             s
             for s in config.stages()
-            if s in LLM_STAGES and s not in _BEFORE_BARRIER and getattr(config, s).model == name
+            if s in LLM_STAGES and s not in _BEFORE_BARRIER and config.block(s).model == name
         ]
         shares[stage] = max(seqs // len(peers), 1)
     return shares
@@ -290,7 +290,7 @@ class EngineSet:
         self, config: PipelineConfig, *, log_dir: Path, control_dir: Path, server: type[EngineServer] = EngineServer
     ) -> None:
         """One `server` (an `EngineServer` or a subclass) per `backend: vllm` model that some LLM stage uses."""
-        used = {getattr(config, s).model for s in config.stages() if s in LLM_STAGES}
+        used = {config.block(s).model for s in config.stages() if s in LLM_STAGES}
         self.servers = {
             name: server(name, m, log_path=log_dir / f"vllm-{name}.log")
             for name, m in config.models.items()
@@ -383,7 +383,7 @@ def serve_models(
         cache_root: the stage cache; a model none of whose stages has a cached unit starts right away.
         telemetry: a `Telemetry` that gets each server's start (`record_engine_start`).
         server: what runs each server: a local process (`EngineServer`) or a Ray actor
-            (`lmsynth.pipeline.ray_engines.RayEngineServer`).
+            (`lmsynth.pipeline.engines.ray_actors.RayEngineServer`).
 
     Raises:
         PipelineError: a server failed to start (after the block, which then fails on its own too).
@@ -417,7 +417,7 @@ def serve_models(
 
 def stage_model(config: PipelineConfig, runtime: dict[str, Any], stage: str) -> Any:
     """The runtime model config of `stage`: its served model with that stage's in-flight share."""
-    model = runtime[getattr(config, stage).model]
+    model = runtime[config.block(stage).model]
     if isinstance(model, ServedModelConfig):
         return model.model_copy(update={"max_sequences": in_flight_sequences(config)[stage]})
     return model
@@ -448,11 +448,11 @@ def _eager_models(config: PipelineConfig, cache_root: Path | None, served: set[s
 
     eager = set()
     for stage in config.stages():
-        if stage not in LLM_STAGES or getattr(config, stage).model not in served:
+        if stage not in LLM_STAGES or config.block(stage).model not in served:
             continue
         cache = StageCache(cache_root, stage=stage, fingerprint=stage_fingerprint(config, stage))
         if not cache.units():
-            eager.add(getattr(config, stage).model)
+            eager.add(config.block(stage).model)
     return eager
 
 
@@ -474,9 +474,7 @@ def _interrupts_stop_everything() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    from distilabel.pipeline.base import BasePipeline
-
-    original = BasePipeline._handle_keyboard_interrupt
+    from lmsynth.pipeline.executor import patches
 
     def _handle_keyboard_interrupt(pipeline: Any) -> Any:
         def _on_sigint(signum: int, frame: Any) -> None:
@@ -492,11 +490,11 @@ def _interrupts_stop_everything() -> Iterator[None]:
     _on_sigterm.lmsynth_run = True  # type: ignore[attr-defined]  # forked children reset it
     _interrupted.clear()
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
-    BasePipeline._handle_keyboard_interrupt = _handle_keyboard_interrupt
+    restore = patches.replace_keyboard_interrupt_handler(_handle_keyboard_interrupt)
     try:
         yield
     finally:
-        BasePipeline._handle_keyboard_interrupt = original
+        restore()
         signal.signal(signal.SIGTERM, previous)
 
 

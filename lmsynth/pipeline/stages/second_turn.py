@@ -2,7 +2,7 @@
 
 The generator reads the instruction and its best response, writes the user's next turn, then answers it.
 A row without a best response gets no conversation. An unusable answer (a user turn that is empty once
-cleaned, an empty assistant answer) is asked again (`max_reasks`, see `lmsynth.pipeline.reask`); one still
+cleaned, an empty assistant answer) is asked again (`max_reasks`, see `lmsynth.pipeline.stages.reask`); one still
 unusable after that leaves the row single-turn with the raw text in `SecondTurnOutput.failure`.
 """
 
@@ -13,10 +13,10 @@ from collections.abc import Sequence
 from pydantic import Field
 
 from lmsynth.llm import ChatModel
-from lmsynth.pipeline.prompts import PromptPath, default_prompt, read_prompt, render
-from lmsynth.pipeline.reask import ReaskSettings, ask
-from lmsynth.pipeline.rows import PipelineRow, SecondTurnOutput
-from lmsynth.pipeline.translate import clean_translation
+from lmsynth.pipeline.pipeline_row import PipelineRow, SecondTurnOutput
+from lmsynth.pipeline.stages.prompts import PromptPath, default_prompt, read_prompt, render
+from lmsynth.pipeline.stages.reask import ReaskSettings, ask
+from lmsynth.pipeline.stages.translate import clean_translation
 from lmsynth.records import Message
 from lmsynth.sampling import SamplingConfig
 

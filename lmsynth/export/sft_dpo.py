@@ -21,7 +21,7 @@ from pydantic import Field, ValidationError
 
 from lmsynth.config import StrictModel, dotted
 from lmsynth.errors import ExportError
-from lmsynth.export.rows import (
+from lmsynth.export.selection import (
     DROP_DUPLICATE,
     DROP_EMPTY,
     DROP_PII,
@@ -38,7 +38,7 @@ from lmsynth.export.rows import (
 from lmsynth.io import atomic_dir, write_text
 from lmsynth.progress import track
 from lmsynth.recover import REPORT_FILE, RecoveredRecord, RecoverReport, iter_recovered
-from lmsynth.tree.manifest import write_manifest
+from lmsynth.tree.manifest_json import write_manifest
 
 
 logger = logging.getLogger(__name__)
@@ -259,7 +259,7 @@ def _export(
     options: dict,
 ) -> ExportResult:
     """Write rows into split shards and the card, all inside one atomically swapped folder."""
-    from lmsynth.export.card import render_card
+    from lmsynth.export.export_card import render_card
     from lmsynth.export.parquet import SplitWriter
 
     input_dir, out_dir = Path(input_dir), Path(out_dir)

@@ -1,0 +1,208 @@
+"""Every change lmsynth makes to a framework's private internals, in this one module, applied explicitly.
+
+distilabel is used through its public API everywhere else. What it does not let a caller choose (its
+per-batch bookkeeping for resuming, its polling sleeps, its Ctrl-C handler, the start method of its step
+processes, where `datasets` copies its output) is changed here, one function per change with its reason.
+Nothing is changed at import: `apply()` makes the process-wide changes (the runner and every step process
+call it), and the other changes are context managers around one pipeline run.
+
+These were written against distilabel `WRITTEN_FOR`. `check()` (which `apply()` runs first) refuses another
+version and any patched attribute that is gone, with one line naming it: an assignment to a renamed
+attribute would otherwise do nothing, and the run would only get slower or hang.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from lmsynth.errors import PipelineError
+
+
+WRITTEN_FOR = "1.5.3"
+
+# (module, attribute path): everything below assigns to one of these, and only to these.
+TARGETS: tuple[tuple[str, str], ...] = (
+    ("distilabel.pipeline.batch", "_Batch._update_data_hash"),
+    ("distilabel.pipeline.base", "time"),
+    ("distilabel.pipeline.base", "BasePipeline._cache"),
+    ("distilabel.pipeline.base", "BasePipeline._register_batch"),
+    ("distilabel.pipeline.base", "BasePipeline._handle_keyboard_interrupt"),
+    ("distilabel.pipeline.batch_manager", "_BatchManager.register_batch"),
+    ("distilabel.pipeline.local", "_NoDaemonContext"),
+    ("distilabel.pipeline.local", "_NoDaemonProcess"),
+    ("datasets.config", "HF_DATASETS_CACHE"),
+)
+
+
+class FrameworkChangedError(PipelineError):
+    """The installed distilabel is not the one lmsynth's patches were written for."""
+
+
+def check() -> None:
+    """Refuse another distilabel version, or a patched attribute that no longer exists.
+
+    Raises:
+        FrameworkChangedError: one line naming the version or the attribute.
+    """
+    import distilabel
+
+    if distilabel.__version__ != WRITTEN_FOR:
+        raise FrameworkChangedError(
+            f"distilabel {distilabel.__version__} is installed, but {__name__} patches the internals of "
+            f"distilabel {WRITTEN_FOR}: install distilabel=={WRITTEN_FOR}"
+        )
+    for module, path in TARGETS:
+        _owner(module, path)
+
+
+def apply() -> None:
+    """Check, then make the process-wide changes; the runner and every step process call it (idempotent).
+
+    Raises:
+        FrameworkChangedError: see `check`.
+    """
+    check()
+    _set("distilabel.pipeline.batch", "_Batch._update_data_hash", _no_data_hash)
+    _set("distilabel.pipeline.base", "time", _QUICK_POLLS)
+
+
+def without_checkpoints(pipeline: Any) -> Any:
+    """Turn off distilabel's per-batch bookkeeping for resuming: lmsynth resumes from its own stage cache.
+
+    distilabel 1.5.3 (`pipeline/base.py`), even with `use_cache=False`, after every batch it routes: saves the
+    pipeline, its batch manager and every built batch's rows as JSON (`_cache`), and writes the batch's rows
+    as JSON once more under `steps_data/<step signature>/` (`_register_batch`), recomputing the pipeline's
+    signature each time. Its cost grows with the rows in flight; nothing reads those files when a run starts
+    with `use_cache=False`. The batch is still registered with the batch manager, which routes it.
+    """
+    for name in ("_cache", "_register_batch"):
+        _require(pipeline, name, f"{type(pipeline).__name__}.{name}")
+    pipeline._cache = lambda: None
+    pipeline._register_batch = lambda batch: pipeline._batch_manager.register_batch(batch)
+    return pipeline
+
+
+def replace_keyboard_interrupt_handler(handler: Callable[[Any], Any]) -> Callable[[], None]:
+    """Install `handler` as distilabel's Ctrl-C handler (`BasePipeline._handle_keyboard_interrupt`).
+
+    distilabel's own graceful stop waits for batches from steps that have already stopped, forever; the
+    runner's handler ends the run instead. Returns the function that puts distilabel's back.
+    """
+    owner, name = _owner("distilabel.pipeline.base", "BasePipeline._handle_keyboard_interrupt")
+    original = getattr(owner, name)
+    setattr(owner, name, handler)
+    return lambda: setattr(owner, name, original)
+
+
+@contextlib.contextmanager
+def datasets_cache_in(folder: Path) -> Iterator[None]:
+    """Keep the copy `datasets` makes of distilabel's output in `folder`, not in its own cache.
+
+    distilabel loads the leaf step's Parquet through `datasets.load_dataset` with no `cache_dir`, which
+    copies it into `~/.cache/huggingface/datasets` and never removes it; `HF_DATASETS_CACHE` in the
+    environment is read only when `datasets` is imported.
+    """
+    owner, name = _owner("datasets.config", "HF_DATASETS_CACHE")
+    previous = getattr(owner, name)
+    setattr(owner, name, folder)
+    try:
+        yield
+    finally:
+        setattr(owner, name, previous)
+
+
+@contextlib.contextmanager
+def steps_forked_from_a_small_process(preload: list[str]) -> Iterator[None]:
+    """Start distilabel's step processes from a forkserver that has imported `preload`, not from this process.
+
+    distilabel starts one process per step with the default start method; on Linux that forks this process,
+    and each child then carries (and `ps` counts) everything this process holds, which grows with every
+    window run so far. A forkserver is started once and stays small, so step processes cost the same in the
+    last window as in the first, and start in milliseconds with their imports done. distilabel takes its
+    queues from the default context (hence the global start method, put back on exit) and its pool from
+    its own context class (`local._NoDaemonContext`, whose processes may start processes: vLLM).
+    """
+    import multiprocessing as mp
+
+    owner, name = _owner("distilabel.pipeline.local", "_NoDaemonContext")
+    process = _owner("distilabel.pipeline.local", "_NoDaemonProcess")
+
+    class _Context(mp.context.ForkServerContext):
+        Process = getattr(*process)
+
+    previous, original = mp.get_start_method(allow_none=True), getattr(owner, name)
+    mp.set_forkserver_preload(preload)
+    mp.set_start_method("forkserver", force=True)
+    setattr(owner, name, _Context)
+    try:
+        yield
+    finally:
+        setattr(owner, name, original)
+        mp.set_start_method(previous, force=True)
+
+
+# ---------------------------------------------------------------------------
+# Private helpers
+# ---------------------------------------------------------------------------
+
+
+def _no_data_hash(self: Any) -> None:
+    """No hash: distilabel hashes `str()` of a batch's rows whenever they change, for its cache files only.
+
+    It is computed on both sides of each hand-off, and `str()` of a batch of v0.5 rows (ten responses each)
+    is megabytes.
+    """
+    self.data_hash = None
+
+
+class _QuickPolls:
+    """distilabel's pipeline module as it sees `time`, with its polling sleeps cut to `POLL_S`.
+
+    distilabel checks whether the steps of a stage have loaded every 2.5 s and whether they have finished
+    every 0.5 s (`_run_stage_steps_and_wait`, `_finalize_pipeline_execution` in `pipeline/base.py`). Steps
+    load in milliseconds here (forkserver, no engine inside), so every window of a run would otherwise idle
+    ~3 s: ≈1.5 ms per instruction at the default window of 2,048 rows.
+    """
+
+    POLL_S = 0.05
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+    def sleep(self, seconds: float) -> None:
+        """Sleep at most `POLL_S`: the callers poll in a loop, so they only check more often."""
+        time.sleep(min(seconds, self.POLL_S))
+
+
+_QUICK_POLLS = _QuickPolls()
+
+
+def _owner(module: str, path: str) -> tuple[Any, str]:
+    """The object holding the last attribute of `path` in `module`, and that attribute's name; checked."""
+    if (module, path) not in TARGETS:
+        raise AssertionError(f"{module}.{path} is not in {__name__}.TARGETS")
+    owner: Any = importlib.import_module(module)
+    *parents, name = path.split(".")
+    for i, part in enumerate(parents):
+        owner = _require(owner, part, f"{module}.{'.'.join(parents[: i + 1])}")
+    _require(owner, name, f"{module}.{path}")
+    return owner, name
+
+
+def _require(owner: Any, name: str, label: str) -> Any:
+    try:
+        return getattr(owner, name)
+    except AttributeError:
+        raise FrameworkChangedError(
+            f"`{label}` is gone from the installed framework; {__name__} patches it and must be updated"
+        ) from None
+
+
+def _set(module: str, path: str, value: Any) -> None:
+    owner, name = _owner(module, path)
+    setattr(owner, name, value)

@@ -1,0 +1,1 @@
+"""Stage logic: one module per stage (config model, function, row view) and the registry of them."""
