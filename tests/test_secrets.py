@@ -144,6 +144,14 @@ def test_a_real_vllm_server_of_a_local_model_holds_no_secret(tmp_path: Path, tin
     assert _leaks(own) == []
 
 
+def _environ_of(pid: int) -> bytes:
+    """A child's environment; empty for a moment after a vfork's parent resumes (the kernel sets it up later)."""
+    deadline = time.monotonic() + 10
+    while not (env := Path(f"/proc/{pid}/environ").read_bytes()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return env
+
+
 class TestServerEnvironment:
     """The vLLM server: a real child (a stand-in module for the server), its environment read from /proc."""
 
@@ -160,7 +168,7 @@ class TestServerEnvironment:
         server = engines.EngineServer("m", VllmModelConfig(model=model, offline=offline), log_path=tmp_path / "m.log")
         server.start()
         try:
-            return Path(f"/proc/{server.proc.pid}/environ").read_bytes()
+            return _environ_of(server.proc.pid)
         finally:
             server.stop(grace_s=5)
             constants.restore_secrets()
@@ -217,13 +225,13 @@ def test_only_constants_reads_or_writes_the_environment() -> None:
 # distilabel, which installs rich's traceback handler with show_locals at import, has run the pipeline).
 _FAILING_RUN = """
 import sys
-import lmsynth.pipeline.run as run
+import lmsynth.pipeline.executor.window as window
 
 def failing_check(*args, **kwargs):
     planted_local = "planted-" + "local-value-6e2f"
     raise RuntimeError("an unexpected failure")
 
-run._check_rows = failing_check
+window._check_rows = failing_check
 from lmsynth.cli.app import main
 sys.argv = ["lmsynth", *sys.argv[1:]]
 main()

@@ -13,6 +13,7 @@ from lmsynth.config import StrictModel
 from lmsynth.export.selection import ExportFilters
 from lmsynth.recover import RecoverReport
 from lmsynth.release.dataset_cards import CardConfig, DataFile
+from lmsynth.targets import schemes
 
 
 TEMPLATE = "export.md.j2"
@@ -38,7 +39,9 @@ def shown_source(target: str) -> str:
 
     An absolute path tells readers about the exporter's machine and means nothing on theirs.
     """
-    path = Path(target.removeprefix("file://"))
+    if schemes.scheme_of(target) != schemes.FILE:
+        return target
+    path = Path(schemes.folder_of(target))
     return path.name if path.is_absolute() else target
 
 
