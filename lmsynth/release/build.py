@@ -37,6 +37,7 @@ from lmsynth.errors import (
 )
 from lmsynth.faults import kill_point
 from lmsynth.io import atomic_dir, atomic_path, parse_line, sha256_file
+from lmsynth.outdir import check_out
 from lmsynth.prepare import PREPARED_MARKER
 from lmsynth.records import PREPARED_INSTRUCTIONS, PREPARED_UNSAFE, RUN_INFO_FILE, InstructionRecord, read_run_info
 from lmsynth.release import cards, data_files, figures
@@ -142,6 +143,10 @@ def build_release(
     if manifest.version != version:
         raise ConfigError(manifest_path, "version", f"is {manifest.version}, not {version}")
     uri = manifest.targets.resolve(target)
+    shown_out = out_dir
+    if out_dir is not None:
+        inputs = [manifest_path, *_local_inputs(manifest, records_overrides or {}, runs_root)]
+        out_dir = check_out(out_dir, kind="release tree", inputs=inputs, targets=[uri])
     tgt = open_target(uri)
     link_base, load_path, revision = _links(uri, version)
 
@@ -190,7 +195,7 @@ def build_release(
         if out_dir is not None:
             with atomic_dir(out_dir) as tmp:
                 shutil.copytree(staging, tmp, dirs_exist_ok=True)
-            kept = Path(out_dir)
+            kept = Path(shown_out)
         common = {
             "version": version,
             "tag": version,
@@ -527,6 +532,20 @@ def _resolve_inputs(
         if p is not None and not p.is_dir():
             raise ManifestError("manifest", s.config, "prepared", f"{p}: no such folder")
     return records, prepared
+
+
+def _local_inputs(
+    manifest: ReleaseManifest, overrides: Mapping[str, Path | str], runs_root: str | Path | None
+) -> list[Path | str]:
+    """The local files and folders a release reads (run and prepared folders, shipped pipelines, the runs root)."""
+    remote_root = runs_root is not None and "://" in str(runs_root)
+    found: list[Path | str] = [runs_root] if runs_root is not None and not remote_root else []
+    for s in manifest.subsets:
+        found += [_project_file(p) for p in s.pipelines]
+        for value, root in ((overrides.get(s.config), None), (s.records, runs_root), (s.prepared, runs_root)):
+            if value is not None and "://" not in str(value) and (root is None or not remote_root):
+                found.append(resolve_input(value, root=root).path)
+    return found
 
 
 def _run_command(spec: SubsetSpec) -> str:
