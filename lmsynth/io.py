@@ -38,7 +38,8 @@ def atomic_path(path: Path | str, *, tmp_dir: Path | str | None = None) -> Itera
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=tmp_dir or path.parent)
+    with _names(tmp_dir or path.parent):
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=tmp_dir or path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp's 0600 would make finished files private
@@ -54,7 +55,8 @@ def atomic_dir(path: Path | str) -> Iterator[Path]:
     """Yield a temporary folder next to `path`; it replaces `path` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    with _names(path.parent):
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     scratch.register_pending(tmp)  # a kill leaves it: the next command removes it
     os.chmod(tmp, 0o777 & ~_UMASK)
     try:
@@ -69,6 +71,15 @@ def atomic_dir(path: Path | str) -> Iterator[Path]:
             os.replace(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _names(folder: Path | str) -> Iterator[None]:
+    """An OS error creating a temporary entry names `folder` (the one the user gave), not a random name in it."""
+    try:
+        yield
+    except OSError as e:
+        raise type(e)(e.errno, e.strerror, str(folder)) from None
 
 
 def open_text(path: Path, mode: str = "rt") -> IO[str]:

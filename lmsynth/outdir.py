@@ -17,6 +17,7 @@ marker. Folders written before the marker existed are recognised by their own la
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import json
 import os
@@ -41,10 +42,27 @@ OutKind = Literal["prepared", "run", "recovered", "release tree", "export"]
 _LAYOUTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "prepared": (("instructions.jsonl", "unsafe.jsonl", "stats.json", "_COMPLETE"), ("_COMPLETE",)),
     "run": (
-        ("records", "unsafe", "logs", "run.json", "run_report.json", "shard.json", ".records.*", ".unsafe.*", ".*.tmp"),
+        (
+            "records",
+            "unsafe",
+            "logs",
+            "run.json",
+            "run_report.json",
+            "shard.json",
+            ".records.*",
+            ".unsafe.*",
+            ".*.tmp",
+        ),
         ("run.json", "shard.json", "run_report.json"),
     ),
     "recovered": (("*",), ("recover_report.json",)),
+}
+_A = {
+    "prepared": "a prepared folder",
+    "run": "a run folder",
+    "recovered": "a recovered folder",
+    "release tree": "a release tree",
+    "export": "an export folder",
 }
 _MANIFEST = "MANIFEST.json"
 _EXPORT_STATS = "export_stats.json"
@@ -80,6 +98,8 @@ def check_out(
     """
     shown = str(out)
     real = Path(os.path.realpath(out))
+    if real.is_symlink():  # realpath stops at a link it cannot follow: a loop
+        raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), shown)
     cwd = Path(os.path.realpath(Path.cwd()))
     if real == cwd or real in cwd.parents:
         raise OutDirError(shown, str(cwd), f"output folder {shown} is the current folder or one above it ({cwd})")
@@ -109,7 +129,9 @@ def check_out(
             )
         if found is not None and found != kind:
             raise OutDirError(
-                shown, str(real), f"output folder {shown} holds a {found} folder; writing a {kind} would replace it"
+                shown,
+                str(real),
+                f"output folder {shown} is {_A[found]}, not {_A[kind]}: lmsynth replaces only its own kind",
             )
     return real
 
