@@ -111,7 +111,7 @@ def check_out(
     for path, role in protected:
         other = Path(os.path.realpath(path))
         if real == other:
-            raise OutDirError(shown, str(path), f"output folder {shown} is {path}, {role}")
+            raise OutDirError(shown, str(path), f"output folder {shown} would replace {path}, {role}")
         if other.is_relative_to(real):
             raise OutDirError(shown, str(path), f"output folder {shown} contains {path}, {role}")
         if real.is_relative_to(other):
