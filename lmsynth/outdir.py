@@ -103,8 +103,6 @@ def check_out(
     cwd = Path(os.path.realpath(Path.cwd()))
     if real == cwd or real in cwd.parents:
         raise OutDirError(shown, str(cwd), f"output folder {shown} is the current folder or one above it ({cwd})")
-    if not real.name:
-        raise OutDirError(shown, str(real), f"output folder {shown} is the root of the file system")
     protected = [(p, "an input of this command") for p in _local(inputs)]
     protected += [(p, "the target of this command") for p in _local(targets)]
     protected.append((Path(constants.CACHE_DIR), "lmsynth's cache ($LMSYNTH_CACHE)"))

@@ -76,6 +76,13 @@ REFUSED = [
     # the cache
     ("prepare", "{cache}", "{cache}"),
     ("export sft", "{cache}/x", "{cache}"),
+    ("run", "{cache}/..", "{cache}"),
+    # other spellings: absolute, trailing slash, `..` inside
+    ("run", "{cwd}/runs/prepared", "runs/prepared"),
+    ("recover", "{cwd}/hub/", "hub"),
+    ("export sft", "{cwd}/mine", "mine/rec"),
+    ("release", "runs/gemma-3/../gemma-3", "runs/gemma-3"),
+    ("prepare", "{cwd}/..", "{cwd}"),
     # a folder lmsynth did not write, a file
     *((verb, "notes", "notes") for verb in VERBS),
     ("prepare", "notes/todo.txt", "notes/todo.txt"),
@@ -178,7 +185,10 @@ def test_refused_before_any_work_in_one_line(
     verb: str, out: str, other: str, cwd: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cache = str(constants.CACHE_DIR)
-    out, other = out.replace("{cache}", cache), other.replace("{cache}", cache).replace("{cwd}", str(cwd))
+    out, other = (
+        out.replace("{cache}", cache).replace("{cwd}", str(cwd)),
+        other.replace("{cache}", cache).replace("{cwd}", str(cwd)),
+    )
     Path(cache).mkdir(parents=True, exist_ok=True)
     before = tree_digest(cwd), tree_digest(Path(cache))
     code, err = cli(args_for(verb, out), capsys, monkeypatch)
@@ -326,3 +336,27 @@ def test_os_errors_are_one_line(args: list[str], line: str, cwd: Path) -> None:
     assert res.stderr.splitlines()[0].startswith(line.replace("{cwd}", str(cwd))), res.stderr
     assert "Traceback" not in res.stderr and len(res.stderr.splitlines()) == 2
     assert tree_digest(cwd) == before  # nothing half-written
+
+
+@pytest.mark.parametrize("hub", [".", "runs", "runs/prepared", "runs/demo/x"])
+def test_demo_refuses_a_hub_over_its_own_folders_before_any_work(
+    hub: str, cwd: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = tree_digest(cwd)
+    code, err = cli(["demo", "--hub", hub], capsys, monkeypatch)
+    assert code == 1 and err.startswith("Error: output folder runs/"), err
+    assert f"{Path(hub)}, the target" in err.splitlines()[0]
+    assert tree_digest(cwd) == before
+
+
+def test_the_bundled_sample_and_rules_are_inputs_too(
+    cwd: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sample = constants.SAMPLE_SOURCE
+    before = tree_digest(sample.parent)
+    for out in (sample.parent, sample, sample.parent.parent):
+        code, err = cli(["prepare", "--out", str(out)], capsys, monkeypatch)
+        assert code == 1 and f"output folder {out} " in err and str(sample) in err, err
+    code, err = cli(["prepare", "--source", SRC, "--rules", "notes/todo.txt", "--out", "notes"], capsys, monkeypatch)
+    assert code == 1 and "would replace" not in err and "contains notes/todo.txt, an input" in err, err
+    assert tree_digest(sample.parent) == before

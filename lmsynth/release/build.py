@@ -537,9 +537,9 @@ def _resolve_inputs(
 def _local_inputs(
     manifest: ReleaseManifest, overrides: Mapping[str, Path | str], runs_root: str | Path | None
 ) -> list[Path | str]:
-    """The local files and folders a release reads (run and prepared folders, shipped pipelines, the runs root)."""
+    """The local files and folders a release reads (run and prepared folders, shipped pipelines)."""
     remote_root = runs_root is not None and "://" in str(runs_root)
-    found: list[Path | str] = [runs_root] if runs_root is not None and not remote_root else []
+    found: list[Path | str] = []
     for s in manifest.subsets:
         found += [_project_file(p) for p in s.pipelines]
         for value, root in ((overrides.get(s.config), None), (s.records, runs_root), (s.prepared, runs_root)):
