@@ -11,7 +11,8 @@ How lmsynth knows its own folders: prepared, run and recovered folders carry `.l
 folder fills in place and a killed run's folder must be resumable). A release tree and an export folder
 must hold only what their MANIFEST.json lists (it is published as it is), so their MANIFEST.json is their
 marker. Folders written before the marker existed are recognised by their own layout: a prepared folder by
-`_COMPLETE`, a run folder by `run.json`, `shard.json` or `run_report.json`, a recovered folder by
+`_COMPLETE`, a run folder by `run.json`, `shard.json`, `run_report.json` or a killed run's temporary
+entries, a recovered folder by
 `recover_report.json`, and only when every entry in them is one that verb writes.
 """
 
@@ -37,24 +38,13 @@ MARKER_FILE = ".lmsynth-out.json"
 
 OutKind = Literal["prepared", "run", "recovered", "release tree", "export"]
 
+# The entries only a run folder has: its files, its engine logs, and what a killed run leaves.
+_RUN_SIGNS = ("run.json", "run_report.json", "shard.json", "logs", ".records.*", ".unsafe.*", ".*.tmp")
 # What each kind holds, for folders lmsynth wrote before the marker existed: (names it may hold, names one of
 # which it must hold). Release trees and exports have no such layout: their MANIFEST.json decides.
 _LAYOUTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "prepared": (("instructions.jsonl", "unsafe.jsonl", "stats.json", "_COMPLETE"), ("_COMPLETE",)),
-    "run": (
-        (
-            "records",
-            "unsafe",
-            "logs",
-            "run.json",
-            "run_report.json",
-            "shard.json",
-            ".records.*",
-            ".unsafe.*",
-            ".*.tmp",
-        ),
-        ("run.json", "shard.json", "run_report.json"),
-    ),
+    "run": (("records", "unsafe", *_RUN_SIGNS), _RUN_SIGNS),
     "recovered": (("*",), ("recover_report.json",)),
 }
 _A = {
@@ -147,7 +137,8 @@ def kind_of(folder: Path) -> OutKind | None:
     if _MANIFEST in names and ".git" not in names and (tree := _tree_kind(folder, names)) is not None:
         return tree
     for kind, (allowed, required) in _LAYOUTS.items():
-        if any(r in names for r in required) and all(any(fnmatch.fnmatch(n, a) for a in allowed) for n in names):
+        matches = [any(fnmatch.fnmatch(n, a) for a in allowed) for n in names]
+        if all(matches) and any(fnmatch.fnmatch(n, r) for n in names for r in required):
             return kind  # type: ignore[return-value]
     return None
 

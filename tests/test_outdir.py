@@ -318,6 +318,11 @@ def child(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
         (args_for("export sft", "ro/sft"), "Error: Permission denied: {cwd}/ro"),
         (args_for("recover", "ro/rec"), "Error: Permission denied: {cwd}/ro"),
         (["prepare", "--source", "data/locked.jsonl", "--out", "p"], "Error: Permission denied: data/locked.jsonl"),
+        (args_for("run", "ro/run"), "Error: Permission denied: {cwd}/ro/"),
+        (
+            ["run", "pipes/fake.yaml", "--input", "locked-prepared", "--out", "r"],
+            "Error: Permission denied: locked-prepared/instructions.jsonl",
+        ),
         (
             ["release", "v0.5", "--manifest", MANIFEST, "--dry-run", "--records", "gemma-3=locked-run", "--out", "t"],
             "Error: Permission denied: locked-run/run.json",
@@ -330,6 +335,8 @@ def test_os_errors_are_one_line(args: list[str], line: str, cwd: Path) -> None:
     (cwd / "data/locked.jsonl").chmod(0)
     shutil.copytree(cwd / "runs/gemma-3", cwd / "locked-run")
     (cwd / "locked-run/run.json").chmod(0)
+    shutil.copytree(cwd / "runs/prepared", cwd / "locked-prepared")
+    (cwd / "locked-prepared/instructions.jsonl").chmod(0)
     before = tree_digest(cwd)
     res = child(args, cwd)
     assert res.returncode == 1, res.stderr
