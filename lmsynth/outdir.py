@@ -11,9 +11,10 @@ How lmsynth knows its own folders: prepared, run and recovered folders carry `.l
 folder fills in place and a killed run's folder must be resumable). A release tree and an export folder
 must hold only what their MANIFEST.json lists (it is published as it is), so their MANIFEST.json is their
 marker. Folders written before the marker existed are recognised by their own layout: a prepared folder by
-`_COMPLETE`, a run folder by `run.json`, `shard.json`, `run_report.json` or a killed run's temporary
-entries, a recovered folder by
-`recover_report.json`, and only when every entry in them is one that verb writes.
+`_COMPLETE`, a run folder by `run.json`, `shard.json`, `run_report.json` or a killed run's temporary entries,
+a recovered folder by `recover_report.json`, and only when every entry in them is one that verb writes.
+A local target folder (`release --to DIR`) gets the first half of the check (`apart`): it is a git
+repository the target itself guards, but it may not be, hold or sit inside an input either.
 """
 
 from __future__ import annotations
@@ -87,23 +88,7 @@ def check_out(
         OutDirError: `out` may not be replaced; one line naming it and the path it collides with.
     """
     shown = str(out)
-    real = Path(os.path.realpath(out))
-    if real.is_symlink():  # realpath stops at a link it cannot follow: a loop
-        raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), shown)
-    cwd = Path(os.path.realpath(Path.cwd()))
-    if real == cwd or real in cwd.parents:
-        raise OutDirError(shown, str(cwd), f"output folder {shown} is the current folder or one above it ({cwd})")
-    protected = [(p, "an input of this command") for p in _local(inputs)]
-    protected += [(p, "the target of this command") for p in _local(targets)]
-    protected.append((Path(constants.CACHE_DIR), "lmsynth's cache ($LMSYNTH_CACHE)"))
-    for path, role in protected:
-        other = Path(os.path.realpath(path))
-        if real == other:
-            raise OutDirError(shown, str(path), f"output folder {shown} would replace {path}, {role}")
-        if other.is_relative_to(real):
-            raise OutDirError(shown, str(path), f"output folder {shown} contains {path}, {role}")
-        if real.is_relative_to(other):
-            raise OutDirError(shown, str(path), f"output folder {shown} is inside {path}, {role}")
+    real = apart(out, inputs=inputs, targets=targets)
     if real.exists() and not real.is_dir():
         raise OutDirError(shown, str(real), f"output folder {shown} exists and is not a folder")
     if real.is_dir():
@@ -121,6 +106,45 @@ def check_out(
                 str(real),
                 f"output folder {shown} is {_A[found]}, not {_A[kind]}: lmsynth replaces only its own kind",
             )
+    return real
+
+
+def apart(
+    out: Path | str,
+    *,
+    inputs: Iterable[Path | str | None] = (),
+    targets: Iterable[Path | str | None] = (),
+    what: str = "output folder",
+) -> Path:
+    """Refuse `out` when it is, holds or lies inside an input, a target, the cache or the current folder.
+
+    The half of `check_out` that also guards what a command writes that is not an `--out` (a local target).
+
+    Returns:
+        `out` with `.`/`..` collapsed and a link followed.
+
+    Raises:
+        OutDirError: one line naming `out` and the path it collides with.
+        OSError: `out` is a symlink loop (ELOOP).
+    """
+    shown = str(out)
+    real = Path(os.path.realpath(out))
+    if real.is_symlink():  # realpath stops at a link it cannot follow: a loop
+        raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), shown)
+    cwd = Path(os.path.realpath(Path.cwd()))
+    if real == cwd or real in cwd.parents:
+        raise OutDirError(shown, str(cwd), f"{what} {shown} is the current folder or one above it ({cwd})")
+    protected = [(p, "an input of this command") for p in _local(inputs)]
+    protected += [(p, "the target of this command") for p in _local(targets)]
+    protected.append((Path(constants.CACHE_DIR), "lmsynth's cache ($LMSYNTH_CACHE)"))
+    for path, role in protected:
+        other = Path(os.path.realpath(path))
+        if real == other:
+            raise OutDirError(shown, str(path), f"{what} {shown} would replace {path}, {role}")
+        if other.is_relative_to(real):
+            raise OutDirError(shown, str(path), f"{what} {shown} contains {path}, {role}")
+        if real.is_relative_to(other):
+            raise OutDirError(shown, str(path), f"{what} {shown} is inside {path}, {role}")
     return real
 
 

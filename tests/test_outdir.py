@@ -367,3 +367,16 @@ def test_the_bundled_sample_and_rules_are_inputs_too(
     code, err = cli(["prepare", "--source", SRC, "--rules", "notes/todo.txt", "--out", "notes"], capsys, monkeypatch)
     assert code == 1 and "would replace" not in err and "contains notes/todo.txt, an input" in err, err
     assert tree_digest(sample.parent) == before
+
+
+@pytest.mark.parametrize(
+    ("to", "other"), [("runs/gemma-3/hub", "runs/gemma-3"), ("runs", "runs/gemma-3"), (".", "{cwd}")]
+)
+def test_a_local_target_is_never_an_input_either(
+    to: str, other: str, cwd: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = tree_digest(cwd)
+    code, err = cli(["release", "v0.5", "--manifest", MANIFEST, "--to", to], capsys, monkeypatch)
+    assert code == 1 and err.startswith(f"Error: target {to} "), err
+    assert other.replace("{cwd}", str(cwd)) in err.splitlines()[0]
+    assert tree_digest(cwd) == before

@@ -37,7 +37,7 @@ from lmsynth.errors import (
 )
 from lmsynth.faults import kill_point
 from lmsynth.io import atomic_dir, atomic_path, parse_line, sha256_file
-from lmsynth.outdir import check_out
+from lmsynth.outdir import apart, check_out
 from lmsynth.prepare import PREPARED_MARKER
 from lmsynth.records import PREPARED_INSTRUCTIONS, PREPARED_UNSAFE, RUN_INFO_FILE, InstructionRecord, read_run_info
 from lmsynth.release import cards, data_files, figures
@@ -144,9 +144,11 @@ def build_release(
         raise ConfigError(manifest_path, "version", f"is {manifest.version}, not {version}")
     uri = manifest.targets.resolve(target)
     shown_out = out_dir
+    inputs = [manifest_path, *_local_inputs(manifest, records_overrides or {}, runs_root)]
     if out_dir is not None:
-        inputs = [manifest_path, *_local_inputs(manifest, records_overrides or {}, runs_root)]
         out_dir = check_out(out_dir, kind="release tree", inputs=inputs, targets=[uri])
+    if not dry_run and "://" not in uri.removeprefix("file://"):
+        apart(uri.removeprefix("file://"), inputs=inputs, what="target")
     tgt = open_target(uri)
     link_base, load_path, revision = _links(uri, version)
 
