@@ -205,6 +205,18 @@ class InputRowError(InputRecordError):
         self.args = (f"{where}: {self.message}",)
 
 
+class OutDirError(LmsynthError, ValueError):
+    """An output folder may not be replaced (an input, the target, the current folder, someone else's folder).
+
+    Names the output folder and the path it collides with; raised before any work.
+    """
+
+    def __init__(self, out: str, other: str, message: str) -> None:
+        self.out = out
+        self.other = other
+        super().__init__(f"{message}; choose another output folder")
+
+
 class ArgumentError(LmsynthError, ValueError):
     """An argument of a library verb is invalid; names the argument."""
 

@@ -79,7 +79,8 @@ def atomic_path(path: Path | str, *, tmp_dir: Path | str | None = None, private:
         private_dir(path.parent)
     else:
         path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=tmp_dir or path.parent)
+    with _names(tmp_dir or path.parent):
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=tmp_dir or path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     # mkstemp makes it 0600 whatever the umask; a file that is not private gets the umask's mode.
@@ -100,7 +101,8 @@ def atomic_dir(path: Path | str, *, private: bool = False) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    with _names(path.parent):
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     scratch.register_pending(tmp)  # a kill leaves it: the next command removes it
     os.chmod(tmp, PRIVATE_DIR_MODE if private else 0o777 & ~_UMASK)
     try:
@@ -117,6 +119,15 @@ def atomic_dir(path: Path | str, *, private: bool = False) -> Iterator[Path]:
             os.replace(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _names(folder: Path | str) -> Iterator[None]:
+    """An OS error creating a temporary entry names `folder` (the one the user gave), not a random name in it."""
+    try:
+        yield
+    except OSError as e:
+        raise type(e)(e.errno, e.strerror, str(folder)) from None
 
 
 def open_text(path: Path, mode: str = "rt") -> IO[str]:

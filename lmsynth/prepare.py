@@ -30,6 +30,7 @@ from lmsynth.config import StrictModel
 from lmsynth.errors import ArgumentError, InputRecordError
 from lmsynth.faults import kill_point
 from lmsynth.io import atomic_dir, dump_json_line, parse_line, write_json
+from lmsynth.outdir import check_out, mark, source_input
 from lmsynth.progress import track
 from lmsynth.records import (
     PREPARED_INSTRUCTIONS,
@@ -107,7 +108,9 @@ def prepare(
     langs = tuple(dict.fromkeys(x.strip() for x in languages if x.strip()))
     if not langs:
         raise ArgumentError("languages", "must name at least one language, e.g. Japanese,English")
-    rules = load_rules(rules_path if rules_path is not None else constants.TEMPLATE_RULES)
+    rules_file = rules_path if rules_path is not None else constants.TEMPLATE_RULES
+    real_out = check_out(out_dir, kind="prepared", inputs=[source_input(source), rules_file])
+    rules = load_rules(rules_file)
     src = source if isinstance(source, Source) else open_source(source, token=token)
     out_dir = Path(out_dir)
 
@@ -116,7 +119,8 @@ def prepare(
     templates = Counter({t: 0 for t in rules.types})
     templates_kept = Counter({t: 0 for t in rules.types})
     per_language: Counter[str] = Counter()
-    with atomic_dir(out_dir, private=True) as tmp:  # LMSYS-Chat-1M text: gated
+    with atomic_dir(real_out, private=True) as tmp:  # LMSYS-Chat-1M text: gated
+        mark(tmp, "prepared")
         with (
             open(tmp / PREPARED_INSTRUCTIONS, "w", encoding="utf-8") as safe_f,
             open(tmp / PREPARED_UNSAFE, "w", encoding="utf-8") as unsafe_f,

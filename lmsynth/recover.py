@@ -26,6 +26,7 @@ from lmsynth import constants
 from lmsynth.config import StrictModel, dotted
 from lmsynth.errors import InputRecordError, PassphraseError, VerifyError
 from lmsynth.io import atomic_dir, open_text, parse_line, read_jsonl, write_json, write_jsonl
+from lmsynth.outdir import check_out, mark, source_input
 from lmsynth.progress import track
 from lmsynth.records import GatedInstruction, Message, SynthRecord
 from lmsynth.scratch import scratch_dir
@@ -129,8 +130,8 @@ def recover(
         raise VerifyError("`revision` can't be empty: name the release tag, e.g. v0.5")
     from lmsynth.targets.registry import open_target  # looked up per call: tests stand a plain folder in for it
 
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    shown = Path(out_dir)
+    out_dir = check_out(out_dir, kind="recovered", inputs=[source_input(source)], targets=[target_uri])
     # Decrypted instructions and the merge store live in a scratch folder (removed after a kill by the next command).
     with scratch_dir("recover") as work:
         # 1. Fetch the tree and refuse it before any decryption unless it is exactly what MANIFEST.json lists.
@@ -156,6 +157,7 @@ def recover(
             source_rows = _load_source(store, source)
             # 4. Merge per subset into the output folder, swapped in only when every subset is done.
             with atomic_dir(out_dir, private=True) as tmp_out:  # gated instructions
+                mark(tmp_out, "recovered")
                 results = {
                     name: _merge_subset(store, tree, name, out=tmp_out, gated=gated_counts[name]) for name in subsets
                 }
@@ -174,7 +176,7 @@ def recover(
                 shutil.copyfile(tree / layout.MANIFEST_FILE, tmp_out / layout.MANIFEST_FILE)
         finally:
             store.close()
-    return RecoverResult(out_dir=out_dir, report=report)
+    return RecoverResult(out_dir=shown, report=report)
 
 
 def iter_recovered(path: Path | str, model: type[RecoveredRecord] | None = None) -> Iterator[RecoveredRecord]:

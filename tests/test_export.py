@@ -220,8 +220,9 @@ class TestExportSft:
         assert "| dropped_duplicate | 1 |" in text
 
     def test_not_a_recovered_folder_is_one_line(self, tmp_path: Path) -> None:
+        (tmp_path / "in").mkdir()
         with pytest.raises(ExportError, match="lmsynth recover") as exc:
-            export_sft(tmp_path, out_dir=tmp_path / "out")
+            export_sft(tmp_path / "in", out_dir=tmp_path / "out")
         assert "\n" not in str(exc.value)
         assert not (tmp_path / "out").exists()
 

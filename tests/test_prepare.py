@@ -12,6 +12,7 @@ from lmsynth import constants
 from lmsynth.cli import app
 from lmsynth.errors import ArgumentError, ConfigError, InputRecordError
 from lmsynth.io import read_jsonl
+from lmsynth.outdir import MARKER_FILE
 from lmsynth.prepare import (
     PREPARED_MARKER,
     PREPARED_STATS,
@@ -77,7 +78,7 @@ class TestPrepare:
     def test_writes_stats_and_marker(self, tmp_path: Path) -> None:
         res = prepare(str(small_source(tmp_path)), out_dir=tmp_path / "out")
         assert sorted(p.name for p in res.out_dir.iterdir()) == sorted(
-            [PREPARED_INSTRUCTIONS, PREPARED_UNSAFE, PREPARED_STATS, PREPARED_MARKER]
+            [PREPARED_INSTRUCTIONS, PREPARED_UNSAFE, PREPARED_STATS, PREPARED_MARKER, MARKER_FILE]
         )
         assert is_prepared(res.out_dir)
         assert read_stats(res.out_dir) == res.stats

@@ -145,11 +145,20 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
-# Ordered: subclasses before their parents, the root last.
+def os_error_line(e: Exception) -> str:
+    """`<reason>: <path>` for an error of the operating system (EACCES, ELOOP, ENOENT, ENOSPC, ...)."""
+    assert isinstance(e, OSError)
+    reason = e.strerror or (str(e).splitlines() or [type(e).__name__])[0]
+    paths = " -> ".join(str(p) for p in (e.filename, e.filename2) if p is not None)
+    return f"{reason}: {paths}" if paths else reason
+
+
+# Ordered: subclasses before their parents, the root last; then what the operating system refused.
 ERROR_FORMATTERS: dict[type[Exception], Callable[[Exception], str]] = {
     errors.TagConflictError: str,
     errors.MissingDependencyError: str,
     errors.LmsynthError: str,
+    OSError: os_error_line,
 }
 
 
@@ -163,11 +172,14 @@ def main() -> None:
     try:
         app()
     except Exception as e:  # noqa: BLE001 — mapped or re-raised below
+        # A library that wraps an OS error (`raise X from OSError`) still gets the OS error's one line.
+        wrapped = not isinstance(e, errors.LmsynthError) and isinstance(e.__cause__, OSError) and e.__cause__.errno
+        shown = e.__cause__ if wrapped else e
         for cls, fmt in ERROR_FORMATTERS.items():
-            if isinstance(e, cls):
+            if isinstance(shown, cls):
                 if constants.DEBUG:
                     raise
-                out.error(fmt(e))
+                out.error(fmt(shown))
                 out.info("(set LMSYNTH_DEBUG=1 for a traceback)")
                 sys.exit(1)
         raise

@@ -23,6 +23,7 @@ def demo(
     its answers are poor (its Japanese especially); the point is the whole flow on real parts.
     """
     from lmsynth.key import derive_key
+    from lmsynth.outdir import check_out
     from lmsynth.pipeline.run import run_pipeline
     from lmsynth.prepare import prepare
     from lmsynth.progress import enabled
@@ -30,6 +31,9 @@ def demo(
     from lmsynth.release.verify import verify
 
     prepared, run_dir = Path("runs/prepared"), Path("runs/demo")
+    # Every folder the demo writes, checked before minutes of work: none may be, hold or sit in the hub.
+    check_out(prepared, kind="prepared", targets=[hub])
+    check_out(run_dir, kind="run", inputs=[prepared], targets=[hub])
     with enabled():
         prep = prepare(None, out_dir=prepared)
         out.result("Prepared the bundled sample", out=prepared, kept=prep.stats.kept, unsafe=prep.stats.unsafe)

@@ -36,6 +36,7 @@ from lmsynth.export.selection import (
     split_of,
 )
 from lmsynth.io import atomic_dir, write_text
+from lmsynth.outdir import check_out
 from lmsynth.progress import track
 from lmsynth.recover import REPORT_FILE, RecoveredRecord, RecoverReport, iter_recovered
 from lmsynth.tree.manifest_json import write_manifest
@@ -262,7 +263,8 @@ def _export(
     from lmsynth.export.export_card import render_card
     from lmsynth.export.parquet import SplitWriter
 
-    input_dir, out_dir = Path(input_dir), Path(out_dir)
+    input_dir, shown = Path(input_dir), Path(out_dir)
+    out_dir = check_out(out_dir, kind="export", inputs=[input_dir])
     report = _read_report(input_dir)
     with atomic_dir(out_dir, private=True) as tmp:  # the gated instructions are in every row
         writer = SplitWriter(tmp, config=config, shard_rows=SHARD_ROWS, batch_rows=_WRITE_BATCH)
@@ -273,7 +275,7 @@ def _export(
         if not sum(writer.rows.values()):
             # `datasets` cannot load a config whose only split is empty: refuse rather than write that.
             dropped = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()) if k != KEPT)
-            raise ExportError(f"no {config} rows passed the filters ({dropped}); nothing written to {out_dir}")
+            raise ExportError(f"no {config} rows passed the filters ({dropped}); nothing written to {shown}")
         card = render_card(
             config=config,
             rows=writer.rows,
@@ -289,7 +291,7 @@ def _export(
         write_text(tmp / "export_stats.json", json.dumps(stats, indent=2, sort_keys=True) + "\n")
         # MANIFEST.json over every file, so the folder publishes through the targets like a release tree.
         write_manifest(tmp, version=report.revision)
-    logger.info("exported %s rows to %s", sum(writer.rows.values()), out_dir)
+    logger.info("exported %s rows to %s", sum(writer.rows.values()), shown)
     return ExportResult(
-        out_dir=out_dir, config=config, revision=report.revision, rows=writer.rows, counts=dict(counts), files=files
+        out_dir=shown, config=config, revision=report.revision, rows=writer.rows, counts=dict(counts), files=files
     )

@@ -14,7 +14,6 @@ from __future__ import annotations
 import gzip
 import json
 import logging
-import os
 import sqlite3
 import zlib
 from collections.abc import Iterator
@@ -25,7 +24,7 @@ from pydantic import SecretStr, ValidationError
 
 from lmsynth import constants
 from lmsynth.config import dotted
-from lmsynth.errors import ArgumentError, InputRecordError, PassphraseError, SourceError
+from lmsynth.errors import InputRecordError, PassphraseError, SourceError
 from lmsynth.faults import kill_point
 from lmsynth.io import atomic_dir, parse_line, write_json
 from lmsynth.original import layout
@@ -37,6 +36,7 @@ from lmsynth.original.models import (
     OriginalSynthRecord,
     one_conversation_list,
 )
+from lmsynth.outdir import check_out, mark, source_input
 from lmsynth.progress import track
 from lmsynth.records import Message
 from lmsynth.recover import REPORT_FILE, RecoverReport, RecoverResult, SubsetLicense, SubsetRecovery, write_shards
@@ -113,16 +113,16 @@ def recover_original(
     """
     names = _subsets(root, subsets)
     files = {name: layout.subset_file(root, name) for name in names}
-    out_dir = Path(out_dir)
-    _refuse_own_input(out_dir, root, source)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    shown = Path(out_dir)
+    release = root.path if root.fs is None else None
+    out_dir = check_out(out_dir, kind="recovered", inputs=[release, source_input(source)])
     with scratch_dir("recover-original") as work:
         store = _Store(work / "store.sqlite")
         try:
             gated = _load_instructions(store, root, passphrase=passphrase, include_unsafe=include_unsafe)
             source_rows = _load_source(store, source)
-            with atomic_dir(out_dir) as tmp:
-                os.chmod(tmp, 0o700)  # gated text from here on: owner only
+            with atomic_dir(out_dir, private=True) as tmp:  # gated instructions
+                mark(tmp, "recovered")
                 results = {
                     name: _merge(store, files[name], name, out=tmp, gated=gated, source=source or "the bundled sample")
                     for name in names
@@ -137,10 +137,9 @@ def recover_original(
                     subsets=results,
                 )
                 write_json(tmp / REPORT_FILE, report.model_dump(mode="json"))
-                _owner_only(tmp)
         finally:
             store.close()
-    return RecoverResult(out_dir=out_dir, report=report)
+    return RecoverResult(out_dir=shown, report=report)
 
 
 # Private helpers
@@ -160,18 +159,6 @@ class _Store:
 
     def close(self) -> None:
         self.db.close()
-
-
-def _refuse_own_input(out_dir: Path, root: RunInput, source: str | None) -> None:
-    """`--out` replaces its folder: it must not be (or hold) the release or the source."""
-    out = out_dir.expanduser().resolve()
-    inputs = [Path(root.path)] if root.fs is None else []
-    if source is not None and Path(source).expanduser().exists():
-        inputs.append(Path(source).expanduser())
-    for inp in inputs:
-        inp = inp.resolve()
-        if out == inp or out in inp.parents:
-            raise ArgumentError("--out", f"{out_dir} would replace the input {inp}: choose another folder")
 
 
 def _subsets(root: RunInput, subsets: list[str] | None) -> list[str]:
@@ -357,13 +344,3 @@ def _with_instruction(conv: list[dict], instruction: str) -> list[dict]:
     if conv and conv[0].get("role") == "user":
         return conv if conv[0].get("content") else [{"role": "user", "content": instruction}, *conv[1:]]
     return [Message(role="user", content=instruction).model_dump(), *conv]
-
-
-def _owner_only(folder: Path) -> None:
-    """Gated text inside: every folder 0700, every file 0600."""
-    for dirpath, dirnames, filenames in os.walk(folder):
-        os.chmod(dirpath, 0o700)
-        for d in dirnames:
-            os.chmod(Path(dirpath) / d, 0o700)
-        for f in filenames:
-            os.chmod(Path(dirpath) / f, 0o600)

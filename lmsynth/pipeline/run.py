@@ -26,6 +26,7 @@ from lmsynth.config import StrictModel
 from lmsynth.errors import InputRecordError, PipelineError
 from lmsynth.fingerprint import digest_rows
 from lmsynth.io import atomic_dir, read_jsonl
+from lmsynth.outdir import check_out, mark
 from lmsynth.pipeline.cache import StageCache
 from lmsynth.pipeline.config import (
     PipelineConfig,
@@ -114,11 +115,14 @@ def run_pipeline(
         InputRecordError: an input line is invalid.
         PipelineError: the input folder is missing or unfinished, or a stage failed for some rows.
     """
+    cache_root = Path(cache_dir or constants.CACHE_DIR)
+    shown = Path(out_dir)
+    out_dir = check_out(out_dir, kind="run", inputs=[pipeline_path, input_dir, cache_root])
     config = config or load_pipeline_config(pipeline_path)
     patches.apply()  # before anything starts: a changed framework is one line, not a hang
-    input_dir, out_dir = Path(input_dir), Path(out_dir)
-    plan = resolve(config, cache_root=Path(cache_dir or constants.CACHE_DIR), ray=ray)
-    cache_root, stage_fps, llm_stages = plan.cache_root, plan.fingerprints, plan.llm_stages
+    input_dir = Path(input_dir)
+    plan = resolve(config, cache_root=cache_root, ray=ray)
+    stage_fps, llm_stages = plan.fingerprints, plan.llm_stages
     scan = scan_input(input_dir, limit=config.limit, row_filter=row_filter)
     fp = run_fingerprint(config, input_digest=scan.digest, stage_fingerprints=stage_fps)
     telemetry = Telemetry(total_requests=scan.rows * len(llm_stages), gpus=_gpus(plan))
@@ -127,6 +131,8 @@ def run_pipeline(
     # One run per output folder at a time (a second one waits, then reuses the cache); leftovers of killed
     # runs in it are removed first.
     with out_folder_lock(out_dir), run_work_dir(cache_root) as work:
+        check_out(out_dir, kind="run", inputs=[pipeline_path, input_dir, cache_root])  # as another run left it
+        mark(out_dir, "run")  # first: a killed run's folder is still a run folder the rerun may resume
         clean_run_folder(out_dir)
         for stage in llm_stages:
             StageCache(cache_root, stage=stage, fingerprint=stage_fps[stage]).sweep()
@@ -167,7 +173,7 @@ def run_pipeline(
         write_report(out_dir, report_from_run(out_dir, telemetry=telemetry))
     units = telemetry.units()
     return RunResult(
-        out_dir=out_dir,
+        out_dir=shown,
         records=info.counts.instructions,
         unsafe=info.counts.unsafe,
         fingerprint=fp,

@@ -19,9 +19,11 @@ from typing import TYPE_CHECKING, TypeVar
 
 from pydantic import Field, model_validator
 
+from lmsynth import constants
 from lmsynth.config import StrictModel
 from lmsynth.errors import ShardSpecError
 from lmsynth.io import parse_line, write_json
+from lmsynth.outdir import check_out, mark
 
 
 if TYPE_CHECKING:
@@ -165,6 +167,7 @@ def run_shard(
     from lmsynth.pipeline.telemetry.collector import Telemetry
     from lmsynth.pipeline.telemetry.report_files import report_from_run, write_report
 
+    real_out = check_out(out_dir, kind="run", inputs=[pipeline_path, input_dir, cache_dir or constants.CACHE_DIR])
     config = load_pipeline_config(pipeline_path)
     whole = scan_input(Path(input_dir), limit=config.limit).digest
     info = ShardInfo(
@@ -174,7 +177,8 @@ def run_shard(
         input_digest=whole,
         input_dir=str(Path(input_dir).resolve()),
     )
-    write_shard_info(out_dir, info)
+    mark(real_out, "run")
+    write_shard_info(real_out, info)
     telemetry = Telemetry()
     started = time.monotonic()
     result = run_pipeline(

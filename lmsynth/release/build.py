@@ -37,6 +37,7 @@ from lmsynth.errors import (
 )
 from lmsynth.faults import kill_point
 from lmsynth.io import atomic_dir, atomic_path, parse_line, sha256_file
+from lmsynth.outdir import apart, check_out
 from lmsynth.prepare import PREPARED_MARKER
 from lmsynth.records import PREPARED_INSTRUCTIONS, PREPARED_UNSAFE, RUN_INFO_FILE, InstructionRecord, read_run_info
 from lmsynth.release import data_files, figures
@@ -147,6 +148,12 @@ def build_release(
     if manifest.version != version:
         raise ConfigError(manifest_path, "version", f"is {manifest.version}, not {version}")
     uri = manifest.targets.resolve(target)
+    shown_out = out_dir
+    inputs = [manifest_path, *_local_inputs(manifest, records_overrides or {}, runs_root)]
+    if out_dir is not None:
+        out_dir = check_out(out_dir, kind="release tree", inputs=inputs, targets=[uri])
+    if not dry_run and "://" not in uri.removeprefix("file://"):
+        apart(uri.removeprefix("file://"), inputs=inputs, what="target")
     tgt = open_target(uri)
     links = tgt.card_links(version)
 
@@ -194,7 +201,7 @@ def build_release(
         if out_dir is not None:
             with atomic_dir(out_dir) as tmp:
                 shutil.copytree(staging, tmp, dirs_exist_ok=True)
-            kept = Path(out_dir)
+            kept = Path(shown_out)
         common = {
             "version": version,
             "manifest": manifest_path,
@@ -524,6 +531,20 @@ def _resolve_inputs(
         if p is not None and not p.is_dir():
             raise ManifestError("manifest", s.config, "prepared", f"{p}: no such folder")
     return records, prepared
+
+
+def _local_inputs(
+    manifest: ReleaseManifest, overrides: Mapping[str, Path | str], runs_root: str | Path | None
+) -> list[Path | str]:
+    """The local files and folders a release reads (run and prepared folders, shipped pipelines)."""
+    remote_root = runs_root is not None and "://" in str(runs_root)
+    found: list[Path | str] = []
+    for s in manifest.subsets:
+        found += [_project_file(p) for p in s.pipelines]
+        for value, root in ((overrides.get(s.config), None), (s.records, runs_root), (s.prepared, runs_root)):
+            if value is not None and "://" not in str(value) and (root is None or not remote_root):
+                found.append(resolve_input(value, root=root).path)
+    return found
 
 
 def _run_command(spec: SubsetSpec) -> str:

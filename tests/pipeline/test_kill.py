@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from lmsynth.outdir import MARKER_FILE
 from lmsynth.pipeline.workdir import WORK_DIR
 from lmsynth.records import iter_synth_records
 from tests.pipeline.factories import make_record, run_cli, write_fake_pipeline, write_prepared
@@ -41,7 +42,7 @@ KILL_POINTS: dict[str, Callable[[Path, Path], bool]] = {
 
 def leftovers(root: Path, out: Path, cache: Path) -> list[str]:
     """What a run leaves besides its finished folder and cache units."""
-    found = [p for p in out.iterdir() if p.name.startswith(".")] if out.is_dir() else []
+    found = [p for p in out.iterdir() if p.name.startswith(".") and p.name != MARKER_FILE] if out.is_dir() else []
     found += list((cache / WORK_DIR).iterdir()) if (cache / WORK_DIR).is_dir() else []
     found += list(root.rglob("*.lock")) + list(root.rglob("*.tmp"))
     return sorted({str(p.relative_to(root)) for p in found})
@@ -66,5 +67,5 @@ def test_kill_then_rerun_leaves_nothing_behind(tmp_path: Path, point: str) -> No
     assert rerun.wait(timeout=400) == 0, (tmp_path / "rerun.log").read_text()[-3000:]
     assert [r.conversation_id for r in iter_synth_records(out)] == [f"c{i}" for i in range(N)]
     assert [r.conversation_id for r in iter_synth_records(out / "unsafe")] == ["c90"]
-    assert sorted(p.name for p in out.iterdir()) == ["records", "run.json", "run_report.json", "unsafe"]
+    assert sorted(p.name for p in out.iterdir()) == [MARKER_FILE, "records", "run.json", "run_report.json", "unsafe"]
     assert leftovers(tmp_path, out, cache) == []

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from lmsynth.errors import PipelineError
+from lmsynth.outdir import MARKER_FILE
 from lmsynth.pipeline.run import run_pipeline
 from lmsynth.pipeline.workdir import WORK_DIR, clean_stale_work_dirs, run_work_dir, unit_lock
 from lmsynth.records import PREPARED_MARKER, RunInfo, iter_synth_records
@@ -105,7 +106,7 @@ def test_leftovers_of_killed_runs_are_removed(tmp_path: Path, monkeypatch: pytes
     (stale / ".lock").write_text("")
     result = run_pipeline(pipe, input_dir=prep, out_dir=out, cache_dir=cache)
     left = sorted(p.name for p in out.iterdir())
-    assert left == ["records", "run.json", "run_report.json", "unsafe"]
+    assert left == [MARKER_FILE, "records", "run.json", "run_report.json", "unsafe"]
     assert not stale.exists() and list((cache / WORK_DIR).iterdir()) == []
     assert not list(cache.rglob("*.lock")) and not list(cache.rglob("*.tmp"))
     assert not (tmp_path / "hf-cache").exists()  # distilabel's output is not copied into the datasets cache

@@ -77,6 +77,7 @@ class TestGatherEqualsUnsharded:
         out = tmp_path / "out"
         (out / RUN_RECORDS_DIR).mkdir(parents=True)
         (out / RUN_RECORDS_DIR / "records-00099.jsonl").write_text("stale\n")
+        (out / "run.json").write_text("{}\n")  # an earlier run folder (made before the output marker)
         gather(shards, out_dir=out)
         assert sorted(p.name for p in (out / RUN_RECORDS_DIR).iterdir()) == ["part-00000.jsonl"]
 

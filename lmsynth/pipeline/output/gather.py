@@ -31,6 +31,7 @@ from pydantic import BaseModel
 from lmsynth.config import StrictModel
 from lmsynth.errors import ShardSetError
 from lmsynth.io import atomic_dir, dump_json_line, open_text, parse_line
+from lmsynth.outdir import check_out, mark
 from lmsynth.pipeline.output.parts import PartWriter
 from lmsynth.pipeline.shard import SHARD_FILE, ShardInfo, in_shard, read_shard_info
 from lmsynth.pipeline.telemetry.report import RUN_REPORT_FILE
@@ -88,8 +89,8 @@ def gather(shard_dirs: list[Path | str], *, out_dir: Path | str, input_dir: Path
         raise ShardSetError("missing", [], "`shard_dirs` can't be empty: give the run folders of every shard")
     dirs = [Path(d) for d in shard_dirs]
     out = Path(out_dir)
-    if any(out.resolve() == d.resolve() for d in dirs):
-        raise ShardSetError("invalid", [str(out)], f"`out_dir` {out} is one of the shard folders")
+    # Neither a shard, nor one of their folders, nor the input: the one output-folder check of every verb.
+    real_out = check_out(out, kind="run", inputs=[*dirs, input_dir])
 
     # 1. Every folder is a finished shard of the same run, and shards 1..N each appear once.
     infos = _check_shard_set(dirs)
@@ -98,20 +99,23 @@ def gather(shard_dirs: list[Path | str], *, out_dir: Path | str, input_dir: Path
 
     # 2. The order to write: the prepared input's, else conversation_id.
     source = Path(input_dir) if input_dir is not None else _recorded_input(infos.values())
+    if input_dir is None and source is not None:
+        check_out(out, kind="run", inputs=[source])
     positions = {sub: _input_positions(source, name) for sub, name in _SUBSETS.items()} if source else None
 
     # 3. Index every record (validated, in its right shard, seen once), then copy in order, resolving
     #    duplicates across shards when the order is the input's.
     if positions is None:
         logger.warning("No input order: duplicates across shards stay unresolved (pass the prepared folder)")
-    with atomic_dir(out, private=True) as tmp:  # translated instructions: gated
+    with atomic_dir(real_out, private=True) as tmp:  # translated instructions: gated
+        mark(tmp, "run")
         totals: dict[str, int] = {}
         changes: dict[str, int] = {}
         per_file = read_run_info(ordered[0]).shard_records  # the pipeline's, as every shard wrote its parts
         for sub in _SUBSETS:
             index = _index_records(ordered, infos, sub, positions[sub] if positions else None)
-            with PartWriter(tmp / sub, per_file=per_file) as out:
-                totals[sub], delta = _copy_in_order(index, out, reflag=positions is not None)
+            with PartWriter(tmp / sub, per_file=per_file) as writer:
+                totals[sub], delta = _copy_in_order(index, writer, reflag=positions is not None)
             if sub == RUN_RECORDS_DIR:
                 changes = delta
         first = infos[ordered[0]]
