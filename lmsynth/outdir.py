@@ -33,6 +33,7 @@ from lmsynth import __version__, constants
 from lmsynth.config import StrictModel
 from lmsynth.errors import OutDirError
 from lmsynth.io import write_text
+from lmsynth.targets.schemes import local_folder
 
 
 MARKER_FILE = ".lmsynth-out.json"
@@ -189,18 +190,15 @@ def _local(paths: Iterable[Path | str | None]) -> list[Path]:
     for p in paths:
         if p is None:
             continue
-        s = str(p)
-        if s.startswith("file://"):
-            s = s.removeprefix("file://")
-        elif "://" in s:
-            continue
-        found.append(Path(s))
+        folder = local_folder(str(p))
+        if folder is not None:
+            found.append(Path(folder))
     return found
 
 
 def _tree_kind(folder: Path, names: list[str]) -> OutKind | None:
     """A release tree or an export folder, by its MANIFEST.json (which lists every other file of it)."""
-    from lmsynth.tree.manifest import ChecksumManifest
+    from lmsynth.tree.manifest_json import ChecksumManifest
 
     try:
         manifest = ChecksumManifest.model_validate_json((folder / _MANIFEST).read_bytes(), strict=True)

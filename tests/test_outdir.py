@@ -105,8 +105,7 @@ REFUSED = [
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A user's folder with one finished output of every verb (built once through the library verbs)."""
-    from lmsynth.export.build import export_dpo, export_sft
-
+    from lmsynth.export.sft_dpo import export_dpo, export_sft
     from lmsynth.prepare import prepare
     from lmsynth.recover import recover
     from lmsynth.release.build import build_release

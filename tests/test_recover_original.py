@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
 import stat
@@ -11,12 +12,13 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from lmsynth.errors import ArgumentError, EncryptionError, InputRecordError, PassphraseError, SourceError
+from lmsynth.errors import ArgumentError, EncryptionError, InputRecordError, OutDirError, PassphraseError, SourceError
 from lmsynth.export.sft_dpo import export_dpo, export_sft
 from lmsynth.original import layout
 from lmsynth.original.layout import detect
 from lmsynth.original.models import OriginalRecoveredRecord
 from lmsynth.original.recover import original_passphrase, recover_original
+from lmsynth.outdir import mark
 from lmsynth.recover import REPORT_FILE, iter_recovered
 from tests.original_release import (
     GEMMA2_RECORDS,
@@ -129,11 +131,12 @@ class TestRecover:
 class TestRefusals:
     def test_wrong_key_names_the_file_and_writes_nothing(self, release: Path, source: str, tmp_path: Path) -> None:
         (tmp_path / "out").mkdir()
+        mark(tmp_path / "out", "recovered")  # an earlier recovery's folder, which a failed one must leave
         (tmp_path / "out" / "keep.txt").write_text("earlier output", encoding="utf-8")
         with pytest.raises(PassphraseError) as err:
             recover(release, source, tmp_path / "out", passphrase=SecretStr("not-the-key"))
         assert str(err.value) == f"the passphrase does not decrypt {layout.GATED_DEFAULT}"
-        assert [p.name for p in (tmp_path / "out").iterdir()] == ["keep.txt"]
+        assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [".lmsynth-out.json", "keep.txt"]
 
     def test_no_key_says_lmsynth_cannot_derive_it(self, monkeypatch: pytest.MonkeyPatch) -> None:
         with pytest.raises(PassphraseError, match="lmsynth cannot do: pass the key you computed with --passphrase"):
@@ -239,7 +242,8 @@ class TestRefusals:
 
     def test_out_may_not_replace_an_input(self, release: Path, source: str, tmp_path: Path) -> None:
         for out in (release, release.parent, Path(source)):
-            with pytest.raises(ArgumentError, match="would replace the input"):
+            refused = rf"^output folder {re.escape(str(out))} .*; choose another output folder$"
+            with pytest.raises(OutDirError, match=refused):
                 recover(release, source, out)
         assert (release / layout.GATED_DEFAULT).is_file() and Path(source).is_file()
 

@@ -48,6 +48,7 @@ from lmsynth.release.release_yaml import ReleaseManifest, SubsetSpec, load_manif
 from lmsynth.scratch import scratch_dir
 from lmsynth.targets import open_target
 from lmsynth.targets.gated import publish_gated_repo
+from lmsynth.targets.schemes import local_folder
 from lmsynth.tree import layout
 from lmsynth.tree.manifest_json import (
     ChecksumManifest,
@@ -152,8 +153,9 @@ def build_release(
     inputs = [manifest_path, *_local_inputs(manifest, records_overrides or {}, runs_root)]
     if out_dir is not None:
         out_dir = check_out(out_dir, kind="release tree", inputs=inputs, targets=[uri])
-    if not dry_run and "://" not in uri.removeprefix("file://"):
-        apart(uri.removeprefix("file://"), inputs=inputs, what="target")
+    folder = local_folder(uri)
+    if not dry_run and folder is not None:
+        apart(folder, inputs=inputs, what="target")
     tgt = open_target(uri)
     links = tgt.card_links(version)
 

@@ -45,3 +45,10 @@ def parse_repo_id(uri: str, scheme: str) -> str:
 def folder_of(uri: str) -> str:
     """The folder a local target URI names."""
     return uri.removeprefix(f"{FILE}://")
+
+
+def local_folder(uri: str) -> str | None:
+    """The folder a local URI names (a path or `file://PATH`); None for a hub URI or any other URL."""
+    if uri.startswith(f"{FILE}://"):
+        return folder_of(uri)
+    return None if "://" in uri else uri
