@@ -139,6 +139,10 @@ def main() -> None:
     try:
         app()
     except Exception as e:  # noqa: BLE001 — mapped or re-raised below
+        full = errors.disk_full(e)
+        if full is not None and not constants.DEBUG:
+            out.error(str(full))
+            sys.exit(1)
         for cls, fmt in ERROR_FORMATTERS.items():
             if isinstance(e, cls):
                 if constants.DEBUG:
