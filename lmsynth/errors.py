@@ -243,6 +243,9 @@ class DiskFullError(LmsynthError, OSError):
         super().__init__(f"No space left on device: {self.path}" + (f" ({detail})" if detail else ""))
 
 
+UNNAMED = "(a file it did not name)"
+
+
 def disk_full(exc: BaseException) -> DiskFullError | None:
     """The `DiskFullError` for `exc` when it, or an exception it was raised from, is an ENOSPC; else None."""
     import errno
@@ -254,7 +257,7 @@ def disk_full(exc: BaseException) -> DiskFullError | None:
         if isinstance(e, DiskFullError):
             return e
         if isinstance(e, OSError) and e.errno == errno.ENOSPC:
-            return DiskFullError(e.filename if e.filename is not None else "(unnamed file)")
+            return DiskFullError(e.filename if e.filename is not None else UNNAMED)
         e = e.__cause__ or e.__context__
     return None
 

@@ -411,6 +411,11 @@ def _quiet_libraries() -> None:
     if not constants.DEBUG:
         os.environ.setdefault("DISTILABEL_LOG_LEVEL", "WARNING")
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # its warnings are about CPU kernel choices
+        # "No output files for step ...": the run checks every row itself and says what is missing, in one line.
+        logging.getLogger("distilabel.distiset").setLevel(logging.ERROR)
+        import datasets
+
+        datasets.disable_progress_bars()  # "Generating train split" per window and step: the run has its own bar
 
 
 def _stage_model(config: PipelineConfig, models: dict[str, Any] | None, stage: str) -> Any:

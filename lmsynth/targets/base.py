@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from lmsynth import interrupts
 from lmsynth.config import StrictModel
 from lmsynth.errors import TargetError
 
@@ -51,6 +52,16 @@ class Target(Protocol):
         None where `datasets` cannot load from the target itself: its download (`download(tag, dest)`) is loaded.
         """
         ...
+
+
+def note_untagged(uri: str, tag: str) -> None:
+    """From the start of a publish: an interruption now leaves `tag` unwritten (the tag is a publish's last act)."""
+    interrupts.note(f"interrupted before {tag} was tagged on {uri}: nothing was published; rerun to publish")
+
+
+def note_tagged(uri: str, tag: str) -> None:
+    """From the moment `tag` is written: an interruption now leaves the release published."""
+    interrupts.note(f"interrupted after {tag} was tagged on {uri}: {tag} is published")
 
 
 def open_target(uri: str) -> Target:

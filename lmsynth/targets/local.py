@@ -32,14 +32,14 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from lmsynth import constants
 from pydantic import BaseModel, ConfigDict
 
+from lmsynth import constants
 from lmsynth.errors import DiskFullError, TagConflictError, TargetError
 from lmsynth.faults import kill_point
-from lmsynth.io import write_text
+from lmsynth.io import no_space_left, write_text
 from lmsynth.scratch import scratch_dir
-from lmsynth.targets.base import PublishResult
+from lmsynth.targets.base import PublishResult, note_tagged, note_untagged
 
 
 log = logging.getLogger(__name__)
@@ -71,6 +71,7 @@ class LocalTarget:
             raise TargetError(self.uri, "`tag` can't be empty")
         if not tree.is_dir():
             raise TargetError(self.uri, f"release tree {tree} is not a folder")
+        note_untagged(self.uri, tag)
         with self.lock():
             kill_point("publish.locked")
             self._ensure_repo()
@@ -81,6 +82,7 @@ class LocalTarget:
             # 2. Same content under the same tag: nothing to do but repair the work tree.
             if tagged is not None and self._rev(f"{tagged}^{{tree}}") == new_tree:
                 log.info("%s: %s already holds this tree", self.uri, tag)
+                note_tagged(self.uri, tag)
                 self._sync_worktree()
                 return PublishResult(target=self.uri, tag=tag, commit=tagged, created_commit=False)
             if tagged is not None and not force:
@@ -101,6 +103,7 @@ class LocalTarget:
             self._sync_worktree()
             kill_point("publish.synced")
             self._git("tag", "-a", *(["-f"] if tagged else []), tag, commit, "-m", message)
+            note_tagged(self.uri, tag)
             kill_point("publish.tagged")
         return PublishResult(target=self.uri, tag=tag, commit=commit, created_commit=created, moved_tag=bool(tagged))
 
@@ -434,16 +437,7 @@ def _last_line(stderr: bytes) -> str:
 
 def _disk_full(stderr: bytes, path: Path) -> bool:
     """Whether git failed for want of space: it says so, or it failed with the folder's disk full."""
-    if b"No space left on device" in stderr:
-        return True
-    try:
-        st = os.statvfs(path)
-    except OSError:
-        return False
-    return st.f_bavail * st.f_frsize < _FULL_BYTES
-
-
-_FULL_BYTES = 64 * 1024  # less free space than this on a failed git write: the disk is full
+    return b"No space left on device" in stderr or no_space_left(path)
 
 
 def _remove(path: Path) -> None:

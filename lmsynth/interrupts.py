@@ -1,0 +1,52 @@
+"""What a command says when Ctrl-C or SIGTERM stops it: one line, from the code that knows what was left.
+
+The CLI turns Ctrl-C (`KeyboardInterrupt`) and SIGTERM (`SystemExit(143)`, see `on_sigterm`) into this line
+and exit status 130 / 143, after every `finally` of the command has run (servers, workers and scratch
+folders gone). Code whose interruption leaves something a user must know sets it with `note`: a publish
+says whether its tag was written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from types import FrameType
+
+
+DEFAULT = "interrupted; nothing was left running"
+_note = DEFAULT
+
+
+def note(message: str) -> None:
+    """The line to print if the command is interrupted from now on."""
+    global _note
+    _note = message
+
+
+def message() -> str:
+    """The line for an interruption now."""
+    return _note
+
+
+def on_sigterm(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM handler: unwind like Ctrl-C does (every `finally` runs) and exit 143."""
+    raise SystemExit(128 + signum)
+
+
+on_sigterm.lmsynth_run = True  # type: ignore[attr-defined]  # forked children get the default action back
+
+
+def install() -> None:
+    """Make SIGTERM unwind the command (call once, in the main thread, before the command runs)."""
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+
+def _default_sigterm_in_child() -> None:
+    if getattr(signal.getsignal(signal.SIGTERM), "lmsynth_run", False):
+        with contextlib.suppress(ValueError):
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_default_sigterm_in_child)
