@@ -17,6 +17,9 @@ from pathlib import Path
 def small_disk(path: Path, size: str = "16m") -> Iterator[Path | None]:
     """A tmpfs of `size` at `path` for the block (None when it cannot be mounted); unmounted afterwards."""
     path.mkdir(parents=True, exist_ok=True)
+    if os.environ.get("LMSYNTH_TEST_INJECT_ENOSPC"):  # try the fallback on a machine that can mount
+        yield None
+        return
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
     if mounted.returncode != 0:
         yield None

@@ -35,6 +35,7 @@ from lmsynth.export.rows import (
     sft_row,
     split_of,
 )
+from lmsynth.faults import kill_point
 from lmsynth.io import atomic_dir, write_text
 from lmsynth.progress import track
 from lmsynth.recover import REPORT_FILE, RecoveredRecord, RecoverReport, iter_recovered
@@ -245,6 +246,7 @@ def _export(
     input_dir, out_dir = Path(input_dir), Path(out_dir)
     report = _read_report(input_dir)
     with atomic_dir(out_dir) as tmp:
+        kill_point("export.writing", out_dir)
         writer = SplitWriter(tmp, config=config, shard_rows=SHARD_ROWS, batch_rows=_WRITE_BATCH)
         with writer:
             for cid, row in rows:

@@ -25,6 +25,7 @@ from pydantic import Field
 from lmsynth import constants
 from lmsynth.config import StrictModel
 from lmsynth.errors import InputRecordError, PipelineError
+from lmsynth.faults import kill_point
 from lmsynth.fingerprint import digest_rows
 from lmsynth.io import atomic_dir, read_jsonl
 from lmsynth.llm import VllmModelConfig
@@ -128,6 +129,7 @@ def run_pipeline(
         clean_run_folder(out_dir)
         for stage in llm_stages:
             StageCache(cache_root, stage=stage, fingerprint=stage_fps[stage]).sweep()
+        kill_point("run.caching", cache_root)
         with (
             atomic_dir(out_dir / RUN_RECORDS_DIR) as records_tmp,
             atomic_dir(out_dir / RUN_UNSAFE_DIR) as unsafe_tmp,
@@ -151,6 +153,7 @@ def run_pipeline(
             ):
                 rows = iter_rows(input_dir, limit=config.limit, row_filter=row_filter)
                 for finished in _stream(config, rows, cache_root=cache_root, work=work, ray=ray, models=models):
+                    kill_point("run.writing", out_dir)
                     for row in finished:
                         totals.add(row.summary)
                         (unsafe_out if row.summary.unsafe else safe_out).write(row.record)
