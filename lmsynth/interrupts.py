@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
+from collections.abc import Iterator
 from types import FrameType
 
 
@@ -40,6 +42,26 @@ on_sigterm.lmsynth_run = True  # type: ignore[attr-defined]  # forked children g
 def install() -> None:
     """Make SIGTERM unwind the command (call once, in the main thread, before the command runs)."""
     signal.signal(signal.SIGTERM, on_sigterm)
+
+
+@contextlib.contextmanager
+def starting() -> Iterator[None]:
+    """The CLI's imports: Ctrl-C or SIGTERM there (seconds of them) is the same one line, not a traceback."""
+    install()
+    try:
+        yield
+    except KeyboardInterrupt:
+        _say_and_exit(128 + signal.SIGINT)
+    except SystemExit as e:
+        if e.code == 128 + signal.SIGTERM:
+            _say_and_exit(e.code)
+        raise
+
+
+def _say_and_exit(code: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.stderr.write(f"Error: {message()}\n")
+    sys.exit(code)
 
 
 def _default_sigterm_in_child() -> None:
