@@ -171,3 +171,27 @@ def test_recover_and_export_onto_a_full_disk_are_one_line_and_keep_the_previous_
         _one_line(failed, sft)
         _same_tree(tmp_path / "rec-before", rec)
         _same_tree(tmp_path / "sft-before", sft)
+
+
+@pytest.mark.timeout(900)
+def test_recover_with_a_full_cache_is_one_line(released: Path, tmp_path: Path) -> None:  # noqa: F811
+    # recover decrypts the gated files into a scratch folder in the cache.
+    with small_disk(tmp_path / "disk", size="1m") as disk:
+        cache = (disk or tmp_path) / "cache"
+        cache.mkdir()
+        if disk is not None:
+            fill(disk, leave=0)
+        failed = _lmsynth(
+            "recover",
+            "--from",
+            str(released),
+            "--revision",
+            "v0.5",
+            "--out",
+            str(tmp_path / "rec"),
+            cwd=tmp_path,
+            kill_at=None if disk else "recover.writing:ENOSPC",
+            LMSYNTH_CACHE=str(cache),
+        )
+        _one_line(failed, cache if disk is not None else tmp_path / "rec")
+        assert not (tmp_path / "rec").exists()
