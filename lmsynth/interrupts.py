@@ -12,8 +12,10 @@ import contextlib
 import os
 import signal
 import sys
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from types import FrameType
+from typing import NoReturn
 
 
 DEFAULT = "interrupted; nothing was left running"
@@ -40,8 +42,9 @@ on_sigterm.lmsynth_run = True  # type: ignore[attr-defined]  # forked children g
 
 
 def install() -> None:
-    """Make SIGTERM unwind the command (call once, in the main thread, before the command runs)."""
-    signal.signal(signal.SIGTERM, on_sigterm)
+    """Make SIGTERM unwind the command (before the command runs; only the main thread can set handlers)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, on_sigterm)
 
 
 @contextlib.contextmanager
@@ -51,16 +54,20 @@ def starting() -> Iterator[None]:
     try:
         yield
     except KeyboardInterrupt:
-        _say_and_exit(128 + signal.SIGINT)
+        stop(128 + signal.SIGINT)
     except SystemExit as e:
         if e.code == 128 + signal.SIGTERM:
-            _say_and_exit(e.code)
+            stop(e.code)
         raise
 
 
-def _say_and_exit(code: int) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    sys.stderr.write(f"Error: {message()}\n")
+def stop(code: int, say: Callable[[str], None] | None = None) -> NoReturn:
+    """Say the line (`Error: <line>` on stderr unless `say` is given) and exit `code`."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C while exiting prints no traceback
+    if say is None:
+        sys.stderr.write(f"Error: {message()}\n")
+    else:
+        say(message())
     sys.exit(code)
 
 

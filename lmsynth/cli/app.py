@@ -193,13 +193,11 @@ _WRITES = ("--out", "--to")  # options naming a folder a command writes
 
 def _interrupted(code: int) -> None:
     """Ctrl-C or SIGTERM: one line saying what the interruption left, then 130 / 143."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C while exiting prints no traceback
     if constants.DEBUG:
         import traceback
 
         traceback.print_exc()
-    out.error(interrupts.message())
-    sys.exit(code)
+    interrupts.stop(code, out.error)
 
 
 @app.command("version")
