@@ -21,9 +21,9 @@ from typing import IO
 from pydantic import SecretStr
 
 from lmsynth import constants, scratch
-from lmsynth.errors import EncryptionError, PassphraseError
+from lmsynth.errors import DiskFullError, EncryptionError, PassphraseError
 from lmsynth.faults import kill_point
-from lmsynth.io import atomic_path
+from lmsynth.io import atomic_path, no_space_left
 
 
 CIPHER = "AES256"
@@ -85,6 +85,7 @@ def decrypt_file(src: Path | str, dst: Path | str, *, passphrase: SecretStr) -> 
     with _gpg() as gpg, atomic_path(dst) as tmp, open(src, "rb") as f:
         res = gpg.decrypt_file(f, passphrase=secret, output=str(tmp), extra_args=["--no-symkey-cache"])
         if not res.ok:
+            _check_space(res, tmp, gpg)
             status = _status(res)
             if "bad passphrase" in status or "decryption failed" in status or "bad session key" in res.stderr:
                 raise PassphraseError(f"the passphrase does not decrypt {src}; {KEY_HINT}")
@@ -111,6 +112,7 @@ def _encrypt(f: io.RawIOBase | IO[bytes], dst: Path, *, passphrase: SecretStr, n
         if error is not None:
             raise error
         if not res.ok:
+            _check_space(res, tmp, gpg)
             raise EncryptionError(f"{name}: gpg could not encrypt ({_status(res)})")
     return dst
 
@@ -169,6 +171,16 @@ def _gpg() -> Iterator[object]:
         yield gnupg.GPG(gnupghome=str(home), encoding="utf-8", env=constants.child_env())
     finally:
         scratch.remove_gnupg_home(home)
+
+
+def _check_space(res: object, output: Path, gpg: object) -> None:
+    """A gpg failure on a full disk is that full disk (gpg itself may say "need symmetric passphrase")."""
+    places = (output.parent, Path(getattr(gpg, "gnupghome", None) or output.parent))
+    full = next((p for p in places if no_space_left(p)), None)
+    if full is None and "No space left on device" in (getattr(res, "stderr", "") or ""):
+        full = output.parent
+    if full is not None:
+        raise DiskFullError(full)
 
 
 def _status(res: object) -> str:

@@ -247,6 +247,33 @@ def require(module: str, *, extra: str) -> None:
         raise MissingDependencyError(module, extra)
 
 
+class DiskFullError(LmsynthError, OSError):
+    """A write failed for want of space (ENOSPC); names the path, and what was left when it matters."""
+
+    def __init__(self, path: Path | str, detail: str | None = None) -> None:
+        self.path = str(path)
+        super().__init__(f"No space left on device: {self.path}" + (f" ({detail})" if detail else ""))
+
+
+UNNAMED = "(a file it did not name)"
+
+
+def disk_full(exc: BaseException) -> DiskFullError | None:
+    """The `DiskFullError` for `exc` when it, or an exception it was raised from, is an ENOSPC; else None."""
+    import errno
+
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, DiskFullError):
+            return e
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            return DiskFullError(e.filename if e.filename is not None else UNNAMED)
+        e = e.__cause__ or e.__context__
+    return None
+
+
 # ---------------------------------------------------------------------------
 # EXPORT ERRORS
 # ---------------------------------------------------------------------------

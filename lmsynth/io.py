@@ -206,3 +206,22 @@ def sha256_file(path: Path | str, *, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+FULL_BYTES = 64 * 1024  # less free space than this where a write just failed: the disk is full
+
+
+def no_space_left(path: Path | str) -> bool:
+    """Whether the file system holding `path` (or its nearest existing parent) is full.
+
+    For tools that fail on a full disk without saying so (git's checkouts, gpg's "need symmetric
+    passphrase" when its home cannot be written): their failure is then reported as a full disk.
+    """
+    p = Path(path)
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        st = os.statvfs(p)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < FULL_BYTES

@@ -25,6 +25,7 @@ from pydantic import Field, SecretStr, ValidationError
 from lmsynth import constants
 from lmsynth.config import StrictModel, dotted
 from lmsynth.errors import InputRecordError, PassphraseError, VerifyError
+from lmsynth.faults import kill_point
 from lmsynth.io import atomic_dir, open_text, parse_line, read_jsonl, write_json, write_jsonl
 from lmsynth.outdir import check_out, mark, source_input
 from lmsynth.progress import track
@@ -158,6 +159,7 @@ def recover(
             # 4. Merge per subset into the output folder, swapped in only when every subset is done.
             with atomic_dir(out_dir, private=True) as tmp_out:  # gated instructions
                 mark(tmp_out, "recovered")
+                kill_point("recover.writing", out_dir)
                 results = {
                     name: _merge_subset(store, tree, name, out=tmp_out, gated=gated_counts[name]) for name in subsets
                 }

@@ -4,8 +4,12 @@ Each `lmsynth.cli.<area>` module registers its commands on the shared `app`; imp
 `lmsynth --help` complete while heavy libraries are imported only inside the commands that use them.
 """
 
-from lmsynth.cli import demo, pipeline, release, scale, source, user  # noqa: F401  (registers commands)
-from lmsynth.cli.app import app, main
+from lmsynth import interrupts
+
+
+with interrupts.starting():
+    from lmsynth.cli import demo, pipeline, release, scale, source, user  # noqa: F401  (registers commands)
+    from lmsynth.cli.app import app, main
 
 
 # `lmsynth --help` lists the commands in the order data flows through them (the `export` group comes last).

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
@@ -11,7 +13,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from lmsynth import constants, errors
+from lmsynth import constants, errors, interrupts
 
 
 HELP = """\
@@ -169,9 +171,21 @@ def main() -> None:
         format="%(levelname)s %(name)s: %(message)s",
         handlers=[_StderrHandler()],
     )
+    logging.raiseExceptions = constants.DEBUG  # a log file on a full disk: not a traceback on the terminal
+    interrupts.install()
     try:
         app()
+    except KeyboardInterrupt:
+        _interrupted(130)
+    except SystemExit as e:
+        if e.code in (128 + signal.SIGINT, 128 + signal.SIGTERM):  # Typer turns Ctrl-C into exit status 130
+            _interrupted(e.code)
+        raise
     except Exception as e:  # noqa: BLE001 — mapped or re-raised below
+        full = _full_disk(e)
+        if full is not None and not constants.DEBUG:
+            out.error(str(full))
+            sys.exit(1)
         # A library that wraps an OS error (`raise X from OSError`) still gets the OS error's one line.
         wrapped = not isinstance(e, errors.LmsynthError) and isinstance(e.__cause__, OSError) and e.__cause__.errno
         shown = e.__cause__ if wrapped else e
@@ -195,6 +209,43 @@ def _no_traceback_locals() -> None:
     """
     if getattr(sys.excepthook, "__module__", "").startswith("rich."):
         sys.excepthook = sys.__excepthook__
+
+
+def _full_disk(e: Exception) -> errors.DiskFullError | None:
+    """The full disk behind a failed command: an ENOSPC in `e`'s chain, or a full folder it was writing.
+
+    Libraries turn ENOSPC into other errors (a worker's failed batch, gpg's odd message), so when the
+    error does not say it, the folders a command writes are checked: its `--out`/`--to`, the cache, the
+    system temp folder.
+    """
+    from lmsynth.io import no_space_left
+
+    found = errors.disk_full(e)
+    if found is not None and found.path != errors.UNNAMED:
+        return found
+    args = sys.argv[1:]
+    named = [
+        a.split("=", 1)[1] if "=" in a else nxt
+        for a, nxt in zip(args, [*args[1:], ""], strict=True)
+        if a.split("=")[0] in _WRITES
+    ]
+    paths = [p for p in named if p and "://" not in p] + [str(constants.CACHE_DIR), tempfile.gettempdir()]
+    full = next((p for p in paths if no_space_left(p)), None)
+    if full is not None:
+        return errors.DiskFullError(full)
+    return errors.DiskFullError(paths[0]) if found is not None else None
+
+
+_WRITES = ("--out", "--to")  # options naming a folder a command writes
+
+
+def _interrupted(code: int) -> None:
+    """Ctrl-C or SIGTERM: one line saying what the interruption left, then 130 / 143."""
+    if constants.DEBUG:
+        import traceback
+
+        traceback.print_exc()
+    interrupts.stop(code, out.error)
 
 
 @app.command("version")

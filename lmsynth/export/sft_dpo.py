@@ -35,6 +35,7 @@ from lmsynth.export.selection import (
     sft_row,
     split_of,
 )
+from lmsynth.faults import kill_point
 from lmsynth.io import atomic_dir, write_text
 from lmsynth.outdir import check_out
 from lmsynth.progress import track
@@ -267,6 +268,7 @@ def _export(
     out_dir = check_out(out_dir, kind="export", inputs=[input_dir])
     report = _read_report(input_dir)
     with atomic_dir(out_dir, private=True) as tmp:  # the gated instructions are in every row
+        kill_point("export.writing", out_dir)
         writer = SplitWriter(tmp, config=config, shard_rows=SHARD_ROWS, batch_rows=_WRITE_BATCH)
         with writer:
             for cid, row in rows:

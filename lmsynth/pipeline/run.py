@@ -24,6 +24,7 @@ from pydantic import Field
 from lmsynth import constants
 from lmsynth.config import StrictModel
 from lmsynth.errors import InputRecordError, PipelineError
+from lmsynth.faults import kill_point
 from lmsynth.fingerprint import digest_rows
 from lmsynth.io import atomic_dir, read_jsonl
 from lmsynth.outdir import check_out, mark
@@ -136,6 +137,7 @@ def run_pipeline(
         clean_run_folder(out_dir)
         for stage in llm_stages:
             StageCache(cache_root, stage=stage, fingerprint=stage_fps[stage]).sweep()
+        kill_point("run.caching", cache_root)
         with (
             # Translated instructions (gated text): private, like the cache units they come from.
             atomic_dir(out_dir / RUN_RECORDS_DIR, private=True) as records_tmp,
@@ -160,6 +162,7 @@ def run_pipeline(
             ):
                 rows = iter_rows(input_dir, limit=config.limit, row_filter=row_filter)
                 for finished in _stream(plan.serving(models), rows, work=work):
+                    kill_point("run.writing", out_dir)
                     for row in finished:
                         totals.add(row.summary)
                         (unsafe_out if row.summary.unsafe else safe_out).write(row.record)

@@ -183,7 +183,7 @@ def build_release(
         # next lmsynth command removes if this one is killed.
         staging = stack.enter_context(scratch_dir(f"staging-{version}"))
         gated_plain = stack.enter_context(scratch_dir("gated-repo")) if manifest.gated_repo and not dry_run else None
-        kill_point("release.staging")
+        kill_point("release.staging", staging)
         plan = plan_release(
             manifest,
             tree=staging,

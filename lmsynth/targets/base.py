@@ -11,6 +11,7 @@ import contextlib
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from lmsynth import interrupts
 from lmsynth.config import StrictModel
 from lmsynth.errors import TargetError
 
@@ -83,3 +84,13 @@ class Target(Protocol):
     def make_private(self) -> None:
         """Create the repo private, or switch it to private, before anything is uploaded."""
         raise TargetError(self.uri, "lmsynth cannot set this target's visibility")
+
+
+def note_untagged(uri: str, tag: str) -> None:
+    """From the start of a publish: an interruption now leaves `tag` unwritten (the tag is a publish's last act)."""
+    interrupts.note(f"interrupted before {tag} was tagged on {uri}: nothing was published; rerun to publish")
+
+
+def note_tagged(uri: str, tag: str) -> None:
+    """From the moment `tag` is written: an interruption now leaves the release published."""
+    interrupts.note(f"interrupted after {tag} was tagged on {uri}: {tag} is published")

@@ -30,7 +30,7 @@ from lmsynth.errors import TagConflictError, TargetError
 from lmsynth.io import atomic_dir
 from lmsynth.retry import RetryPolicy
 from lmsynth.targets._retry import http_status, policy_from_env, with_retries
-from lmsynth.targets.base import CardLinks, PublishResult, Target
+from lmsynth.targets.base import CardLinks, PublishResult, Target, note_tagged, note_untagged
 from lmsynth.targets.schemes import HF, parse_repo_id
 from lmsynth.tree.layout import MANIFEST_FILE
 from lmsynth.tree.manifest_json import check_tree
@@ -92,12 +92,14 @@ class HfTarget(Target):
         tree = Path(tree)
         files = check_tree(tree).paths()
         local_manifest = (tree / MANIFEST_FILE).read_bytes()
+        note_untagged(self.uri, tag)
         api = get_hf_api()
         self._step("create the repo", lambda: api.create_repo(self.repo_id, repo_type=REPO_TYPE, exist_ok=True))
         commit, created = self._step(
             "commit the release", lambda: self._commit(api, tree, files, local_manifest, tag, message, force)
         )
         moved = self._step("tag the release", lambda: self._tag(api, tag, commit, force))
+        note_tagged(self.uri, tag)
         log.info("%s: %s -> %s (new commit: %s)", self.uri, tag, commit, created)
         return PublishResult(target=self.uri, tag=tag, commit=commit, created_commit=created, moved_tag=moved)
 

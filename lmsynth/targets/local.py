@@ -1,9 +1,12 @@
 """The local target: a folder that is a real git repository, one commit and one annotated tag per release.
 
 This is the reference implementation of the `Target` protocol. A publish builds the new commit with git
-plumbing first (a private index, `write-tree`, `commit-tree`) without touching the folder; only then do
-the branch and the tag move and the work tree follow. So a failure leaves the previous release intact,
-and the tag either points at a complete tree or does not exist.
+plumbing first (a private index, `write-tree`, `commit-tree`) without touching the folder, then moves the
+branch, then writes the new working folder aside (`.git/lmsynth/next/`, same file system) and swaps it in
+by renames, and tags last. So a failure at any point (a full disk included) leaves the previous release's
+working folder whole and loadable and no new tag; the tag only ever names a release whose working folder
+is complete. A kill in the middle of the swap (a few renames) is finished by the next publish: the swap
+is journalled (`.git/lmsynth/swap.json`) before the first rename.
 
 A publish holds an exclusive lock on the folder (`flock` on the folder itself, so no lock file is left
 behind) from the first git command to the tag and the work tree, so two releases into the same folder run
@@ -28,11 +31,14 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from pydantic import BaseModel, ConfigDict
+
 from lmsynth import constants, locks
-from lmsynth.errors import TagConflictError, TargetError
+from lmsynth.errors import DiskFullError, TagConflictError, TargetError
 from lmsynth.faults import kill_point
+from lmsynth.io import no_space_left, write_text
 from lmsynth.scratch import scratch_dir
-from lmsynth.targets.base import CardLinks, PublishResult, Target
+from lmsynth.targets.base import CardLinks, PublishResult, Target, note_tagged, note_untagged
 
 
 log = logging.getLogger(__name__)
@@ -69,6 +75,7 @@ class LocalTarget(Target):
             raise TargetError(self.uri, "`tag` can't be empty")
         if not tree.is_dir():
             raise TargetError(self.uri, f"release tree {tree} is not a folder")
+        note_untagged(self.uri, tag)
         with self.lock():
             kill_point("publish.locked")
             self._ensure_repo()
@@ -79,6 +86,7 @@ class LocalTarget(Target):
             # 2. Same content under the same tag: nothing to do but repair the work tree.
             if tagged is not None and self._rev(f"{tagged}^{{tree}}") == new_tree:
                 log.info("%s: %s already holds this tree", self.uri, tag)
+                note_tagged(self.uri, tag)
                 self._sync_worktree()
                 return PublishResult(target=self.uri, tag=tag, commit=tagged, created_commit=False)
             if tagged is not None and not force:
@@ -95,9 +103,12 @@ class LocalTarget(Target):
                 kill_point("publish.committed")
                 self._git("update-ref", f"refs/heads/{BRANCH}", commit, *([head] if head else []))
             kill_point("publish.branch")
-            self._git("tag", "-a", *(["-f"] if tagged else []), tag, commit, "-m", message)
-            kill_point("publish.tagged")
+            # 4. The working folder, built aside and swapped in; the tag is the last act.
             self._sync_worktree()
+            kill_point("publish.synced")
+            self._git("tag", "-a", *(["-f"] if tagged else []), tag, commit, "-m", message)
+            note_tagged(self.uri, tag)
+            kill_point("publish.tagged")
         return PublishResult(target=self.uri, tag=tag, commit=commit, created_commit=created, moved_tag=bool(tagged))
 
     @contextlib.contextmanager
@@ -248,6 +259,7 @@ class LocalTarget(Target):
                     p.unlink()
             if not all((git_dir / name).exists() for name in ("HEAD", "config", "objects", "refs")):
                 self._git("init", "-q", "-b", BRANCH)  # an interrupted init: re-running it is safe
+            self._finish_swap()
             return
         if any(self.path.iterdir()):
             raise TargetError(
@@ -267,10 +279,85 @@ class LocalTarget(Target):
             return self._git("write-tree", extra_env=env, cwd=tree).strip()
 
     def _sync_worktree(self) -> None:
-        """Make the folder's files exactly the branch's tree (tracked files only; untracked ones stay)."""
-        if self._rev(f"refs/heads/{BRANCH}") is not None:
-            self._git("symbolic-ref", "HEAD", f"refs/heads/{BRANCH}")
-            self._git("reset", "-q", "--hard", BRANCH)
+        """Make the folder's files exactly the branch's tree (untracked top-level entries stay).
+
+        Nothing is written in place: the tree is checked out into `.git/lmsynth/next/` with a private index,
+        checked complete, and its top-level entries swapped in by renames (which need no free space).
+        """
+        if self._rev(f"refs/heads/{BRANCH}") is None:
+            return
+        self._git("symbolic-ref", "HEAD", f"refs/heads/{BRANCH}")
+        if self._clean():
+            return
+        swap = self.path / SWAP_DIR
+        stage, index = swap / "next", swap / "index"
+        _remove(swap)
+        stage.mkdir(parents=True)
+        env = {"GIT_INDEX_FILE": str(index.resolve()), "GIT_WORK_TREE": str(stage.resolve())}
+        self._git("read-tree", BRANCH, extra_env=env)
+        self._git("checkout-index", "-a", "-f", "-u", extra_env=env, cwd=stage)
+        self._check_complete(stage)
+        kill_point("publish.staged")
+        new = sorted(p.name for p in stage.iterdir())
+        old = sorted({p.split("/", 1)[0] for p in self._tracked()} - set(new))
+        write_text(swap / SWAP_PLAN, SwapPlan(replace=new, remove=old).model_dump_json())
+        self._finish_swap()
+
+    def _finish_swap(self) -> None:
+        """Carry out a journalled swap (this publish's, or one a kill interrupted); drop an unjournalled stage."""
+        swap = self.path / SWAP_DIR
+        if not (swap / SWAP_PLAN).is_file():
+            _remove(swap)
+            return
+        plan = SwapPlan.model_validate_json((swap / SWAP_PLAN).read_text(encoding="utf-8"))
+        trash = swap / "old"
+        trash.mkdir(exist_ok=True)
+        for i, name in enumerate(plan.remove + plan.replace):
+            staged = swap / "next" / name
+            if name in plan.replace and not os.path.lexists(staged):
+                continue  # already swapped in before a kill
+            if os.path.lexists(self.path / name):
+                os.rename(self.path / name, trash / name)
+            if name in plan.replace:
+                os.rename(staged, self.path / name)
+            if i == 0:
+                kill_point("publish.swapping")
+        if (swap / "index").is_file():
+            os.replace(swap / "index", self.path / ".git" / "index")
+        (swap / SWAP_PLAN).unlink()
+        _remove(swap)
+
+    def _check_complete(self, stage: Path) -> None:
+        """Every file of the branch's tree is in `stage` with its size (a write a full disk cut short is not)."""
+        for entry in self._git("ls-tree", "-r", "-l", "-z", BRANCH).split("\0"):
+            if not entry:
+                continue
+            meta, path = entry.split("\t", 1)
+            size = meta.split()[3]
+            if size == "-":
+                continue  # a submodule: never in a release
+            try:
+                ok = (stage / path).lstat().st_size == int(size)
+            except OSError:
+                ok = False
+            if not ok:
+                if _disk_full(b"", self.path):
+                    raise DiskFullError(self.uri, "nothing new was tagged; free space and rerun")
+                raise TargetError(self.uri, f"could not write {path} of the working folder; rerun to repair")
+
+    def _clean(self) -> bool:
+        """Whether the working folder and the index hold exactly HEAD's tree (untracked files aside)."""
+        try:
+            return not self._git("status", "--porcelain", "--untracked-files=no").strip()
+        except TargetError:
+            return False  # a missing or damaged index: rebuild
+
+    def _tracked(self) -> list[str]:
+        """The paths the index lists (the working folder's previous release); none when it is unreadable."""
+        try:
+            return [p for p in self._git("ls-files", "-z").split("\0") if p]
+        except TargetError:
+            return []
 
     def _rev(self, rev: str) -> str | None:
         proc = subprocess.run(
@@ -288,6 +375,8 @@ class LocalTarget(Target):
             env["GIT_DIR"] = str((self.path / ".git").resolve())
         proc = subprocess.run(["git", *args], cwd=cwd or self.path, env=env, capture_output=True)
         if proc.returncode != 0:
+            if _disk_full(proc.stderr, self.path):
+                raise DiskFullError(self.uri, "nothing new was tagged; free space and rerun")
             why = _last_line(proc.stderr).removeprefix("fatal: ").removeprefix("error: ")
             raise TargetError(self.uri, f"git could not {_STEPS.get(args[0], args[0])} ({why}); rerun to repair")
         return proc.stdout
@@ -301,14 +390,32 @@ _STEPS = {
     "commit-tree": "make the release commit",
     "update-ref": "move the branch",
     "tag": "tag the release",
-    "reset": "update the working folder",
+    "read-tree": "read the release tree",
+    "checkout-index": "write the working folder",
+    "ls-tree": "list the release tree",
+    "status": "check the working folder",
+    "ls-files": "list the working folder",
     "symbolic-ref": "point HEAD at the branch",
     "archive": "read the release",
     "show": "read a file of the release",
-    "ls-tree": "list the release tree",
     "rev-parse": "open the repository",
     "log": "read the branch",
 }
+# Where the next working folder is built before it is swapped in (inside `.git`: same file system, never
+# part of the tree `load_dataset` and `verify` read), and the journal of the swap.
+SWAP_DIR = Path(".git") / "lmsynth"
+SWAP_PLAN = "swap.json"
+
+
+class SwapPlan(BaseModel):
+    """`.git/lmsynth/swap.json`: the top-level entries a swap replaces (from `next/`) and removes."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    replace: list[str]
+    remove: list[str]
+
+
 # Folders whose lock this process holds: resolved path → (fd, depth).
 _HELD: dict[str, tuple[int, int]] = {}
 
@@ -333,6 +440,16 @@ def _git_env() -> dict[str, str]:
 def _last_line(stderr: bytes) -> str:
     lines = [ln for ln in stderr.decode("utf-8", errors="replace").splitlines() if ln.strip()]
     return lines[-1] if lines else "unknown error"
+
+
+def _disk_full(stderr: bytes, path: Path) -> bool:
+    """Whether git failed for want of space: it says so, or it failed with the folder's disk full."""
+    return b"No space left on device" in stderr or no_space_left(path)
+
+
+def _remove(path: Path) -> None:
+    if os.path.lexists(path):
+        shutil.rmtree(path)
 
 
 def _mkdir(path: Path) -> Path:

@@ -34,7 +34,7 @@ from lmsynth.errors import MissingDependencyError, TagConflictError, TargetError
 from lmsynth.io import atomic_dir, sha256_file
 from lmsynth.retry import RetryPolicy
 from lmsynth.targets._retry import policy_from_env, with_retries
-from lmsynth.targets.base import CardLinks, PublishResult, Target
+from lmsynth.targets.base import CardLinks, PublishResult, Target, note_tagged, note_untagged
 from lmsynth.targets.schemes import MS, parse_repo_id
 from lmsynth.tree.layout import INDEX_CARD, MANIFEST_FILE
 from lmsynth.tree.manifest_json import check_tree, read_manifest
@@ -126,10 +126,12 @@ class ModelScopeTarget(Target):
         tree = Path(tree)
         check_tree(tree)
         local_manifest = (tree / MANIFEST_FILE).read_bytes()
+        note_untagged(self.uri, tag)
         api = get_modelscope_api()
         self._step("create the repo", lambda: self._create(api, tree))
         if tag in self._step("read the tags", lambda: self._tags(api)):
             if self._get(api, MANIFEST_FILE, tag) == local_manifest:
+                note_tagged(self.uri, tag)
                 return PublishResult(target=self.uri, tag=tag, commit=None, created_commit=False)
             raise TagConflictError(
                 self.uri, tag, f"tag `{tag}` already exists with different content; ModelScope tags are not moved"
@@ -145,6 +147,7 @@ class ModelScopeTarget(Target):
             # it holds exactly the tree, and check the tag afterwards.
             self._step("check the upload", lambda: self._check_remote(api, tree, BRANCH))
         self._step("tag the release", lambda: self._tag(api, tag, commit or BRANCH))
+        note_tagged(self.uri, tag)
         self._step("check the tag", lambda: self._check_remote(api, tree, tag))
         log.info("%s: %s -> %s (new commit: %s)", self.uri, tag, commit or BRANCH, created)
         return PublishResult(target=self.uri, tag=tag, commit=commit, created_commit=created)

@@ -103,7 +103,15 @@ BUILD_POINTS = [
     ("release.encrypted@2", True),
     ("release.planned", False),  # the spills are gone by then: only the built (public) tree is left
 ]
-PUBLISH_POINTS = ["publish.locked", "publish.committed", "publish.branch", "publish.tagged"]
+PUBLISH_POINTS = [
+    "publish.locked",
+    "publish.committed",
+    "publish.branch",
+    "publish.staged",
+    "publish.swapping",
+    "publish.synced",
+    "publish.tagged",
+]
 
 
 @pytest.mark.parametrize(("point", "plaintext"), BUILD_POINTS, ids=[p for p, _ in BUILD_POINTS])

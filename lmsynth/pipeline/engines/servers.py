@@ -37,8 +37,8 @@ from typing import Any
 
 from pydantic import Field
 
-from lmsynth import constants
-from lmsynth.errors import PipelineError
+from lmsynth import constants, interrupts
+from lmsynth.errors import PipelineError, disk_full
 from lmsynth.io import write_text
 from lmsynth.llm import OpenAIModelConfig, VllmModelConfig
 from lmsynth.pipeline.config import LLM_STAGES, PipelineConfig, stage_fingerprint
@@ -485,27 +485,32 @@ def _interrupts_stop_everything() -> Iterator[None]:
 
     def _on_sigterm(signum: int, frame: Any) -> None:
         _end_workers_later()
-        raise SystemExit(128 + signum)
+        interrupts.on_sigterm(signum, frame)
+
+    def _thread_failed(args: threading.ExceptHookArgs) -> None:
+        # distilabel's queue threads die of EOFError once its manager is gone after an interrupt, and of
+        # ENOSPC on a full disk: the command reports both in one line, so their tracebacks go to the debug log.
+        if _interrupted.is_set() or disk_full(args.exc_value) is not None:
+            logger.debug("thread %s: %r", getattr(args.thread, "name", "?"), args.exc_value)
+            return
+        previous_hook(args)
 
     _on_sigterm.lmsynth_run = True  # type: ignore[attr-defined]  # forked children reset it
     _interrupted.clear()
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    previous_hook = threading.excepthook
+    threading.excepthook = _thread_failed
     restore = patches.replace_keyboard_interrupt_handler(_handle_keyboard_interrupt)
     try:
         yield
+    except KeyboardInterrupt:
+        _end_workers_later()
+        raise
     finally:
         restore()
         signal.signal(signal.SIGTERM, previous)
-
-
-def _default_sigterm_in_child() -> None:
-    if getattr(signal.getsignal(signal.SIGTERM), "lmsynth_run", False):
-        with contextlib.suppress(ValueError):
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_default_sigterm_in_child)
+        if not _interrupted.is_set():  # after an interrupt, threads still dying as the process exits stay quiet
+            threading.excepthook = previous_hook
 
 
 def _end_workers_later(grace_s: float = WORKER_GRACE_S) -> None:

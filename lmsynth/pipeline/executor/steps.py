@@ -7,6 +7,7 @@ calling the model, which is what makes reruns resume and changed rows regenerate
 
 # No `from __future__ import annotations`: distilabel inspects `StepInput` hints at run time.
 
+import errno
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NamedTuple
@@ -209,12 +210,20 @@ class StageTask(_Patched, Task):
         config = stages.parse_config(self.stage, self.stage_config)
         cache = StageCache(self.cache_dir, stage=self.stage, fingerprint=self.fingerprint, scratch=self.scratch_dir)
         model = MeteredChatModel(self.llm)
-        unit = stages.run_unit(self.stage, rows, model=model, config=config, cache=cache)
-        if self.events_dir is not None:
-            append_event(
-                self.events_dir,
-                model.event(self.stage, rows=len(rows), cached=unit.cached, units_invalid=unit.invalid),
-            )
+        try:
+            unit = stages.run_unit(self.stage, rows, model=model, config=config, cache=cache)
+            if self.events_dir is not None:
+                append_event(
+                    self.events_dir,
+                    model.event(self.stage, rows=len(rows), cached=unit.cached, units_invalid=unit.invalid),
+                )
+        except OSError as e:
+            if e.errno != errno.ENOSPC:
+                raise
+            # A full disk fails the batch as distilabel fails one (no stage output), without its traceback in
+            # the log: the run then stops with one line naming the full folder.
+            yield [{**row, self.stage: None} for row in inputs]
+            return
         yield [{**row, self.stage: out.encode("utf-8")} for row, out in zip(inputs, unit.outputs, strict=True)]
 
 

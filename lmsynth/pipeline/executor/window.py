@@ -8,6 +8,7 @@ record in input order, or one line when a row is missing or a stage failed.
 from __future__ import annotations
 
 import contextlib
+import logging
 import shutil
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -132,6 +133,11 @@ def framework_environ(config: PipelineConfig) -> None:
     if not constants.DEBUG:
         # vLLM's warnings are about CPU kernel choices.
         constants.set_for_frameworks({"DISTILABEL_LOG_LEVEL": "WARNING", "VLLM_LOGGING_LEVEL": "ERROR"})
+        # "No output files for step ...": the run checks every row itself and says what is missing, in one line.
+        logging.getLogger("distilabel.distiset").setLevel(logging.ERROR)
+        import datasets
+
+        datasets.disable_progress_bars()  # "Generating train split" per window and step: the run has its own bar
     key = constants.openai_api_key_from_env()
     if key and any(type(m) is OpenAIModelConfig for m in config.models.values()):
         constants.set_for_frameworks({constants.OPENAI_API_KEY_ENV: key})

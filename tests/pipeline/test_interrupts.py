@@ -1,0 +1,80 @@
+"""Ctrl-C and SIGTERM of `lmsynth run`: exit 130 / 143 quickly, one line, no thread traceback, nothing left.
+
+Real signals to a real run: a terminal's Ctrl-C goes to the whole foreground process group (lmsynth and
+its workers), `kill` to lmsynth alone; at start-up (imports), during translation and during judging.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.pipeline.factories import make_record, write_fake_pipeline, write_prepared
+
+
+INTERRUPTED = "Error: interrupted; nothing was left running"
+
+
+def _alive(session: int) -> list[str]:
+    """Processes of `session` that still run (zombies waiting for init aside)."""
+    ps = subprocess.run(["ps", "-o", "pid=,stat=,args=", "-s", str(session)], capture_output=True, text=True)
+    return [line for line in ps.stdout.splitlines() if line.split()[1][0] != "Z"]
+
+
+def _units(cache: Path, stage: str) -> bool:
+    return (cache / stage).is_dir() and any((cache / stage).rglob("*.json"))
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize(
+    ("sig", "when", "code"),
+    [
+        (signal.SIGINT, "starting", 130),
+        (signal.SIGINT, "translate", 130),
+        (signal.SIGINT, "judge", 130),
+        (signal.SIGTERM, "starting", 143),
+        (signal.SIGTERM, "translate", 143),
+        (signal.SIGTERM, "judge", 143),
+    ],
+    ids=lambda v: getattr(v, "name", str(v)),
+)
+def test_interrupted_run_says_so_in_one_line_and_leaves_nothing(
+    tmp_path: Path, sig: signal.Signals, when: str, code: int
+) -> None:
+    prep = write_prepared(tmp_path / "prep", [make_record(i) for i in range(12)], [make_record(90)])
+    pipe, _ = write_fake_pipeline(tmp_path, batch_size=2, sleep_s=0.3, window=4)
+    cache = tmp_path / "cache"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lmsynth", "run", str(pipe), "--input", str(prep), "--out", str(tmp_path / "out")],
+        env={**os.environ, "LMSYNTH_CACHE": str(cache), "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 300
+    if when == "starting":
+        time.sleep(1.0)  # still importing
+    else:
+        while proc.poll() is None and time.monotonic() < deadline and not _units(cache, when):
+            time.sleep(0.05)
+    assert proc.poll() is None, f"the run ended before `{when}`"
+    if sig == signal.SIGINT:
+        os.killpg(proc.pid, sig)  # Ctrl-C: the terminal signals the whole foreground group
+    else:
+        os.kill(proc.pid, sig)
+    signalled = time.monotonic()
+    _, err = proc.communicate(timeout=120)
+    took = time.monotonic() - signalled
+    assert proc.returncode == code, err[-3000:]
+    assert err.strip().splitlines() == [INTERRUPTED], err[-3000:]
+    print(f"\n{sig.name} during {when}: exit {code} after {took:.1f} s")
+    time.sleep(2)  # distilabel's workers exit on their own once their manager is gone
+    assert _alive(proc.pid) == []
+    assert not (tmp_path / "out" / "run.json").exists()
