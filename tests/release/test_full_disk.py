@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from lmsynth.tree.manifest_json import check_tree
 
 from lmsynth import constants
 from lmsynth.release.verify import verify
 from lmsynth.testing import write_run_dir
+from lmsynth.tree.manifest_json import check_tree
 from tests.disk import fill, free_bytes, small_disk
 from tests.release.conftest import PASSPHRASE
 from tests.release.test_kills import _lmsynth
