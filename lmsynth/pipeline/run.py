@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import shutil
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -27,7 +28,7 @@ from lmsynth.errors import InputRecordError, PipelineError
 from lmsynth.faults import kill_point
 from lmsynth.fingerprint import digest_rows
 from lmsynth.io import atomic_dir, read_jsonl
-from lmsynth.outdir import check_out, mark
+from lmsynth.outdir import MARKER_FILE, check_out, mark
 from lmsynth.pipeline.cache import StageCache
 from lmsynth.pipeline.config import (
     PipelineConfig,
@@ -131,7 +132,7 @@ def run_pipeline(
     framework_environ(config)  # before Ray's cluster starts: its workers inherit the environment then
     # One run per output folder at a time (a second one waits, then reuses the cache); leftovers of killed
     # runs in it are removed first.
-    with out_folder_lock(out_dir), run_work_dir(cache_root) as work:
+    with _removed_unless_written(out_dir), out_folder_lock(out_dir), run_work_dir(cache_root) as work:
         check_out(out_dir, kind="run", inputs=[pipeline_path, input_dir, cache_root])  # as another run left it
         mark(out_dir, "run")  # first: a killed run's folder is still a run folder the rerun may resume
         clean_run_folder(out_dir)
@@ -302,6 +303,18 @@ def _iter_input(input_dir: Path, *, limit: int | None) -> Iterator[tuple[Path, i
             if limit is not None and lineno > limit:
                 break
             yield f, lineno, rec if rec.flagged == flagged else rec.model_copy(update={"flagged": flagged})
+
+
+@contextlib.contextmanager
+def _removed_unless_written(out_dir: Path) -> Iterator[None]:
+    """A run that fails before writing anything leaves no output folder where there was none (not even its marker)."""
+    fresh = not os.path.lexists(out_dir)
+    try:
+        yield
+    except BaseException:
+        if fresh and out_dir.is_dir() and {p.name for p in out_dir.iterdir()} <= {MARKER_FILE}:
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
 
 
 def out_folder_lock(out_dir: Path) -> contextlib.AbstractContextManager[None]:
