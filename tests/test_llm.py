@@ -20,13 +20,6 @@ from lmsynth.llm import (
     SamplingConfig,
     open_chat_model,
 )
-from tests import engine_fixtures
-
-
-# The shared engine fixtures (one engine per session, see tests/engine_fixtures.py).
-engine_env = engine_fixtures.engine_env
-tiny_model_dir = engine_fixtures.tiny_model_dir
-tiny_engine = engine_fixtures.tiny_engine
 
 
 MSGS = [{"role": "user", "content": "What is the capital of France?"}]
@@ -136,6 +129,7 @@ def test_distilabel_llm_generate_takes_no_var_kwargs() -> None:
 
 @pytest.mark.engine
 @pytest.mark.timeout(240)
+@pytest.mark.xdist_group("tiny_engine")  # one worker starts the session engine, not each
 class TestVllmEngine:
     def test_n_completions_with_token_counts(self, tiny_engine) -> None:
         out = tiny_engine.chat([MSGS, MSGS], sampling=SamplingConfig(n=3, max_tokens=12, temperature=1.0, seed=1))

@@ -11,12 +11,8 @@ from lmsynth.pipeline.run import run_pipeline
 from lmsynth.pipeline.telemetry.report_files import read_report
 from lmsynth.procs import descendants
 from lmsynth.records import RunInfo, iter_synth_records
-from tests import engine_fixtures
 from tests.pipeline.factories import make_record, write_prepared
 
-
-engine_env = engine_fixtures.engine_env
-tiny_model_dir = engine_fixtures.tiny_model_dir
 
 TINY_PIPELINE = """\
 name: tiny

@@ -14,12 +14,8 @@ import pytest
 
 from lmsynth.procs import descendants, process_identity
 from lmsynth.records import iter_synth_records
-from tests import engine_fixtures
 from tests.pipeline.factories import make_record, write_prepared
 
-
-engine_env = engine_fixtures.engine_env
-tiny_model_dir = engine_fixtures.tiny_model_dir
 
 ROWS = 480
 PIPELINE = """\

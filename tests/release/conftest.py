@@ -36,6 +36,11 @@ class Project:
 def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Project:
     """The real release/v0.5.yaml, pointed at synthetic runs under a temporary current folder."""
     monkeypatch.chdir(tmp_path)
+    return make_project(tmp_path)
+
+
+def make_project(tmp_path: Path) -> Project:
+    """Write the project folder into `tmp_path` (the current folder its manifest's relative paths assume)."""
     data = yaml.safe_load((constants.RELEASE_DIR / "v0.5.yaml").read_text(encoding="utf-8"))
     pipelines = tmp_path / "pipelines"
     pipelines.mkdir()

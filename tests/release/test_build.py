@@ -6,6 +6,7 @@ import gzip
 import json
 import logging
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import datasets
@@ -13,17 +14,17 @@ import pyarrow.parquet as pq
 import pytest
 from pydantic import SecretStr
 
-from lmsynth import keycheck
+from lmsynth import constants, keycheck
 from lmsynth.crypto import decrypt_file
 from lmsynth.errors import InputRecordError, LeakError, ManifestError, PassphraseError, TagConflictError
 from lmsynth.records import RUN_RECORDS_DIR
-from lmsynth.release.build import build_release
+from lmsynth.release.build import ReleaseResult, build_release
 from lmsynth.release.verify import verify
 from lmsynth.targets.local import LocalTarget
 from lmsynth.testing import en_instruction_for, ja_instruction_for
 from lmsynth.tree import layout
 from lmsynth.tree.manifest_json import check_tree
-from tests.release.conftest import PASSPHRASE, N, Project
+from tests.release.conftest import PASSPHRASE, N, Project, make_project
 
 
 def _release(project: Project, **kw: object):  # noqa: ANN202
@@ -46,9 +47,26 @@ def _rewrite_line(path: Path, index: int, fn) -> None:  # noqa: ANN001
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
+@pytest.fixture(scope="class")
+def released(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Project, ReleaseResult]]:
+    """One v0.5 release into a local hub, built once for the tests that only read it."""
+    root = tmp_path_factory.mktemp("released")
+    with pytest.MonkeyPatch.context() as mp:  # the per-test isolation is not set up yet at class scope
+        for var, sub in (("LMSYNTH_CACHE", "cache"), ("HF_HOME", "hf"), ("GNUPGHOME", "gnupg")):
+            mp.setenv(var, str(root / "home" / sub))
+        mp.setenv("HF_DATASETS_CACHE", str(root / "home" / "hf" / "datasets"))
+        mp.setattr(constants, "CACHE_DIR", root / "home" / "cache")
+        project_dir = root / "project"
+        project_dir.mkdir()
+        mp.chdir(project_dir)
+        project = make_project(project_dir)
+        yield project, _release(project)
+
+
+@pytest.mark.xdist_group("released")  # the tests sharing one release run on one worker
 class TestRelease:
-    def test_release_loads_with_load_dataset(self, project: Project) -> None:
-        res = _release(project)
+    def test_release_loads_with_load_dataset(self, released: tuple[Project, ReleaseResult]) -> None:
+        project, res = released
         assert res.created_commit and res.commit
         assert LocalTarget(project.hub).tags() == ["v0.5"]
         for config in ("llama-3.1", "gemma-2", "gemma-3"):
@@ -60,15 +78,15 @@ class TestRelease:
         assert "synthesized_multiturn_conversation" not in g3.column_names
         assert res.counts["gemma-3"].responses_ja == sum(len(r) for r in g3["synthesized_assistant_responses"])
 
-    def test_public_multiturn_first_user_turn_is_empty(self, project: Project) -> None:
-        _release(project)
+    def test_public_multiturn_first_user_turn_is_empty(self, released: tuple[Project, ReleaseResult]) -> None:
+        project, _ = released
         g2 = _load(project, "gemma-2")
         convs = [c for row in g2["synthesized_multiturn_conversation"] for c in row]
         assert convs and all(c[0]["role"] == "user" and c[0]["content"] == "" for c in convs)
         assert any(len(c) == 4 and c[2]["content"] for c in convs)
 
-    def test_card_yaml_and_manifest(self, project: Project) -> None:
-        _release(project)
+    def test_card_yaml_and_manifest(self, released: tuple[Project, ReleaseResult]) -> None:
+        project, _ = released
         card = (project.hub / "README.md").read_text(encoding="utf-8")
         header = card.split("---\n")[1]
         import yaml
@@ -91,8 +109,10 @@ class TestRelease:
         assert manifest["subsets"]["gemma-3"]["counts"]["gated_default"] == N
         check_tree(project.hub)
 
-    def test_gated_files_decrypt_sorted_and_unsafe_is_a_superset(self, project: Project, tmp_path: Path) -> None:
-        _release(project)
+    def test_gated_files_decrypt_sorted_and_unsafe_is_a_superset(
+        self, released: tuple[Project, ReleaseResult], tmp_path: Path
+    ) -> None:
+        project, _ = released
         ids = {}
         for unsafe in (False, True):
             plain = decrypt_file(
@@ -106,13 +126,13 @@ class TestRelease:
             assert ids[unsafe] == sorted(ids[unsafe])
         assert len(ids[False]) == N and set(ids[False]) < set(ids[True]) and len(ids[True]) == N + 4
 
-    def test_verify_with_key(self, project: Project) -> None:
-        _release(project)
+    def test_verify_with_key(self, released: tuple[Project, ReleaseResult]) -> None:
+        project, _ = released
         res = verify("v0.5", target=str(project.hub), passphrase=project.passphrase)
         assert res.rows == {"gemma-2": N, "gemma-3": N, "llama-3.1": N} and res.gated_checked == 6
 
-    def test_verify_wrong_passphrase(self, project: Project) -> None:
-        _release(project)
+    def test_verify_wrong_passphrase(self, released: tuple[Project, ReleaseResult]) -> None:
+        project, _ = released
         with pytest.raises(PassphraseError, match="lmsynth key"):
             verify("v0.5", target=str(project.hub), passphrase=SecretStr("not-the-key"))
 

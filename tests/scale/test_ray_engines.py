@@ -18,8 +18,6 @@ from tests.pipeline.factories import make_record, write_prepared
 from tests.scale.test_ray_exec import ray_env
 
 
-engine_env = engine_fixtures.engine_env
-tiny_model_dir = engine_fixtures.tiny_model_dir
 ray_env = ray_env  # the fixture, shared with the Ray execution tests
 pytestmark = [pytest.mark.ray, pytest.mark.engine]
 
