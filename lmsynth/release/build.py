@@ -150,7 +150,8 @@ def build_release(
         raise ConfigError(manifest_path, "version", f"is {manifest.version}, not {version}")
     uri = manifest.targets.resolve(target)
     shown_out = out_dir
-    inputs = [manifest_path, *_local_inputs(manifest, records_overrides or {}, runs_root)]
+    project_root = project.manifest_root(manifest_path)
+    inputs = [manifest_path, *_local_inputs(manifest, records_overrides or {}, runs_root, project_root)]
     if out_dir is not None:
         out_dir = check_out(out_dir, kind="release tree", inputs=inputs, targets=[uri])
     folder = local_folder(uri)
@@ -187,7 +188,7 @@ def build_release(
         plan = plan_release(
             manifest,
             tree=staging,
-            project_root=project.manifest_root(manifest_path),
+            project_root=project_root,
             passphrase=passphrase,
             records_overrides=records_overrides,
             runs_root=runs_root,
@@ -536,13 +537,16 @@ def _resolve_inputs(
 
 
 def _local_inputs(
-    manifest: ReleaseManifest, overrides: Mapping[str, Path | str], runs_root: str | Path | None
+    manifest: ReleaseManifest,
+    overrides: Mapping[str, Path | str],
+    runs_root: str | Path | None,
+    project_root: Path | None,
 ) -> list[Path | str]:
     """The local files and folders a release reads (run and prepared folders, shipped pipelines)."""
     remote_root = runs_root is not None and "://" in str(runs_root)
     found: list[Path | str] = []
     for s in manifest.subsets:
-        found += [_project_file(p) for p in s.pipelines]
+        found += [_project_file(p, project_root) for p in s.pipelines]
         for value, root in ((overrides.get(s.config), None), (s.records, runs_root), (s.prepared, runs_root)):
             if value is not None and "://" not in str(value) and (root is None or not remote_root):
                 found.append(resolve_input(value, root=root).path)
