@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 import shutil
 from collections.abc import Callable, Iterator, Mapping
@@ -262,7 +261,6 @@ def plan_release(
     prev_manifest = _previous_manifest(previous)
 
     key_matches = prev_manifest is not None and keycheck.matches(prev_manifest.source_fingerprint, passphrase)
-    # Sort spills of the gated instructions (past `data_files.SPILL_LINES` records) live in a scratch folder.
     with scratch_dir("gated") as work:
         # 2. Public shards, gated plaintexts, figures: one streaming pass per subset.
         built: list[cards.SubsetCardData] = []
@@ -290,14 +288,15 @@ def plan_release(
             for which, lines in out.gated.items():
                 rel = layout.gated_path(spec.config, unsafe=which == "unsafe")
                 gated_paths[which] = rel
-                n = out.counts.gated_unsafe if which == "unsafe" else out.counts.gated_default
                 # +unsafe holds every default line too: index the strings once, from the larger set.
-                indexed = index if which == "unsafe" or "unsafe" not in out.gated else None
+                if which == "unsafe" or "unsafe" not in out.gated:
+                    for text in lines.texts.to_pylist():
+                        index.add(text)
                 entry, was_reused = _encrypt_or_reuse(
-                    lambda lines=lines, indexed=indexed: _indexing(lines(), indexed),
+                    lines.chunks,
                     tree / rel,
                     rel=rel,
-                    records=n,
+                    records=len(lines),
                     passphrase=passphrase,
                     previous=previous,
                     prev=prev_manifest if key_matches else None,
@@ -307,7 +306,7 @@ def plan_release(
                     reused.append(rel)
                 if keep_gated is not None:
                     with atomic_path(keep_gated / rel.removesuffix(".gpg")) as tmp, open(tmp, "wb") as f:
-                        for chunk in data_files.gz_chunks(lines()):
+                        for chunk in data_files.gz_bytes(lines.chunks()):
                             f.write(chunk)
                 kill_point("release.encrypted")
             if prepared[spec.config] is not None:
@@ -445,7 +444,7 @@ def _key_check(prev: ChecksumManifest | None, passphrase: SecretStr | None, key_
 
 
 def _encrypt_or_reuse(
-    lines: Callable[[], Iterator[str]],
+    plaintext: Callable[[], Iterator[bytes]],
     dst: Path,
     *,
     rel: str,
@@ -454,7 +453,7 @@ def _encrypt_or_reuse(
     previous: FetchPrevious | None,
     prev: ChecksumManifest | None,
 ) -> tuple[FileEntry, bool]:
-    """Stream the gzipped `lines` into gpg (no plaintext file); reuse the published ciphertext if unchanged.
+    """Stream the gzipped `plaintext` into gpg (no plaintext file); reuse the published ciphertext if unchanged.
 
     `prev` is the published MANIFEST.json when it was encrypted with this same key, else None. When it lists
     this file, the plaintext digest is computed first (no encryption) so an unchanged file costs no gpg run.
@@ -462,7 +461,7 @@ def _encrypt_or_reuse(
     old = prev.files.get(rel) if prev is not None else None
     if old is not None and previous is not None:
         plain = hashlib.sha256()
-        for chunk in data_files.gz_chunks(lines()):
+        for chunk in data_files.gz_bytes(plaintext()):
             plain.update(chunk)
         if plain.hexdigest() == old.plaintext_sha256:
             data = previous(rel)
@@ -473,7 +472,7 @@ def _encrypt_or_reuse(
     plain = hashlib.sha256()
 
     def chunks() -> Iterator[bytes]:
-        for chunk in data_files.gz_chunks(lines()):
+        for chunk in data_files.gz_bytes(plaintext()):
             plain.update(chunk)
             yield chunk
 
@@ -482,15 +481,6 @@ def _encrypt_or_reuse(
         sha256=sha256_file(dst), size=dst.stat().st_size, plaintext_sha256=plain.hexdigest(), records=records
     )
     return entry, False
-
-
-def _indexing(lines: Iterator[str], index: GatedIndex | None) -> Iterator[str]:
-    """`lines` (GatedInstruction JSON), adding their texts to the leak guard's `index` on the way (if given)."""
-    for line in lines:
-        if index is not None:
-            for msg in json.loads(line)["translated_conversation"]:
-                index.add(msg["content"])
-        yield line
 
 
 def _index_prepared(index: object, prepared: RunInput) -> None:
