@@ -19,6 +19,7 @@ import hashlib
 import logging
 import shutil
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from pydantic import Field, SecretStr
@@ -59,6 +60,7 @@ from lmsynth.tree.manifest import (
 log = logging.getLogger(__name__)
 
 FetchPrevious = Callable[[str], bytes | None]
+ENCRYPT_THREADS = 2  # gated files gzipped and encrypted at once
 
 
 class ReleasePlan(StrictModel):
@@ -261,12 +263,15 @@ def plan_release(
     prev_manifest = _previous_manifest(previous)
 
     key_matches = prev_manifest is not None and keycheck.matches(prev_manifest.source_fingerprint, passphrase)
-    with scratch_dir("gated") as work:
+    # The gated files are encrypted into `work` on `ENCRYPT_THREADS` threads (gzip and gpg run outside the GIL)
+    # while the next subsets are read and the leak guard scans, and are moved into the tree once it is clean.
+    with scratch_dir("gated") as work, ThreadPoolExecutor(ENCRYPT_THREADS) as encrypting:
         # 2. Public shards, gated plaintexts, figures: one streaming pass per subset.
         built: list[cards.SubsetCardData] = []
         infos: dict[str, SubsetInfo] = {}
         gated_entries: dict[str, FileEntry] = {}
         reused: list[str] = []
+        jobs: list[tuple[str, Future]] = []
         index = GatedIndex()
         for spec in manifest.subsets:
             out = data_files.write_subset(
@@ -276,14 +281,6 @@ def plan_release(
                 work=work,
                 shard_bytes=shard_bytes or data_files.SHARD_BYTES,
             )
-            fig_paths = [
-                layout.figure_path(spec.config, figures.SCORE_FIGURE),
-                layout.figure_path(spec.config, figures.LENGTH_FIGURE),
-            ]
-            figures.plot_scores(tree / fig_paths[0], hist=out.score_hist, failed=out.failed_scores, title=spec.config)
-            figures.plot_lengths(
-                tree / fig_paths[1], hist=out.length_hist, bin_width=data_files.LENGTH_BIN, title=spec.config
-            )
             gated_paths: dict[str, str] = {}
             for which, lines in out.gated.items():
                 rel = layout.gated_path(spec.config, unsafe=which == "unsafe")
@@ -292,23 +289,26 @@ def plan_release(
                 if which == "unsafe" or "unsafe" not in out.gated:
                     for text in lines.texts.to_pylist():
                         index.add(text)
-                entry, was_reused = _encrypt_or_reuse(
+                job = encrypting.submit(
+                    _encrypt_or_reuse,
                     lines.chunks,
-                    tree / rel,
+                    work / f"{len(jobs)}.gpg",
                     rel=rel,
                     records=len(lines),
                     passphrase=passphrase,
                     previous=previous,
                     prev=prev_manifest if key_matches else None,
+                    keep=keep_gated / rel.removesuffix(".gpg") if keep_gated is not None else None,
                 )
-                gated_entries[rel] = entry
-                if was_reused:
-                    reused.append(rel)
-                if keep_gated is not None:
-                    with atomic_path(keep_gated / rel.removesuffix(".gpg")) as tmp, open(tmp, "wb") as f:
-                        for chunk in data_files.gz_bytes(lines.chunks()):
-                            f.write(chunk)
-                kill_point("release.encrypted")
+                jobs.append((rel, job))
+            fig_paths = [
+                layout.figure_path(spec.config, figures.SCORE_FIGURE),
+                layout.figure_path(spec.config, figures.LENGTH_FIGURE),
+            ]
+            figures.plot_scores(tree / fig_paths[0], hist=out.score_hist, failed=out.failed_scores, title=spec.config)
+            figures.plot_lengths(
+                tree / fig_paths[1], hist=out.length_hist, bin_width=data_files.LENGTH_BIN, title=spec.config
+            )
             if prepared[spec.config] is not None:
                 _index_prepared(index, prepared[spec.config])
             built.append(
@@ -341,8 +341,15 @@ def plan_release(
         for rel, text in texts.items():
             (tree / rel).write_text(text, encoding="utf-8")
 
-    # 4. Leak guard over every non-encrypted file, before MANIFEST.json and before any target sees it.
-    scanned = scan_tree(tree, index)
+        # 4. Leak guard over every non-encrypted file, before MANIFEST.json and before any target sees it.
+        scanned = scan_tree(tree, index)
+        for (rel, job), src in zip(jobs, (work / f"{i}.gpg" for i in range(len(jobs))), strict=True):
+            gated_entries[rel], was_reused = job.result()
+            (tree / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(src, tree / rel)
+            if was_reused:
+                reused.append(rel)
+            kill_point("release.encrypted")
 
     # 5. MANIFEST.json: every file of the tree, the gated ones with their plaintext digest.
     checksum = write_manifest(
@@ -452,12 +459,18 @@ def _encrypt_or_reuse(
     passphrase: SecretStr,
     previous: FetchPrevious | None,
     prev: ChecksumManifest | None,
+    keep: Path | None = None,
 ) -> tuple[FileEntry, bool]:
     """Stream the gzipped `plaintext` into gpg (no plaintext file); reuse the published ciphertext if unchanged.
 
     `prev` is the published MANIFEST.json when it was encrypted with this same key, else None. When it lists
     this file, the plaintext digest is computed first (no encryption) so an unchanged file costs no gpg run.
+    `keep`: also write the gzipped plaintext there (a Hub-gated repo's copy).
     """
+    if keep is not None:
+        with atomic_path(keep) as tmp, open(tmp, "wb") as f:
+            for chunk in data_files.gz_bytes(plaintext()):
+                f.write(chunk)
     old = prev.files.get(rel) if prev is not None else None
     if old is not None and previous is not None:
         plain = hashlib.sha256()

@@ -160,7 +160,7 @@ def write_subset(
     failed = 0
     arrow_bytes = 0
     parts: list[Path] = []
-    gated_parts: list = []  # (conversation_id, translated_conversation) of every group, in input order
+    gated_parts: list = []  # (conversation_id, gated line, texts) of every group, in input order
     where_parts: list[tuple[np.ndarray, np.ndarray]] = []  # (file index, line number) of every record
     writer = sink = None
     group_bytes = max(1, min(GROUP_BYTES, shard_bytes // 4))
@@ -176,7 +176,9 @@ def write_subset(
     def write(table, rows: int) -> None:  # noqa: ANN001
         nonlocal writer, sink, failed, arrow_bytes
         _count(table, counts, multiturn=spec.multiturn)
-        gated_parts.append(table.select(["conversation_id", "translated_conversation"]))
+        ids, conv = table.column("conversation_id").combine_chunks(), table.column("translated_conversation")
+        conv = conv.combine_chunks()
+        gated_parts.append((ids, _json_lines(ids, conv), pc.struct_field(pc.list_flatten(conv), "content")))
         public = table.select(schema.names)
         if spec.multiturn:
             col = schema.names.index("synthesized_multiturn_conversation")
@@ -224,12 +226,11 @@ def write_subset(
         raise InputRecordError(
             _records_name(records), None, None, f"holds no records; refusing to release subset `{spec.config}` empty"
         )
-    table = pa.concat_tables(gated_parts)
+    keys, lines, texts = (pa.chunked_array([part[i] for part in gated_parts]) for i in range(3))
     gated_parts.clear()
-    order = pc.sort_indices(table, sort_keys=[("conversation_id", "ascending")])
-    _check_unique(table.column("conversation_id").take(order), order, files, where_parts)
-    default = GatedLines.build(table.take(order))
-    del table, order
+    order = pc.sort_indices(keys)
+    _check_unique(keys.take(order), order, files, where_parts)
+    default = GatedLines(keys=keys, lines=lines, texts=texts, order=order)
     gated = {"default": default}
     if "unsafe" in spec.encrypt:
         gated["unsafe"] = default.merged(_unsafe_pairs(records))
@@ -455,36 +456,22 @@ def _json_lines(ids, conversations):  # noqa: ANN001, ANN202
     return _concat('{"conversation_id":', _json_strings(ids), ',"translated_conversation":[', joined, "]}\n")
 
 
-LINES_PER_BUILD = 1 << 16  # rows turned into JSON at once (bounds the temporaries of the string building)
+LINES_PER_CHUNK = 1 << 14  # gated lines gathered in sorted order at once
 
 
 @dataclass(frozen=True)
 class GatedLines:
-    """A gated set: its sorted, deduplicated `GatedInstruction` lines in one Arrow array, each with its newline.
+    """A gated set: `GatedInstruction` lines (each with its newline) in input order, and the order that sorts them.
 
-    Calling it yields the lines as strings; `chunks()` gives the plaintext bytes (what is gzipped and
-    encrypted) straight from the array's buffer; `texts` are the instruction texts the leak guard indexes.
+    Calling it yields the sorted lines as strings; `chunks()` gives the plaintext bytes (what is gzipped and
+    encrypted), gathered `LINES_PER_CHUNK` lines at a time, so the sorted plaintext is never whole in memory;
+    `texts` are the instruction texts the leak guard indexes.
     """
 
-    keys: Any  # pyarrow large_string: the sorted conversation ids
-    lines: Any  # pyarrow large_string
-    texts: Any  # pyarrow string
-
-    @classmethod
-    def build(cls, table) -> GatedLines:  # noqa: ANN001
-        """The set of a `(conversation_id, translated_conversation)` table sorted by id, ids unique."""
-        import pyarrow as pa
-        import pyarrow.compute as pc
-
-        ids = table.column(0).combine_chunks()
-        conv = table.column(1).combine_chunks()
-        lines = [
-            _json_lines(ids.slice(i, LINES_PER_BUILD), conv.slice(i, LINES_PER_BUILD))
-            for i in range(0, len(ids), LINES_PER_BUILD)
-        ]
-        lines = pa.concat_arrays(lines) if lines else pa.array([], type=pa.large_string())
-        texts = pc.struct_field(pc.list_flatten(conv), "content")
-        return cls(keys=ids.cast(pa.large_string()), lines=lines, texts=texts)
+    keys: Any  # pyarrow ChunkedArray of the conversation ids, input order
+    lines: Any  # pyarrow ChunkedArray (large_string), input order
+    texts: Any  # pyarrow ChunkedArray (string)
+    order: Any  # pyarrow UInt64Array: the rows of the set, sorted by id, one per id
 
     def merged(self, pairs: list[tuple[str, str, list[str]]]) -> GatedLines:
         """This set plus `(id, line, texts)` pairs; for an id in both, the smaller line (what a sorted merge keeps)."""
@@ -492,39 +479,36 @@ class GatedLines:
         import pyarrow as pa
         import pyarrow.compute as pc
 
-        keys = pa.concat_arrays([self.keys, pa.array([k for k, _, _ in pairs], type=pa.large_string())])
-        lines = pa.concat_arrays([self.lines, pa.array([v + "\n" for _, v, _ in pairs], type=pa.large_string())])
-        table = pa.table({"k": keys, "v": lines})
-        table = table.take(pc.sort_indices(table, sort_keys=[("k", "ascending"), ("v", "ascending")]))
-        keys = table.column("k").combine_chunks()
-        first = np.ones(len(keys), dtype=bool)
-        if len(keys) > 1:
-            first[1:] = pc.not_equal(keys.slice(1), keys.slice(0, len(keys) - 1)).to_numpy(zero_copy_only=False)
-        mask = pa.array(first)
-        texts = pa.concat_arrays([self.texts, pa.array([t for _, _, ts in pairs for t in ts], type=pa.string())])
-        return GatedLines(keys=keys.filter(mask), lines=table.column("v").combine_chunks().filter(mask), texts=texts)
+        keys = pa.chunked_array([*self.keys.chunks, pa.array([k for k, _, _ in pairs], type=self.keys.type)])
+        lines = pa.chunked_array([*self.lines.chunks, pa.array([v + "\n" for _, v, _ in pairs], pa.large_string())])
+        texts = pa.chunked_array([*self.texts.chunks, pa.array([t for _, _, ts in pairs for t in ts], pa.string())])
+        order = pc.sort_indices(pa.table({"k": keys, "v": lines}), sort_keys=[("k", "ascending"), ("v", "ascending")])
+        sorted_keys = keys.take(order)
+        first = np.ones(len(order), dtype=bool)
+        if len(order) > 1:
+            same = pc.equal(sorted_keys.slice(1), sorted_keys.slice(0, len(order) - 1))
+            first[1:] = ~same.to_numpy(zero_copy_only=False)
+        return GatedLines(keys=keys, lines=lines, texts=texts, order=order.filter(pa.array(first)))
 
     def __len__(self) -> int:
-        return len(self.lines)
+        return len(self.order)
 
     def __call__(self) -> Iterator[str]:
-        """The lines, without their newlines."""
-        for i in range(0, len(self.lines), LINES_PER_BUILD):
-            for line in self.lines.slice(i, LINES_PER_BUILD).to_pylist():
+        """The sorted lines, without their newlines."""
+        for i in range(0, len(self.order), LINES_PER_CHUNK):
+            for line in self.lines.take(self.order.slice(i, LINES_PER_CHUNK)).to_pylist():
                 yield line[:-1]
 
-    def chunks(self, size: int = 4 * 2**20) -> Iterator[bytes]:
-        """The plaintext (every line with its newline), `size` bytes at a time."""
+    def chunks(self) -> Iterator[bytes]:
+        """The sorted plaintext (every line with its newline), a few MB at a time."""
         import numpy as np
 
-        arr = self.lines
-        if not len(arr) or arr.buffers()[2] is None:
-            return
-        offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64)[arr.offset : arr.offset + len(arr) + 1]
-        data = memoryview(arr.buffers()[2])
-        lo, hi = int(offsets[0]), int(offsets[-1])
-        for start in range(lo, hi, size):
-            yield bytes(data[start : min(start + size, hi)])
+        for i in range(0, len(self.order), LINES_PER_CHUNK):
+            arr = self.lines.take(self.order.slice(i, LINES_PER_CHUNK)).combine_chunks()
+            if not len(arr) or arr.buffers()[2] is None:
+                continue
+            offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64)[arr.offset : arr.offset + len(arr) + 1]
+            yield memoryview(arr.buffers()[2])[int(offsets[0]) : int(offsets[-1])].tobytes()
 
 
 def _numbered(path: RunInput) -> Iterator[tuple[int, bytes]]:
