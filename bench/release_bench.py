@@ -92,7 +92,8 @@ def main() -> None:
             print(f"writing {n:,} synthetic v0.5 records to {run} ...", file=sys.stderr, flush=True)
             write_run_dir(run, n, shape="v0.5", seed=0, unsafe_n=n // 100)
         in_bytes = sum(f.stat().st_size for f in (run / "records").glob("*.jsonl"))
-        builds = [("lmsynth", CHILD_LMSYNTH)] + ([("baseline", CHILD_BASELINE)] if n <= BASELINE_MAX and not args.no_baseline else [])
+        baseline = n <= BASELINE_MAX and not args.no_baseline
+        builds = [("lmsynth", CHILD_LMSYNTH)] + ([("baseline", CHILD_BASELINE)] if baseline else [])
         for name, code in builds:
             work = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=work_root))
             print(f"{name} at {n:,} ...", file=sys.stderr, flush=True)
