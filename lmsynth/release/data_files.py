@@ -254,7 +254,7 @@ def write_subset(
 class _Group:
     """The lines of one row group: their bytes back to back (blank lines may sit between them) and their places."""
 
-    data: bytes
+    data: bytes | memoryview
     starts: Any  # numpy: where each record's line starts in `data`
     ends: Any
     file_index: Any  # numpy: the file (index into the input files) and line number of each record
@@ -265,7 +265,7 @@ class _Group:
         return len(self.starts)
 
     def lines(self) -> list[bytes]:
-        return [self.data[s:e] for s, e in zip(self.starts.tolist(), self.ends.tolist(), strict=True)]
+        return [bytes(self.data[s:e]) for s, e in zip(self.starts.tolist(), self.ends.tolist(), strict=True)]
 
     def where(self, files: list[RunInput]) -> list[tuple[RunInput, int]]:
         return [(files[f], n) for f, n in zip(self.file_index.tolist(), self.linenos.tolist(), strict=True)]
@@ -284,12 +284,15 @@ def _blocks(path: RunInput) -> Iterator[tuple[memoryview, Any, Any, Any, Any]]:
         with path.open() as f:
             carry = b""
             while True:
-                chunk = f.read(READ_BYTES)
+                # A fresh block per read (groups still being parsed point into the previous ones).
+                whole = bytearray(len(carry) + READ_BYTES)
+                whole[: len(carry)] = carry
+                got = f.readinto(memoryview(whole)[len(carry) :])
                 missing_newline = False
-                if chunk:
-                    whole = carry + chunk
-                    cut = whole.rfind(b"\n") + 1
-                    carry = whole[cut:]
+                if got:
+                    end = len(carry) + got
+                    cut = whole.rfind(b"\n", 0, end) + 1
+                    carry = bytes(whole[cut:end])
                     if not cut:
                         continue
                     buf = memoryview(whole)[:cut]
@@ -345,9 +348,8 @@ def _groups(files: list[RunInput], *, rows_per_group: int, group_bytes: int) -> 
             fidx.append(np.full(len(s), fi, dtype=np.int32))
             lines.append(ln)
             base += hi - lo
-        group = _Group(
-            b"".join(datas), np.concatenate(starts), np.concatenate(ends), np.concatenate(fidx), np.concatenate(lines)
-        )
+        data = datas[0] if len(datas) == 1 else b"".join(datas)  # within one block: no copy
+        group = _Group(data, *(np.concatenate(x) for x in (starts, ends, fidx, lines)))
         pending, pending_rows, pending_bytes = [], 0, 0
         return group
 
@@ -541,14 +543,16 @@ def full_schema():  # noqa: ANN201 — pyarrow is imported lazily
 _NOT_NULL = tuple(name for name, f in SynthRecord.model_fields.items() if type(None) not in get_args(f.annotation))
 
 
-def _read_bulk(data: bytes, rows: int, parse):  # noqa: ANN001, ANN202
+def _read_bulk(data: bytes | memoryview, rows: int, parse):  # noqa: ANN001, ANN202
     """A group's lines as one Arrow table with the full schema, or None when Arrow cannot read them as such."""
     import pyarrow as pa
     import pyarrow.json as pj
 
     try:
         table = pj.read_json(
-            pa.BufferReader(data), read_options=pj.ReadOptions(block_size=len(data) + 1), parse_options=parse
+            pa.BufferReader(pa.py_buffer(data)),
+            read_options=pj.ReadOptions(block_size=len(data) + 1),
+            parse_options=parse,
         )
     except (pa.ArrowInvalid, pa.ArrowTypeError, UnicodeDecodeError):
         return None
