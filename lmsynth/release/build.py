@@ -287,8 +287,9 @@ def plan_release(
                 gated_paths[which] = rel
                 # +unsafe holds every default line too: index the strings once, from the larger set.
                 if which == "unsafe" or "unsafe" not in out.gated:
-                    for text in lines.texts.to_pylist():
-                        index.add(text)
+                    for chunk in lines.texts.chunks:  # a row group's texts at a time
+                        for text in chunk.to_pylist():
+                            index.add(text)
                 job = encrypting.submit(
                     _encrypt_or_reuse,
                     lines.chunks,

@@ -40,7 +40,7 @@ GROUP_BYTES = 64 * 2**20  # a row group also ends at this much input JSON (bound
 SHARD_BYTES = 512 * 2**20
 READ_BYTES = 32 * 2**20  # input read at once
 PARSE_THREADS = 2  # groups parsed at once (pyarrow's JSON reader releases the GIL)
-PARSE_AHEAD = 4  # groups parsed ahead of the writer (bounds memory: a group is ~16 MB of input)
+PARSE_AHEAD = 2  # groups parsed ahead of the writer (bounds memory: a group is ~16 MB of input)
 # Histogram bins of the figures: scores 0–10 in unit steps, token lengths up to 4,096 in steps of 128.
 SCORE_BINS = 11
 LENGTH_BIN = 128

@@ -36,9 +36,10 @@ CHUNK = 8 * 2**20  # bytes of text hashed at once
 
 _A = 0x9E3779B97F4A7C15
 _B = 0xC2B2AE3D27D4EB4F
-# A bitmap of flags over the keys' low bits: at least 16 MiB, 16 flags per key up to 64 MiB, so that about one
-# window in 16 or fewer reaches the binary search, even for the ~4M keys of a full release.
-_BITMAP_MIN_BITS, _BITMAP_MAX_BITS = 24, 26
+# A bitmap of flags over the keys' low bits: at least 16 MiB, 16 flags per key up to 32 MiB, so that about one
+# window in 16 (one in 9 for the ~4M keys of a full v0.5 release) reaches the binary search.
+_BITMAP_MIN_BITS, _BITMAP_MAX_BITS = 24, 25
+_INDEX_SLICE = 1 << 18  # strings whose windows are hashed at once
 SCAN_THREADS = 2  # Parquet row groups decoded and searched at once (pyarrow and numpy release the GIL)
 
 
@@ -109,20 +110,24 @@ class GatedIndex:
         import numpy as np
 
         if self._sorted is None:
-            # The last STRIDE windows of every string, hashed all at once.
+            # The last STRIDE windows of every string, hashed a slice of strings at a time (bounded temporaries);
+            # keys are laid out string by string, so a key's place gives its string and its window.
             starts = np.frombuffer(self._starts, dtype=np.int64)
-            ends = starts[1:]
+            n = len(starts) - 1
             shift = np.arange(-(WINDOW + STRIDE - 1), -WINDOW + 1, dtype=np.int64)
-            pos = (ends[:, None] + shift[None, :]).ravel()
-            ids = np.repeat(np.arange(len(ends), dtype=np.int64), STRIDE)
-            offs = pos - starts[ids]
-            blob = np.frombuffer(bytes(self._blob), dtype=np.uint8)
-            keys = _hash_at(blob, pos)
+            keys = np.empty(n * STRIDE, dtype=np.uint64)
+            blob = np.frombuffer(self._blob, dtype=np.uint8)  # a view: released below, before any `add`
+            for i in range(0, n, _INDEX_SLICE):
+                pos = (starts[i + 1 : i + 1 + _INDEX_SLICE, None] + shift[None, :]).ravel()
+                keys[i * STRIDE : i * STRIDE + len(pos)] = _hash_at(blob, pos)
+            del blob
             order = np.argsort(keys, kind="stable")
+            ids = order // STRIDE
+            offs = (starts[ids + 1] + shift[order % STRIDE] - starts[ids]).astype(np.int32)
             bits = min(max(_BITMAP_MIN_BITS, (16 * len(keys)).bit_length()), _BITMAP_MAX_BITS)
             bitmap = np.zeros(2**bits, dtype=bool)
             bitmap[keys & np.uint64(2**bits - 1)] = True
-            self._sorted = (keys[order], ids[order], offs[order], bitmap)
+            self._sorted = (keys[order], ids.astype(np.int32), offs, bitmap)
         return self._sorted
 
 
