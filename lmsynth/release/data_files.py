@@ -178,7 +178,9 @@ def write_subset(
         _count(table, counts, multiturn=spec.multiturn)
         ids, conv = table.column("conversation_id").combine_chunks(), table.column("translated_conversation")
         conv = conv.combine_chunks()
-        gated_parts.append((ids, _json_lines(ids, conv), pc.struct_field(pc.list_flatten(conv), "content")))
+        texts = pc.struct_field(pc.list_flatten(conv), "content")
+        # Exact-size copies: views would pin the parser's (over-allocated) buffers for the whole build.
+        gated_parts.append((_compact(ids), _json_lines(ids, conv), _compact(texts)))
         public = table.select(schema.names)
         if spec.multiturn:
             col = schema.names.index("synthesized_multiturn_conversation")
@@ -226,6 +228,7 @@ def write_subset(
         raise InputRecordError(
             _records_name(records), None, None, f"holds no records; refusing to release subset `{spec.config}` empty"
         )
+    pa.default_memory_pool().release_unused()  # the parsed groups' memory, back to the system
     keys, lines, texts = (pa.chunked_array([part[i] for part in gated_parts]) for i in range(3))
     gated_parts.clear()
     order = pc.sort_indices(keys)
@@ -432,6 +435,13 @@ def _json_strings(arr):  # noqa: ANN001, ANN202
         for char, escaped in _JSON_ESCAPES.items():  # the backslash first
             arr = pc.replace_substring(arr, char, escaped)
     return _concat('"', arr, '"')
+
+
+def _compact(arr):  # noqa: ANN001, ANN202
+    """A copy of `arr` in buffers of its exact size."""
+    import pyarrow as pa
+
+    return pa.concat_arrays([arr, arr.slice(0, 0)])
 
 
 def _concat(*parts):  # noqa: ANN002, ANN202
