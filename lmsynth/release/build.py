@@ -287,8 +287,8 @@ def plan_release(
                 gated_paths[which] = rel
                 # +unsafe holds every default line too: index the strings once, from the larger set.
                 if which == "unsafe" or "unsafe" not in out.gated:
-                    for chunk in lines.texts.chunks:  # a row group's texts at a time
-                        for text in chunk.to_pylist():
+                    for texts in lines.texts():  # a row group's texts at a time
+                        for text in texts:
                             index.add(text)
                 job = encrypting.submit(
                     _encrypt_or_reuse,

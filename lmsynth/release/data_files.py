@@ -28,7 +28,7 @@ from typing import Any, get_args
 from lmsynth import progress
 from lmsynth.errors import InputRecordError
 from lmsynth.io import parse_line
-from lmsynth.records import PUBLIC_FIELDS, RUN_RECORDS_DIR, RUN_UNSAFE_DIR, GatedInstruction, SynthRecord
+from lmsynth.records import PUBLIC_FIELDS, RUN_RECORDS_DIR, RUN_UNSAFE_DIR, SynthRecord
 from lmsynth.release.inputs import RunInput, as_input
 from lmsynth.release.manifest import SubsetSpec
 from lmsynth.tree import layout
@@ -160,7 +160,7 @@ def write_subset(
     failed = 0
     arrow_bytes = 0
     parts: list[Path] = []
-    gated_parts: list = []  # (conversation_id, gated line, texts) of every group, in input order
+    gated_parts: list = []  # (conversation_id, translated_conversation) of every group, in input order
     where_parts: list[tuple[np.ndarray, np.ndarray]] = []  # (file index, line number) of every record
     writer = sink = None
     group_bytes = max(1, min(GROUP_BYTES, shard_bytes // 4))
@@ -178,9 +178,8 @@ def write_subset(
         _count(table, counts, multiturn=spec.multiturn)
         ids, conv = table.column("conversation_id").combine_chunks(), table.column("translated_conversation")
         conv = conv.combine_chunks()
-        texts = pc.struct_field(pc.list_flatten(conv), "content")
         # Exact-size copies: views would pin the parser's (over-allocated) buffers for the whole build.
-        gated_parts.append((_compact(ids), _json_lines(ids, conv), _compact(texts)))
+        gated_parts.append((_compact(ids), _compact(conv)))
         public = table.select(schema.names)
         if spec.multiturn:
             col = schema.names.index("synthesized_multiturn_conversation")
@@ -229,11 +228,11 @@ def write_subset(
             _records_name(records), None, None, f"holds no records; refusing to release subset `{spec.config}` empty"
         )
     pa.default_memory_pool().release_unused()  # the parsed groups' memory, back to the system
-    keys, lines, texts = (pa.chunked_array([part[i] for part in gated_parts]) for i in range(3))
+    keys, convs = (pa.chunked_array([part[i] for part in gated_parts]) for i in range(2))
     gated_parts.clear()
     order = pc.sort_indices(keys)
     _check_unique(keys.take(order), order, files, where_parts)
-    default = GatedLines(keys=keys, lines=lines, texts=texts, order=order)
+    default = GatedLines(keys=keys, convs=convs, order=order)
     gated = {"default": default}
     if "unsafe" in spec.encrypt:
         gated["unsafe"] = default.merged(_unsafe_pairs(records))
@@ -406,16 +405,13 @@ def _check_unique(sorted_ids, order, files: list[RunInput], where: list[tuple[An
     )
 
 
-def _unsafe_pairs(records: RunInput) -> list[tuple[str, str, list[str]]]:
-    """(id, gated line, texts) of the moderation-flagged records (a hundredth of a run: read line by line)."""
+def _unsafe_pairs(records: RunInput) -> list[tuple[str, list[dict]]]:
+    """(id, messages) of the moderation-flagged records (a hundredth of a run: read line by line)."""
     pairs = []
     for path in input_files(records, RUN_UNSAFE_DIR):
         for lineno, line in _numbered(path):
             rec = parse_line(line, SynthRecord, path=path, lineno=lineno)
-            g = GatedInstruction(
-                conversation_id=rec.conversation_id, translated_conversation=rec.translated_conversation
-            )
-            pairs.append((rec.conversation_id, g.model_dump_json(), [m.content for m in rec.translated_conversation]))
+            pairs.append((rec.conversation_id, [m.model_dump() for m in rec.translated_conversation]))
     return pairs
 
 
@@ -473,50 +469,68 @@ LINES_PER_CHUNK = 1 << 14  # gated lines gathered in sorted order at once
 
 @dataclass(frozen=True)
 class GatedLines:
-    """A gated set: `GatedInstruction` lines (each with its newline) in input order, and the order that sorts them.
+    """A gated set: ids and JA conversations in input order, and the order that sorts them (one row per id).
 
-    Calling it yields the sorted lines as strings; `chunks()` gives the plaintext bytes (what is gzipped and
-    encrypted), gathered `LINES_PER_CHUNK` lines at a time, so the sorted plaintext is never whole in memory;
-    `texts` are the instruction texts the leak guard indexes.
+    Calling it yields the sorted `GatedInstruction` lines as strings; `chunks()` gives the plaintext bytes (what
+    is gzipped and encrypted), built `LINES_PER_CHUNK` lines at a time in sorted order, so no whole plaintext
+    is ever in memory; `texts()` are the instruction texts the leak guard indexes.
     """
 
-    keys: Any  # pyarrow ChunkedArray of the conversation ids, input order
-    lines: Any  # pyarrow ChunkedArray (large_string), input order
-    texts: Any  # pyarrow ChunkedArray (string)
+    keys: Any  # pyarrow ChunkedArray: the conversation ids, input order
+    convs: Any  # pyarrow ChunkedArray: their translated conversations
     order: Any  # pyarrow UInt64Array: the rows of the set, sorted by id, one per id
 
-    def merged(self, pairs: list[tuple[str, str, list[str]]]) -> GatedLines:
-        """This set plus `(id, line, texts)` pairs; for an id in both, the smaller line (what a sorted merge keeps)."""
+    def merged(self, pairs: list[tuple[str, list[dict]]]) -> GatedLines:
+        """This set plus `(id, messages)` rows; for an id in both, the smaller line (as a sorted merge keeps)."""
         import numpy as np
         import pyarrow as pa
         import pyarrow.compute as pc
 
-        keys = pa.chunked_array([*self.keys.chunks, pa.array([k for k, _, _ in pairs], type=self.keys.type)])
-        lines = pa.chunked_array([*self.lines.chunks, pa.array([v + "\n" for _, v, _ in pairs], pa.large_string())])
-        texts = pa.chunked_array([*self.texts.chunks, pa.array([t for _, _, ts in pairs for t in ts], pa.string())])
-        order = pc.sort_indices(pa.table({"k": keys, "v": lines}), sort_keys=[("k", "ascending"), ("v", "ascending")])
-        sorted_keys = keys.take(order)
-        first = np.ones(len(order), dtype=bool)
+        keys = pa.chunked_array([*self.keys.chunks, pa.array([k for k, _ in pairs], type=self.keys.type)])
+        convs = pa.chunked_array([*self.convs.chunks, pa.array([m for _, m in pairs], type=self.convs.type)])
+        order = pc.sort_indices(keys).to_numpy()
+        keep = np.ones(len(order), dtype=bool)
         if len(order) > 1:
-            same = pc.equal(sorted_keys.slice(1), sorted_keys.slice(0, len(order) - 1))
-            first[1:] = ~same.to_numpy(zero_copy_only=False)
-        return GatedLines(keys=keys, lines=lines, texts=texts, order=order.filter(pa.array(first)))
+            sorted_keys = keys.take(pa.array(order))
+            same = pc.equal(sorted_keys.slice(1), sorted_keys.slice(0, len(order) - 1)).to_numpy(zero_copy_only=False)
+            # Runs of one id (rare: an id both answered and flagged): keep the row with the smallest line.
+            for end in np.flatnonzero(np.diff(np.r_[same, False].astype(np.int8)) == -1) + 1:
+                start = end
+                while start > 0 and same[start - 1]:
+                    start -= 1
+                rows = pa.array(order[start : end + 1])
+                lines = _json_lines(keys.take(rows).combine_chunks(), convs.take(rows).combine_chunks()).to_pylist()
+                keep[start : end + 1] = False
+                keep[start + min(range(len(lines)), key=lines.__getitem__)] = True
+        return GatedLines(keys=keys, convs=convs, order=pa.array(order[keep], type=pa.uint64()))
 
     def __len__(self) -> int:
         return len(self.order)
 
+    def texts(self) -> Iterator[list[str]]:
+        """The message texts of every row (unsorted), a row group at a time."""
+        import pyarrow.compute as pc
+
+        for chunk in self.convs.chunks:
+            yield pc.struct_field(pc.list_flatten(chunk), "content").to_pylist()
+
+    def _sorted_lines(self) -> Iterator:  # noqa: ANN202
+        for i in range(0, len(self.order), LINES_PER_CHUNK):
+            rows = self.order.slice(i, LINES_PER_CHUNK)
+            keys, convs = self.keys.take(rows).combine_chunks(), self.convs.take(rows).combine_chunks()
+            yield _json_lines(keys, convs)
+
     def __call__(self) -> Iterator[str]:
         """The sorted lines, without their newlines."""
-        for i in range(0, len(self.order), LINES_PER_CHUNK):
-            for line in self.lines.take(self.order.slice(i, LINES_PER_CHUNK)).to_pylist():
+        for arr in self._sorted_lines():
+            for line in arr.to_pylist():
                 yield line[:-1]
 
     def chunks(self) -> Iterator[bytes]:
         """The sorted plaintext (every line with its newline), a few MB at a time."""
         import numpy as np
 
-        for i in range(0, len(self.order), LINES_PER_CHUNK):
-            arr = self.lines.take(self.order.slice(i, LINES_PER_CHUNK)).combine_chunks()
+        for arr in self._sorted_lines():
             if not len(arr) or arr.buffers()[2] is None:
                 continue
             offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64)[arr.offset : arr.offset + len(arr) + 1]

@@ -212,6 +212,24 @@ def test_subset_bytes_match_the_reference_and_the_pins(tmp_path: Path, rows_per_
     assert digests == GOLDEN_SUBSET[f"{rows_per_group}/{shard_bytes}"]
 
 
+def test_an_id_both_answered_and_flagged_keeps_the_smaller_line(tmp_path: Path) -> None:
+    """+unsafe holds one line per id: where records/ and unsafe/ share an id, the line a sorted merge keeps."""
+    run = _subset_run(tmp_path)
+    shard = sorted((run / RUN_RECORDS_DIR).glob("*.jsonl"))[2]
+    recs = [json.loads(x) for x in shard.read_text(encoding="utf-8").splitlines()[:3]]
+    flagged = [
+        {**recs[0], "translated_conversation": [{"role": "user", "content": 'あ\t"z\u0001'}]},
+        {**recs[1], "translated_conversation": [{"role": "user", "content": "\u3000前"}]},
+        recs[2],
+    ]
+    with open(run / RUN_UNSAFE_DIR / "records-00000.jsonl", "a", encoding="utf-8") as f:
+        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in flagged)
+    out, _ = _write(run, tmp_path)
+    _, gated = _reference_subset(run, rows_per_group=data_files.ROWS_PER_GROUP, shard_bytes=data_files.SHARD_BYTES)
+    assert list(out.gated["unsafe"]()) == gated["unsafe"]
+    assert list(out.gated["default"]()) == gated["default"]
+
+
 def test_release_public_bytes_are_pinned(project: Project, tmp_path: Path) -> None:
     """All three v0.5 subsets (one multiturn), shards rotated: every public file as before, byte for byte."""
     res = build_release(
