@@ -8,9 +8,10 @@ small thread pool while the Parquet writer runs. A group is one row group; a sha
 `shard_bytes` and shards are renamed to `train-0000i-of-0000N.parquet` once N is known. The same input gives
 the same bytes: the schema is fixed, rows keep input order, and nothing time-dependent is written.
 
-The gated instructions (ids and JA conversations, a few hundred bytes a record) stay in memory as Arrow
-arrays, are sorted by `conversation_id` there, and become their JSON lines in one vectorised pass
-(`GatedLines`); they never touch the disk as plaintext: the release streams them into gzip and gpg.
+The gated instructions (ids and JA conversations, about 150 bytes a record) stay in memory as Arrow arrays
+and are sorted by `conversation_id` there; their JSON lines are built with Arrow compute a chunk at a time
+in sorted order (`GatedLines`) and never touch the disk as plaintext: the release streams them into gzip
+and gpg.
 """
 
 from __future__ import annotations
