@@ -39,7 +39,7 @@ from lmsynth.tree.manifest import SubsetCounts
 ROWS_PER_GROUP = 1_000
 GROUP_BYTES = 64 * 2**20  # a row group also ends at this much input JSON (bounds memory for long records)
 SHARD_BYTES = 512 * 2**20
-READ_BYTES = 32 * 2**20  # input read at once
+READ_BYTES = 16 * 2**20  # input read at once
 PARSE_THREADS = 2  # groups parsed at once (pyarrow's JSON reader releases the GIL)
 PARSE_AHEAD = 2  # groups parsed ahead of the writer (bounds memory: a group is ~16 MB of input)
 # Histogram bins of the figures: scores 0–10 in unit steps, token lengths up to 4,096 in steps of 128.

@@ -32,7 +32,7 @@ WINDOW = 16
 STRIDE = 8  # the word size: the sampled hash reads aligned 64-bit words
 MIN_BYTES = GATED_MIN_BYTES  # ≥ WINDOW + STRIDE - 1 guarantees a sampled window inside any occurrence
 assert MIN_BYTES >= WINDOW + STRIDE - 1
-CHUNK = 8 * 2**20  # bytes of text hashed at once
+CHUNK = 4 * 2**20  # bytes of text hashed at once
 
 _A = 0x9E3779B97F4A7C15
 _B = 0xC2B2AE3D27D4EB4F
@@ -122,12 +122,17 @@ class GatedIndex:
                 keys[i * STRIDE : i * STRIDE + len(pos)] = _hash_at(blob, pos)
             del blob
             order = np.argsort(keys, kind="stable")
-            ids = order // STRIDE
-            offs = (starts[ids + 1] + shift[order % STRIDE] - starts[ids]).astype(np.int32)
+            keys = keys[order]
+            ids = (order // STRIDE).astype(np.int32)
+            window = (order % STRIDE).astype(np.int8)
+            del order
+            # A window's offset in its string: the string's length plus the window's (negative) shift.
+            offs = np.diff(starts).astype(np.int32)[ids] + shift.astype(np.int32)[window]
+            del window
             bits = min(max(_BITMAP_MIN_BITS, (16 * len(keys)).bit_length()), _BITMAP_MAX_BITS)
             bitmap = np.zeros(2**bits, dtype=bool)
             bitmap[keys & np.uint64(2**bits - 1)] = True
-            self._sorted = (keys[order], ids.astype(np.int32), offs, bitmap)
+            self._sorted = (keys, ids, offs, bitmap)
         return self._sorted
 
 
