@@ -200,18 +200,21 @@ def write_subset(
 
     with progress.task(f"Reading {spec.config}") as advance, ThreadPoolExecutor(PARSE_THREADS) as pool:
         ahead: deque = deque()
+
+        def write_next() -> None:  # the parsed table is dropped on return, not held until the next one
+            future, rows = ahead.popleft()
+            write(future.result(), rows)
+            advance(rows)
+
         try:
             for group in _groups(files, rows_per_group=rows_per_group, group_bytes=group_bytes):
                 where_parts.append((group.file_index, group.linenos))
                 ahead.append((pool.submit(parsed, group), group.rows))
+                del group
                 while len(ahead) > PARSE_AHEAD or (ahead and ahead[0][0].done()):
-                    future, rows = ahead.popleft()
-                    write(future.result(), rows)
-                    advance(rows)
+                    write_next()
             while ahead:
-                future, rows = ahead.popleft()
-                write(future.result(), rows)
-                advance(rows)
+                write_next()
         finally:
             for future, _ in ahead:
                 future.cancel()
@@ -516,10 +519,10 @@ class GatedLines:
             yield pc.struct_field(pc.list_flatten(chunk), "content").to_pylist()
 
     def _sorted_lines(self) -> Iterator:  # noqa: ANN202
-        for i in range(0, len(self.order), LINES_PER_CHUNK):
-            rows = self.order.slice(i, LINES_PER_CHUNK)
-            keys, convs = self.keys.take(rows).combine_chunks(), self.convs.take(rows).combine_chunks()
-            yield _json_lines(keys, convs)
+        order = self.order.to_numpy()
+        for i in range(0, len(order), LINES_PER_CHUNK):
+            rows = order[i : i + LINES_PER_CHUNK]
+            yield _json_lines(_take(self.keys, rows), _take(self.convs, rows))
 
     def __call__(self) -> Iterator[str]:
         """The sorted lines, without their newlines."""
@@ -536,6 +539,27 @@ class GatedLines:
                 continue
             offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64)[arr.offset : arr.offset + len(arr) + 1]
             yield memoryview(arr.buffers()[2])[int(offsets[0]) : int(offsets[-1])].tobytes()
+
+
+def _take(arr, rows):  # noqa: ANN001, ANN202
+    """`arr.take(rows)` (a ChunkedArray, numpy row numbers) as one array, taken a chunk at a time.
+
+    Arrow's own take concatenates every chunk first: a transient copy of the whole set for each call.
+    """
+    import numpy as np
+    import pyarrow as pa
+
+    if not len(rows):
+        return pa.array([], type=arr.type)
+    rows = rows.astype(np.int64)
+    bounds = np.cumsum([0, *(len(c) for c in arr.chunks)])
+    which = np.searchsorted(bounds, rows, side="right") - 1
+    by = np.argsort(which, kind="stable")
+    cuts = np.flatnonzero(np.diff(which[by])) + 1
+    parts = [arr.chunk(int(which[g[0]])).take(pa.array(rows[g] - bounds[which[g[0]]])) for g in np.split(by, cuts)]
+    back = np.empty_like(by)
+    back[by] = np.arange(len(by))
+    return pa.concat_arrays(parts).take(pa.array(back))
 
 
 def _numbered(path: RunInput) -> Iterator[tuple[int, bytes]]:
