@@ -19,7 +19,9 @@ very short instructions ("hi", "こんにちは") occur everywhere in ordinary t
 from __future__ import annotations
 
 from array import array
-from collections.abc import Iterable
+from collections import deque
+from collections.abc import Callable, Iterable
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from pathlib import Path
 
 from lmsynth.errors import LeakError
@@ -136,17 +138,16 @@ class GatedIndex:
         return self._sorted
 
 
-def scan_tree(tree: Path, index: GatedIndex) -> int:
+def scan_tree(tree: Path, index: GatedIndex, *, narrow: Callable[[], bool] | None = None) -> int:
     """Scan every non-encrypted file under `tree`; return the number of files scanned.
 
     The string values of the Parquet shards, the bulk of the work, are decoded and searched one row group
-    per task on `SCAN_THREADS` threads; a leak is reported for the first file in name order that has one.
+    per task on `SCAN_THREADS` threads, or one at a time while `narrow()` is true (other work holds memory);
+    a leak is reported for the first file in name order that has one.
 
     Raises:
         LeakError: a file contains a gated string (names the file, never the string).
     """
-    from concurrent.futures import ThreadPoolExecutor
-
     files = sorted(p for p in tree.rglob("*") if p.is_file() and not layout.is_encrypted(p.as_posix()))
     index.prepare()
     with ThreadPoolExecutor(SCAN_THREADS) as pool:
@@ -156,10 +157,8 @@ def scan_tree(tree: Path, index: GatedIndex) -> int:
             raw = _parquet_footer(path) if path.suffix == ".parquet" else path.read_bytes()
             if index.find(raw) is not None:
                 raise LeakError(rel, "contains gated instruction text; refusing to publish")
-            if path.suffix == ".parquet":
-                groups = range(_row_groups(path))
-                if any(pool.map(lambda rg, path=path: _row_group_leaks(path, rg, index), groups)):
-                    raise LeakError(rel, "a string value contains gated instruction text; refusing to publish")
+            if path.suffix == ".parquet" and _parquet_leaks(pool, path, index, narrow):
+                raise LeakError(rel, "a string value contains gated instruction text; refusing to publish")
     return len(files)
 
 
@@ -207,10 +206,22 @@ def _parquet_footer(path: Path) -> bytes:
         return f.read(length)
 
 
-def _row_groups(path: Path) -> int:
+def _parquet_leaks(pool: Executor, path: Path, index: GatedIndex, narrow: Callable[[], bool] | None) -> bool:
+    """Whether a string value of a Parquet file holds a gated string: its row groups searched on `pool`."""
     import pyarrow.parquet as pq
 
-    return pq.ParquetFile(path).num_row_groups
+    pending: deque[Future] = deque()
+    try:
+        for rg in range(pq.ParquetFile(path).num_row_groups):
+            width = 1 if narrow is not None and narrow() else SCAN_THREADS
+            while len(pending) >= width:
+                if pending.popleft().result():
+                    return True
+            pending.append(pool.submit(_row_group_leaks, path, rg, index))
+        return any(future.result() for future in pending)
+    finally:
+        for future in pending:
+            future.cancel()
 
 
 def _row_group_leaks(path: Path, rg: int, index: GatedIndex) -> bool:
