@@ -39,7 +39,7 @@ from lmsynth.faults import kill_point
 from lmsynth.io import atomic_dir, atomic_path, parse_line, sha256_file
 from lmsynth.prepare import PREPARED_MARKER
 from lmsynth.records import PREPARED_INSTRUCTIONS, PREPARED_UNSAFE, RUN_INFO_FILE, InstructionRecord, read_run_info
-from lmsynth.release import cards, data_files, figures
+from lmsynth.release import cards, data_files, figures, heap
 from lmsynth.release.inputs import RunInput, exists, resolve_input
 from lmsynth.release.leak_guard import GatedIndex, scan_tree
 from lmsynth.release.manifest import ReleaseManifest, SubsetSpec, load_manifest
@@ -263,6 +263,7 @@ def plan_release(
     prev_manifest = _previous_manifest(previous)
 
     key_matches = prev_manifest is not None and keycheck.matches(prev_manifest.source_fingerprint, passphrase)
+    heap.fix_mmap_threshold()  # large freed blocks back to the system: the peak RSS stays bounded
     # The gated files are encrypted into `work` on `ENCRYPT_THREADS` threads (gzip and gpg run outside the GIL)
     # while the next subsets are read and the leak guard scans, and are moved into the tree once it is clean.
     with scratch_dir("gated") as work, ThreadPoolExecutor(ENCRYPT_THREADS) as encrypting:
@@ -281,15 +282,28 @@ def plan_release(
                 work=work,
                 shard_bytes=shard_bytes or data_files.SHARD_BYTES,
             )
+            fig_paths = [
+                layout.figure_path(spec.config, figures.SCORE_FIGURE),
+                layout.figure_path(spec.config, figures.LENGTH_FIGURE),
+            ]
+            figures.plot_scores(tree / fig_paths[0], hist=out.score_hist, failed=out.failed_scores, title=spec.config)
+            figures.plot_lengths(
+                tree / fig_paths[1], hist=out.length_hist, bin_width=data_files.LENGTH_BIN, title=spec.config
+            )
+            # +unsafe holds every default line too: index the strings once, from the larger set.
+            indexed = out.gated.get("unsafe", out.gated.get("default"))
+            for texts in indexed.texts() if indexed is not None else ():  # a row group's texts at a time
+                for text in texts:
+                    index.add(text)
+            if prepared[spec.config] is not None:
+                _index_prepared(index, prepared[spec.config])
+            if spec is manifest.subsets[-1]:
+                # The index's sorting (its memory peak) before this subset's encryption starts, not beside it.
+                index.prepare()
             gated_paths: dict[str, str] = {}
             for which, lines in out.gated.items():
                 rel = layout.gated_path(spec.config, unsafe=which == "unsafe")
                 gated_paths[which] = rel
-                # +unsafe holds every default line too: index the strings once, from the larger set.
-                if which == "unsafe" or "unsafe" not in out.gated:
-                    for texts in lines.texts():  # a row group's texts at a time
-                        for text in texts:
-                            index.add(text)
                 job = encrypting.submit(
                     _encrypt_or_reuse,
                     lines.chunks,
@@ -302,16 +316,6 @@ def plan_release(
                     keep=keep_gated / rel.removesuffix(".gpg") if keep_gated is not None else None,
                 )
                 jobs.append((rel, job))
-            fig_paths = [
-                layout.figure_path(spec.config, figures.SCORE_FIGURE),
-                layout.figure_path(spec.config, figures.LENGTH_FIGURE),
-            ]
-            figures.plot_scores(tree / fig_paths[0], hist=out.score_hist, failed=out.failed_scores, title=spec.config)
-            figures.plot_lengths(
-                tree / fig_paths[1], hist=out.length_hist, bin_width=data_files.LENGTH_BIN, title=spec.config
-            )
-            if prepared[spec.config] is not None:
-                _index_prepared(index, prepared[spec.config])
             built.append(
                 cards.SubsetCardData(
                     spec=spec,
@@ -343,7 +347,8 @@ def plan_release(
             (tree / rel).write_text(text, encoding="utf-8")
 
         # 4. Leak guard over every non-encrypted file, before MANIFEST.json and before any target sees it.
-        scanned = scan_tree(tree, index)
+        # One row group at a time while the gated files are still encrypting (bounds the memory of the overlap).
+        scanned = scan_tree(tree, index, narrow=lambda: not all(job.done() for _, job in jobs))
         for (rel, job), src in zip(jobs, (work / f"{i}.gpg" for i in range(len(jobs))), strict=True):
             gated_entries[rel], was_reused = job.result()
             (tree / rel).parent.mkdir(parents=True, exist_ok=True)

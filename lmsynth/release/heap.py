@@ -1,0 +1,30 @@
+"""Freed memory goes back to the system during a release build (glibc's malloc).
+
+glibc raises its mmap threshold to the size of the largest block freed so far (up to 32 MiB). After the
+first 16 MiB input block is freed, blocks of that size (input reads, numpy temporaries, the leak guard's
+4 MiB chunks) come from the heap of the thread that allocates them instead; freed, they stay in the
+process, pinned between long-lived objects, and the resident size grows with the build and with every
+thread. Setting the threshold turns that adjustment off: such blocks keep their own mappings, which are
+returned to the system when freed. The cost is a few page faults per large block.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import sys
+
+
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+MMAP_THRESHOLD = 1 << 20  # bytes: blocks at least this large are mapped on their own
+
+
+def fix_mmap_threshold() -> bool:
+    """Fix glibc's mmap threshold at `MMAP_THRESHOLD` for this process; False where malloc is not glibc's."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt  # the process's own C library
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD))
