@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 import shutil
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from pydantic import Field, SecretStr
@@ -40,7 +40,7 @@ from lmsynth.io import atomic_dir, atomic_path, parse_line, sha256_file
 from lmsynth.outdir import apart, check_out
 from lmsynth.prepare import PREPARED_MARKER
 from lmsynth.records import PREPARED_INSTRUCTIONS, PREPARED_UNSAFE, RUN_INFO_FILE, InstructionRecord, read_run_info
-from lmsynth.release import data_files, figures
+from lmsynth.release import data_files, figures, heap
 from lmsynth.release import dataset_cards as cards
 from lmsynth.release.inputs import RunInput, exists, resolve_input
 from lmsynth.release.leak_guard import GatedIndex, scan_tree
@@ -63,6 +63,7 @@ from lmsynth.tree.manifest_json import (
 log = logging.getLogger(__name__)
 
 FetchPrevious = Callable[[str], bytes | None]
+ENCRYPT_THREADS = 2  # gated files gzipped and encrypted at once
 
 
 class ReleasePlan(StrictModel):
@@ -280,13 +281,16 @@ def plan_release(
     prev_manifest = _previous_manifest(previous)
 
     key_matches = prev_manifest is not None and keycheck.matches(prev_manifest.source_fingerprint, passphrase)
-    # Sort spills of the gated instructions (past `data_files.SPILL_LINES` records) live in a scratch folder.
-    with scratch_dir("gated") as work:
+    heap.fix_mmap_threshold()  # large freed blocks back to the system: the peak RSS stays bounded
+    # The gated files are encrypted into `work` on `ENCRYPT_THREADS` threads (gzip and gpg run outside the GIL)
+    # while the next subsets are read and the leak guard scans, and are moved into the tree once it is clean.
+    with scratch_dir("gated") as work, ThreadPoolExecutor(ENCRYPT_THREADS) as encrypting:
         # 2. Public shards, gated plaintexts, figures: one streaming pass per subset.
         built: list[cards.SubsetCardData] = []
         infos: dict[str, SubsetInfo] = {}
         gated_entries: dict[str, FileEntry] = {}
         reused: list[str] = []
+        jobs: list[tuple[str, Future]] = []
         index = GatedIndex()
         for spec in manifest.subsets:
             out = data_files.write_subset(
@@ -304,33 +308,32 @@ def plan_release(
             figures.plot_lengths(
                 tree / fig_paths[1], hist=out.length_hist, bin_width=data_files.LENGTH_BIN, title=spec.config
             )
+            # +unsafe holds every default line too: index the strings once, from the larger set.
+            indexed = out.gated.get("unsafe", out.gated.get("default"))
+            for texts in indexed.texts() if indexed is not None else ():  # a row group's texts at a time
+                for text in texts:
+                    index.add(text)
+            if prepared[spec.config] is not None:
+                _index_prepared(index, prepared[spec.config])
+            if spec is manifest.subsets[-1]:
+                # The index's sorting (its memory peak) before this subset's encryption starts, not beside it.
+                index.prepare()
             gated_paths: dict[str, str] = {}
             for which, lines in out.gated.items():
                 rel = layout.gated_path(spec.config, unsafe=which == "unsafe")
                 gated_paths[which] = rel
-                n = out.counts.gated_unsafe if which == "unsafe" else out.counts.gated_default
-                # +unsafe holds every default line too: index the strings once, from the larger set.
-                indexed = index if which == "unsafe" or "unsafe" not in out.gated else None
-                entry, was_reused = _encrypt_or_reuse(
-                    lambda lines=lines, indexed=indexed: _indexing(lines(), indexed),
-                    tree / rel,
+                job = encrypting.submit(
+                    _encrypt_or_reuse,
+                    lines.chunks,
+                    work / f"{len(jobs)}.gpg",
                     rel=rel,
-                    records=n,
+                    records=len(lines),
                     passphrase=passphrase,
                     previous=previous,
                     prev=prev_manifest if key_matches else None,
+                    keep=keep_gated / rel.removesuffix(".gpg") if keep_gated is not None else None,
                 )
-                gated_entries[rel] = entry
-                if was_reused:
-                    reused.append(rel)
-                if keep_gated is not None:
-                    plain = keep_gated / rel.removesuffix(".gpg")
-                    with atomic_path(plain, private=True) as tmp, open(tmp, "wb") as f:
-                        for chunk in data_files.gz_chunks(lines()):
-                            f.write(chunk)
-                kill_point("release.encrypted")
-            if prepared[spec.config] is not None:
-                _index_prepared(index, prepared[spec.config])
+                jobs.append((rel, job))
             built.append(
                 cards.SubsetCardData(
                     spec=spec,
@@ -361,8 +364,16 @@ def plan_release(
         for rel, text in texts.items():
             (tree / rel).write_text(text, encoding="utf-8")
 
-    # 4. Leak guard over every non-encrypted file, before MANIFEST.json and before any target sees it.
-    scanned = scan_tree(tree, index)
+        # 4. Leak guard over every non-encrypted file, before MANIFEST.json and before any target sees it.
+        # One row group at a time while the gated files are still encrypting (bounds the memory of the overlap).
+        scanned = scan_tree(tree, index, narrow=lambda: not all(job.done() for _, job in jobs))
+        for (rel, job), src in zip(jobs, (work / f"{i}.gpg" for i in range(len(jobs))), strict=True):
+            gated_entries[rel], was_reused = job.result()
+            (tree / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(src, tree / rel)
+            if was_reused:
+                reused.append(rel)
+            kill_point("release.encrypted")
 
     # 5. MANIFEST.json: every file of the tree, the gated ones with their plaintext digest.
     checksum = write_manifest(
@@ -452,7 +463,7 @@ def _key_check(prev: ChecksumManifest | None, passphrase: SecretStr | None, key_
 
 
 def _encrypt_or_reuse(
-    lines: Callable[[], Iterator[str]],
+    plaintext: Callable[[], Iterator[bytes]],
     dst: Path,
     *,
     rel: str,
@@ -460,16 +471,22 @@ def _encrypt_or_reuse(
     passphrase: SecretStr,
     previous: FetchPrevious | None,
     prev: ChecksumManifest | None,
+    keep: Path | None = None,
 ) -> tuple[FileEntry, bool]:
-    """Stream the gzipped `lines` into gpg (no plaintext file); reuse the published ciphertext if unchanged.
+    """Stream the gzipped `plaintext` into gpg (no plaintext file); reuse the published ciphertext if unchanged.
 
     `prev` is the published MANIFEST.json when it was encrypted with this same key, else None. When it lists
     this file, the plaintext digest is computed first (no encryption) so an unchanged file costs no gpg run.
+    `keep`: also write the gzipped plaintext there (a Hub-gated repo's copy).
     """
+    if keep is not None:
+        with atomic_path(keep, private=True) as tmp, open(tmp, "wb") as f:  # gated plaintext
+            for chunk in data_files.gz_bytes(plaintext()):
+                f.write(chunk)
     old = prev.files.get(rel) if prev is not None else None
     if old is not None and previous is not None:
         plain = hashlib.sha256()
-        for chunk in data_files.gz_chunks(lines()):
+        for chunk in data_files.gz_bytes(plaintext()):
             plain.update(chunk)
         if plain.hexdigest() == old.plaintext_sha256:
             data = previous(rel)
@@ -480,7 +497,7 @@ def _encrypt_or_reuse(
     plain = hashlib.sha256()
 
     def chunks() -> Iterator[bytes]:
-        for chunk in data_files.gz_chunks(lines()):
+        for chunk in data_files.gz_bytes(plaintext()):
             plain.update(chunk)
             yield chunk
 
@@ -489,15 +506,6 @@ def _encrypt_or_reuse(
         sha256=sha256_file(dst), size=dst.stat().st_size, plaintext_sha256=plain.hexdigest(), records=records
     )
     return entry, False
-
-
-def _indexing(lines: Iterator[str], index: GatedIndex | None) -> Iterator[str]:
-    """`lines` (GatedInstruction JSON), adding their texts to the leak guard's `index` on the way (if given)."""
-    for line in lines:
-        if index is not None:
-            for msg in json.loads(line)["translated_conversation"]:
-                index.add(msg["content"])
-        yield line
 
 
 def _index_prepared(index: object, prepared: RunInput) -> None:

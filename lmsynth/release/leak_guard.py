@@ -19,7 +19,9 @@ very short instructions ("hi", "こんにちは") occur everywhere in ordinary t
 from __future__ import annotations
 
 from array import array
-from collections.abc import Iterable
+from collections import deque
+from collections.abc import Callable, Iterable
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from pathlib import Path
 
 from lmsynth.errors import LeakError
@@ -32,11 +34,15 @@ WINDOW = 16
 STRIDE = 8  # the word size: the sampled hash reads aligned 64-bit words
 MIN_BYTES = GATED_MIN_BYTES  # ≥ WINDOW + STRIDE - 1 guarantees a sampled window inside any occurrence
 assert MIN_BYTES >= WINDOW + STRIDE - 1
-CHUNK = 8 * 2**20  # bytes of text hashed at once
+CHUNK = 4 * 2**20  # bytes of text hashed at once
 
 _A = 0x9E3779B97F4A7C15
 _B = 0xC2B2AE3D27D4EB4F
-_BITMAP_MASK = 2**24 - 1  # 16 MiB of flags, whatever the number of gated strings
+# A bitmap of flags over the keys' low bits: at least 16 MiB, 16 flags per key up to 32 MiB, so that about one
+# window in 16 (one in 9 for the ~4M keys of a full v0.5 release) reaches the binary search.
+_BITMAP_MIN_BITS, _BITMAP_MAX_BITS = 24, 25
+_INDEX_SLICE = 1 << 18  # strings whose windows are hashed at once
+SCAN_THREADS = 2  # Parquet row groups decoded and searched at once (pyarrow and numpy release the GIL)
 
 
 class GatedIndex:
@@ -82,7 +88,7 @@ class GatedIndex:
             piece = data[start : start + CHUNK + MIN_BYTES]
             hashes = _sampled_hashes(piece)
             # A bitmap of the keys' low bits rejects almost every window before the binary search.
-            maybe = np.nonzero(bitmap[hashes & np.uint64(_BITMAP_MASK)])[0]
+            maybe = np.flatnonzero(bitmap[hashes & np.uint64(len(bitmap) - 1)])
             if not len(maybe):
                 continue
             pos = np.searchsorted(keys, hashes[maybe])
@@ -97,43 +103,62 @@ class GatedIndex:
                     k += 1
         return None
 
+    def prepare(self) -> None:
+        """Build the search structures now (before `find` is called from several threads)."""
+        if len(self):
+            self._index()
+
     def _index(self):  # noqa: ANN202
         import numpy as np
 
         if self._sorted is None:
-            # The last STRIDE windows of every string, hashed all at once.
+            # The last STRIDE windows of every string, hashed a slice of strings at a time (bounded temporaries);
+            # keys are laid out string by string, so a key's place gives its string and its window.
             starts = np.frombuffer(self._starts, dtype=np.int64)
-            ends = starts[1:]
+            n = len(starts) - 1
             shift = np.arange(-(WINDOW + STRIDE - 1), -WINDOW + 1, dtype=np.int64)
-            pos = (ends[:, None] + shift[None, :]).ravel()
-            ids = np.repeat(np.arange(len(ends), dtype=np.int64), STRIDE)
-            offs = pos - starts[ids]
-            blob = np.frombuffer(bytes(self._blob), dtype=np.uint8)
-            keys = _hash_at(blob, pos)
+            keys = np.empty(n * STRIDE, dtype=np.uint64)
+            blob = np.frombuffer(self._blob, dtype=np.uint8)  # a view: released below, before any `add`
+            for i in range(0, n, _INDEX_SLICE):
+                pos = (starts[i + 1 : i + 1 + _INDEX_SLICE, None] + shift[None, :]).ravel()
+                keys[i * STRIDE : i * STRIDE + len(pos)] = _hash_at(blob, pos)
+            del blob
             order = np.argsort(keys, kind="stable")
-            bitmap = np.zeros(_BITMAP_MASK + 1, dtype=bool)
-            bitmap[keys & np.uint64(_BITMAP_MASK)] = True
-            self._sorted = (keys[order], ids[order], offs[order], bitmap)
+            keys = keys[order]
+            ids = (order // STRIDE).astype(np.int32)
+            window = (order % STRIDE).astype(np.int8)
+            del order
+            # A window's offset in its string: the string's length plus the window's (negative) shift.
+            offs = np.diff(starts).astype(np.int32)[ids] + shift.astype(np.int32)[window]
+            del window
+            bits = min(max(_BITMAP_MIN_BITS, (16 * len(keys)).bit_length()), _BITMAP_MAX_BITS)
+            bitmap = np.zeros(2**bits, dtype=bool)
+            bitmap[keys & np.uint64(2**bits - 1)] = True
+            self._sorted = (keys, ids, offs, bitmap)
         return self._sorted
 
 
-def scan_tree(tree: Path, index: GatedIndex) -> int:
+def scan_tree(tree: Path, index: GatedIndex, *, narrow: Callable[[], bool] | None = None) -> int:
     """Scan every non-encrypted file under `tree`; return the number of files scanned.
+
+    The string values of the Parquet shards, the bulk of the work, are decoded and searched one row group
+    per task on `SCAN_THREADS` threads, or one at a time while `narrow()` is true (other work holds memory);
+    a leak is reported for the first file in name order that has one.
 
     Raises:
         LeakError: a file contains a gated string (names the file, never the string).
     """
     files = sorted(p for p in tree.rglob("*") if p.is_file() and not layout.is_encrypted(p.as_posix()))
-    for path in track(files, "Leak guard", unit="files"):
-        rel = path.relative_to(tree).as_posix()
-        # Parquet data pages are compressed: their values are scanned decoded below, the footer raw here.
-        raw = _parquet_footer(path) if path.suffix == ".parquet" else path.read_bytes()
-        if index.find(raw) is not None:
-            raise LeakError(rel, "contains gated instruction text; refusing to publish")
-        if path.suffix == ".parquet":
-            for blob in _parquet_strings(path):
-                if index.find(blob) is not None:
-                    raise LeakError(rel, "a string value contains gated instruction text; refusing to publish")
+    index.prepare()
+    with ThreadPoolExecutor(SCAN_THREADS) as pool:
+        for path in track(files, "Leak guard", unit="files"):
+            rel = path.relative_to(tree).as_posix()
+            # Parquet data pages are compressed: their values are scanned decoded below, the footer raw here.
+            raw = _parquet_footer(path) if path.suffix == ".parquet" else path.read_bytes()
+            if index.find(raw) is not None:
+                raise LeakError(rel, "contains gated instruction text; refusing to publish")
+            if path.suffix == ".parquet" and _parquet_leaks(pool, path, index, narrow):
+                raise LeakError(rel, "a string value contains gated instruction text; refusing to publish")
     return len(files)
 
 
@@ -181,8 +206,31 @@ def _parquet_footer(path: Path) -> bytes:
         return f.read(length)
 
 
-def _parquet_strings(path: Path) -> Iterable[bytes]:
-    """The UTF-8 bytes of every string value of a Parquet file, one blob per column batch."""
+def _parquet_leaks(pool: Executor, path: Path, index: GatedIndex, narrow: Callable[[], bool] | None) -> bool:
+    """Whether a string value of a Parquet file holds a gated string: its row groups searched on `pool`."""
+    import pyarrow.parquet as pq
+
+    pending: deque[Future] = deque()
+    try:
+        for rg in range(pq.ParquetFile(path).num_row_groups):
+            width = 1 if narrow is not None and narrow() else SCAN_THREADS
+            while len(pending) >= width:
+                if pending.popleft().result():
+                    return True
+            pending.append(pool.submit(_row_group_leaks, path, rg, index))
+        return any(future.result() for future in pending)
+    finally:
+        for future in pending:
+            future.cancel()
+
+
+def _row_group_leaks(path: Path, rg: int, index: GatedIndex) -> bool:
+    return any(index.find(blob) is not None for blob in _parquet_strings(path, rg))
+
+
+def _parquet_strings(path: Path, rg: int) -> Iterable[bytes]:
+    """The UTF-8 bytes of every string value of a Parquet row group, one blob per column."""
+    import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
@@ -197,17 +245,14 @@ def _parquet_strings(path: Path) -> Iterable[bytes]:
             for i in range(t.num_fields):
                 yield from strings(pc.struct_field(arr, [i]))
 
-    import numpy as np
-
     pf = pq.ParquetFile(path)
-    # One row group and one column at a time: memory stays at one column chunk.
-    for rg in range(pf.num_row_groups):
-        for name in pf.schema_arrow.names:
-            col = pf.read_row_group(rg, columns=[name]).column(0).combine_chunks()
-            for arr in strings(col):
-                # The values' bytes, back to back, without copying: a match that spans two adjacent values
-                # is reported too (the safe side; it does not happen by chance).
-                if len(arr) == 0 or arr.buffers()[2] is None:
-                    continue
-                offsets = np.frombuffer(arr.buffers()[1], dtype=np.int32)[arr.offset : arr.offset + len(arr) + 1]
-                yield memoryview(arr.buffers()[2])[int(offsets[0]) : int(offsets[-1])]
+    # One column at a time: memory stays at one column chunk per thread.
+    for name in pf.schema_arrow.names:
+        col = pf.read_row_group(rg, columns=[name]).column(0).combine_chunks()
+        for arr in strings(col):
+            # The values' bytes, back to back, without copying: a match that spans two adjacent values
+            # is reported too (the safe side; it does not happen by chance).
+            if len(arr) == 0 or arr.buffers()[2] is None:
+                continue
+            offsets = np.frombuffer(arr.buffers()[1], dtype=np.int32)[arr.offset : arr.offset + len(arr) + 1]
+            yield memoryview(arr.buffers()[2])[int(offsets[0]) : int(offsets[-1])]

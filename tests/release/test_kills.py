@@ -2,8 +2,8 @@
 
 Each killed command is a real subprocess that SIGKILLs itself at a kill point (`lmsynth.faults`), so no
 `finally` runs. The checks: what the kill left (gated plaintext in the scratch folder, a GnuPG agent), that
-the next command removes all of it, and that a rerun finishes the release so `verify` passes. The sort of
-the gated instructions spills every 5 lines here, so a killed build really has plaintext files on disk.
+the next command removes all of it, and that a rerun finishes the release so `verify` passes. The gated
+instructions are sorted in memory and streamed into gpg: no kill point finds their plaintext on disk.
 """
 
 from __future__ import annotations
@@ -22,11 +22,7 @@ from lmsynth.targets.local import LocalTarget
 from tests.release.conftest import PASSPHRASE
 
 
-# A CLI whose gated sort spills every 5 lines (small runs would otherwise stay in memory).
-_CLI = (
-    "import sys; import lmsynth.release.data_files as s; s.SPILL_LINES = 5; from lmsynth.cli.app import main; "
-    "sys.argv = ['lmsynth', *sys.argv[1:]]; main()"
-)
+_CLI = "import sys; from lmsynth.cli.app import main; sys.argv = ['lmsynth', *sys.argv[1:]]; main()"
 RELEASE = ("release", "v0.5", "--manifest", "v0.5.yaml", "--to", "hub")
 TIMEOUT = 300
 
@@ -95,14 +91,7 @@ def _assert_released(root: Path) -> None:
     verify("v0.5", target=str(root / "hub"), passphrase=SecretStr(PASSPHRASE))
 
 
-# (kill point, whether the killed command must have left gated plaintext in the scratch folder)
-BUILD_POINTS = [
-    ("release.staging", False),
-    ("crypto.streaming", True),
-    ("release.encrypted@1", True),
-    ("release.encrypted@2", True),
-    ("release.planned", False),  # the spills are gone by then: only the built (public) tree is left
-]
+BUILD_POINTS = ["release.staging", "crypto.streaming", "release.encrypted@1", "release.encrypted@2", "release.planned"]
 PUBLISH_POINTS = [
     "publish.locked",
     "publish.committed",
@@ -114,17 +103,14 @@ PUBLISH_POINTS = [
 ]
 
 
-@pytest.mark.parametrize(("point", "plaintext"), BUILD_POINTS, ids=[p for p, _ in BUILD_POINTS])
-def test_kill_during_build_leaves_nothing_after_the_next_command(
-    small_project: Path, point: str, plaintext: bool
-) -> None:
+@pytest.mark.parametrize("point", BUILD_POINTS)
+def test_kill_during_build_leaves_nothing_after_the_next_command(small_project: Path, point: str) -> None:
     root = small_project
     killed = _lmsynth(root, *RELEASE, kill_at=point)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     left = _leftovers(root)
     assert left["scratch"], "the kill left no scratch folder: the kill point was not reached"
-    if plaintext:  # the sort spills of gated instructions, which only the scratch folder may hold
-        assert any(".run" in p for p in left["scratch"]), left
+    assert not any(p.endswith((".jsonl", ".jsonl.gz")) or ".run" in p for p in left["scratch"]), left
     assert not any("lmsynth" in name for name in left["systmp"]), left  # nothing of ours outside the scratch
     # Any later command cleans what the killed one left (its lock died with it), GnuPG agents included.
     assert _lmsynth(root, "version").returncode == 0
