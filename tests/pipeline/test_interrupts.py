@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.pipeline.factories import make_record, write_fake_pipeline, write_prepared
@@ -29,6 +30,11 @@ def _alive(session: int) -> list[str]:
 
 def _units(cache: Path, stage: str) -> bool:
     return (cache / stage).is_dir() and any((cache / stage).rglob("*.json"))
+
+
+def _cpu_s(pid: int) -> float:
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
 
 
 @pytest.mark.timeout(600)
@@ -60,7 +66,10 @@ def test_interrupted_run_says_so_in_one_line_and_leaves_nothing(
     )
     deadline = time.monotonic() + 300
     if when == "starting":
-        time.sleep(1.0)  # still importing
+        # Still importing, but past the interpreter's own start (no program can handle a signal before it
+        # runs): CPU time, not wall time, so that a loaded machine does not move the moment.
+        while proc.poll() is None and time.monotonic() < deadline and _cpu_s(proc.pid) < 0.5:
+            time.sleep(0.02)
     else:
         while proc.poll() is None and time.monotonic() < deadline and not _units(cache, when):
             time.sleep(0.05)
