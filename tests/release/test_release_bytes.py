@@ -161,12 +161,14 @@ GOLDEN_SUBSET = {
         "hist": "c9b03d19b19c5dc89339f570efc26c6c",
     },
 }
+# The cards (and MANIFEST.json, which lists them) were re-pinned once, when the recovery section gained the
+# sentence on private files; every data file keeps the digest of the line-by-line build.
 GOLDEN_RELEASE = {
-    "MANIFEST.json": "c1c1c0c4dce59d5c46f8ad4430aaaa71",
-    "README.md": "530408a19667768ce0171c2616c36f4c",
-    "README_gemma-2.md": "4485dcd7f3797d5c7dbdcc101d6ada92",
-    "README_gemma-3.md": "1f01907c3dd465ebc63d4e9a3c74d9ab",
-    "README_llama-3.1.md": "53148b6e2fd9826f3abfbd1f00090183",
+    "MANIFEST.json": "8db233163e5183c02923be154309c89b",
+    "README.md": "43942f1b754d75714cf87d652c318bca",
+    "README_gemma-2.md": "ebb3fc5768bcaa40dc28b7242f1037cf",
+    "README_gemma-3.md": "07930c06394513ffc4f87bd97e88f679",
+    "README_llama-3.1.md": "06412ba39986c3ec13fff157ff3f5130",
     "data/gemma-2/train-00000-of-00005.parquet": "1223cfbb84c98dbf3723d24c9c099bb5",
     "data/gemma-2/train-00001-of-00005.parquet": "f7166fb671a1b717c1cf4404e7853d8d",
     "data/gemma-2/train-00002-of-00005.parquet": "3cd436f05357ceb9e33eb46489dbb50a",
