@@ -152,7 +152,17 @@ def test_lmsynth_run_refuses_a_bomb_in_one_line(tmp_path: Path) -> None:
     path = tmp_path / "bomb.yaml"
     path.write_text(bomb_in("description", PIPELINE))
     res = subprocess.run(
-        [sys.executable, "-m", "lmsynth", "run", str(path), "--input", str(tmp_path), "--out", str(tmp_path / "o")],
+        [
+            sys.executable,
+            "-m",
+            "lmsynth",
+            "run",
+            str(path),
+            "--input",
+            str(tmp_path / "prep"),
+            "--out",
+            str(tmp_path / "o"),
+        ],
         capture_output=True,
         text=True,
         timeout=120,
