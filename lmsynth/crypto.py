@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -27,6 +28,8 @@ from lmsynth.io import atomic_path, no_space_left
 
 
 CIPHER = "AES256"
+# python-gnupg logs a WARNING for every gpg that exits non-zero; lmsynth reports each failure itself, in one line.
+logging.getLogger("gnupg").setLevel(logging.ERROR)
 # An explicit key-derivation strength: the strongest iteration count OpenPGP allows, with SHA-256. Leaving it
 # to gpg makes the agent calibrate it on every call (seconds each on a busy machine).
 S2K_ARGS = ("--s2k-digest-algo", "SHA256", "--s2k-count", "65011712")

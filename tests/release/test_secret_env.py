@@ -32,7 +32,10 @@ def test_no_git_gpg_or_other_descendant_of_lmsynth_release_holds_a_secret(small_
         assert dumps, f"{name}: never called"
         assert [_leaks(d) for d in dumps if _leaks(d)] == [], name
     assert seen, "no descendant seen while the release ran"
-    leaked = {f"{pid} {cmd}": _leaks(env) for pid, (cmd, env) in seen.items() if _leaks(env)}
+    # A child caught between fork and exec is still this command's own image (its memory, its command line):
+    # what it holds is `own`, checked above. Whatever it execs gets its own environment, checked here.
+    itself = " ".join(argv)[:120]
+    leaked = {f"{pid} {cmd}": _leaks(env) for pid, (cmd, env) in seen.items() if _leaks(env) and cmd != itself}
     assert leaked == {}
     # The passphrase still reached gpg (by its stdin): the release decrypts with it.
     from pydantic import SecretStr
