@@ -5,8 +5,10 @@ processes. When the main process is killed with SIGKILL nothing of it runs again
 another process: `reap_on_death()` starts a small watchdog (`python -m lmsynth.procs`, in its own session so
 a Ctrl-C or a `killpg` of the run does not reach it) that snapshots the main process's descendants twice a
 second and, when the main process is gone without having written `stop` to the watchdog's stdin, sends
-SIGTERM to every process of the last snapshot that is still the same process (pid and start time), then
-SIGKILL to what is left after a grace period. A parent-death signal (prctl PR_SET_PDEATHSIG) would not do:
+SIGTERM to every process it has seen in the tree that is still the same process (pid and start time), then
+SIGKILL to what is left after a grace period. Seen, not last seen: a killer that ends the children first
+(Ray kills an actor's children, then the actor) orphans the grandchildren before the main process is gone,
+and a last snapshot would no longer hold them. A parent-death signal (prctl PR_SET_PDEATHSIG) would not do:
 it must be set inside each child, and distilabel's pool, the multiprocessing manager and vLLM's EngineCore
 are children lmsynth does not start itself. Linux only (it reads /proc); elsewhere it does nothing.
 """
@@ -139,7 +141,8 @@ def _watch(parent: int, grace_s: float) -> int:
     threading.Thread(target=_read, daemon=True).start()
     # The pipe alone cannot tell: children forked by the parent hold its write end open after it dies.
     while not done.is_set() and process_identity(parent) is not None:
-        tree = {pid: t for pid, t in descendants(parent).items() if pid != me}
+        tree = {pid: t for pid, t in tree.items() if (ident := process_identity(pid)) and ident[1] == t}
+        tree.update((pid, t) for pid, t in descendants(parent).items() if pid != me)
         done.wait(SNAPSHOT_INTERVAL_S)
     if done.is_set() and words and words[0].startswith(STOP_WORD.strip()):
         return 0

@@ -102,3 +102,25 @@ def test_a_detached_watchdog_outlives_a_sigkill_of_every_child(tmp_path: Path) -
     while time.time() < deadline and alive(tree):
         time.sleep(0.2)
     assert alive(tree) == [], "grandchildren outlived a SIGKILL of the parent and its children"
+
+
+@pytest.mark.timeout(90)
+def test_grandchildren_orphaned_before_the_parent_dies_still_go(tmp_path: Path) -> None:
+    """Ray's order for a killed actor can be children first, parent later: by then the grandchildren are no
+    longer in the parent's tree, and the watchdog must remember them from earlier snapshots."""
+    proc, tree = start_parent(tmp_path, "leave", detached=True)
+    time.sleep(1.0)  # one watchdog snapshot with the whole tree
+    children = [
+        p for p in descendants(proc.pid) if (ident := process_identity(p)) is not None and ident[0] == proc.pid
+    ]
+    for pid in children:
+        os.kill(pid, signal.SIGKILL)
+    time.sleep(2.0)  # several snapshots in which the orphaned grandchild is no descendant of the parent
+    orphans = {p: t for p, t in tree.items() if p not in children}
+    assert alive(orphans), "the grandchild should still be running before the parent dies"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 30
+    while time.time() < deadline and alive(tree):
+        time.sleep(0.2)
+    assert alive(tree) == [], "grandchildren orphaned before the parent's death outlived it"
