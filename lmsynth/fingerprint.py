@@ -35,6 +35,7 @@ EXCLUDED_FIELDS: dict[str, str] = {
     "enforce_eager": "CUDA graphs or not: same sampling",
     "tensor_parallel_size": "how the model is split across devices",
     "offline": "whether the engine may reach a hub",
+    "cpu_threads": "engine scheduling (threads of a CPU engine)",
     "sleep_s": "fake backend pacing (tests)",
     "call_log": "fake backend call log (tests)",
     "limit": "changes the input rows, which the input digest covers",

