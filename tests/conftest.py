@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -12,6 +13,23 @@ from tests.engine_fixtures import engine_env, tiny_engine, tiny_model_dir  # noq
 from tests.hub import endpoints
 from tests.hub.hf_server import HubStandIn, HubState
 from tests.hub.ms_server import MsStandIn, MsState
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Fail the run when `--dist loadgroup` no longer groups: each group's tests share an engine or a release.
+
+    pytest-xdist marks a grouped test by suffixing its node id with `@group` on the worker; pytest 9.2 drops
+    that suffix without a word (pytest-xdist#1386), and the groups spread over every worker, each one paying
+    for the shared engine again.
+    """
+    if not getattr(config.option, "loadgroup", False):
+        return
+    lost = [i.nodeid for i in items if i.get_closest_marker("xdist_group") and "@" not in i.nodeid.rsplit("]", 1)[-1]]
+    if lost:
+        message = f"--dist loadgroup does not group {lost[0]} (pytest {pytest.__version__})"
+        print(f"ERROR: {message}", file=sys.__stderr__, flush=True)  # a worker's exception reaches no report
+        raise pytest.UsageError(message)
 
 
 @pytest.fixture(autouse=True)
