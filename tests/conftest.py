@@ -78,6 +78,9 @@ def hf_standin() -> Iterator[HubStandIn]:
 def hf_hub(hf_standin: HubStandIn, monkeypatch: pytest.MonkeyPatch) -> Iterator[HubState]:
     """A fresh, empty hub for one test, with fast retries and a write token set."""
     hf_standin.state.reset()
+    # The hub is reachable: a session engine on this worker set offline mode for its own start.
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):  # huggingface_hub reads either
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("LMSYNTH_HUB_RETRY_BASE_S", "0.01")
     monkeypatch.setenv("HF_TOKEN", "hf_test_write_token_123456")
     yield hf_standin.state
