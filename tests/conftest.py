@@ -9,7 +9,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.engine_fixtures import engine_env, tiny_engine, tiny_model_dir  # noqa: F401  (one of each per session)
+from tests.engine_fixtures import (  # noqa: F401  (one of each per session)
+    engine_env,
+    smollm2_cache,
+    tiny_engine,
+    tiny_model_dir,
+)
 from tests.hub import endpoints
 from tests.hub.hf_server import HubStandIn, HubState
 from tests.hub.ms_server import MsStandIn, MsState

@@ -86,6 +86,16 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def smollm2_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A cache root holding the demo model, converted once per session (as `scripts/install.sh` does)."""
+    from lmsynth.demo_model import ensure_demo_model
+
+    root = tmp_path_factory.mktemp("smollm2-cache")
+    ensure_demo_model(cache_dir=root)
+    return root
+
+
+@pytest.fixture(scope="session")
 def engine_env(tmp_path_factory: pytest.TempPathFactory):
     """Engine settings for the whole session (the engine outlives any one test's monkeypatch)."""
     saved = {k: os.environ.get(k) for k in [*ENGINE_ENV, "VLLM_CACHE_ROOT"]}

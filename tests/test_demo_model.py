@@ -148,16 +148,16 @@ def test_a_tensor_a_llama_has_no_place_for_is_refused(gguf_name: str) -> None:
         demo_model._hf_name(gguf_name)
 
 
-def test_packaged_smollm2_converts_to_the_llama_its_config_describes(tmp_path: Path) -> None:
+@pytest.mark.xdist_group("smollm2")  # the session's conversion, shared with the demo's end-to-end test
+def test_packaged_smollm2_converts_to_the_llama_its_config_describes(smollm2_cache: Path) -> None:
     """The real GGUF: every tensor the Llama model holds, in its shape, in bfloat16, and a usable tokenizer."""
     import torch
     from safetensors import safe_open
     from transformers import AutoConfig, AutoTokenizer, LlamaForCausalLM
 
-    folder = demo_model.ensure_demo_model(cache_dir=tmp_path)
-    assert folder == tmp_path / "models" / f"smollm2-135m-instruct-v{demo_model.CONVERSION_VERSION}"
-    assert demo_model.ensure_demo_model(cache_dir=tmp_path) == folder  # converted once
-    assert [p.name for p in (tmp_path / "models").iterdir()] == [folder.name]  # no temporary folder left
+    folder = demo_model.ensure_demo_model(cache_dir=smollm2_cache)
+    assert folder == smollm2_cache / "models" / f"smollm2-135m-instruct-v{demo_model.CONVERSION_VERSION}"
+    assert [p.name for p in (smollm2_cache / "models").iterdir()] == [folder.name]  # no temporary folder left
 
     config = AutoConfig.from_pretrained(str(folder))
     assert config.architectures == ["LlamaForCausalLM"] and config.tie_word_embeddings
