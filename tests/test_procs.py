@@ -60,16 +60,25 @@ def alive(tree: dict[int, int]) -> list[int]:
     return [p for p, t in tree.items() if (ident := process_identity(p)) is not None and ident[1] == t]
 
 
+def alive_after(tree: dict[int, int], within: float = 30.0) -> list[int]:
+    """What of `tree` is still running once it has all gone, or `within` seconds have passed."""
+    deadline = time.time() + within
+    while time.time() < deadline and alive(tree):
+        time.sleep(0.2)
+    return alive(tree)
+
+
+def children_of(pid: int) -> list[int]:
+    return [p for p in descendants(pid) if (ident := process_identity(p)) is not None and ident[0] == pid]
+
+
 @pytest.mark.timeout(90)
 def test_sigkill_of_the_parent_kills_its_whole_tree(tmp_path: Path) -> None:
     proc, tree = start_parent(tmp_path, "leave")
     time.sleep(1.0)  # one watchdog snapshot
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    deadline = time.time() + 30
-    while time.time() < deadline and alive(tree):
-        time.sleep(0.2)
-    assert alive(tree) == [], "children outlived a SIGKILL of their parent"
+    assert alive_after(tree) == [], "children outlived a SIGKILL of their parent"
 
 
 @pytest.mark.timeout(90)
@@ -90,18 +99,13 @@ def test_a_detached_watchdog_outlives_a_sigkill_of_every_child(tmp_path: Path) -
     """What Ray does to a killed actor: the parent and all its direct children die at once; grandchildren go too."""
     proc, tree = start_parent(tmp_path, "leave", detached=True)
     time.sleep(1.0)  # one watchdog snapshot
-    children = [
-        p for p in descendants(proc.pid) if (ident := process_identity(p)) is not None and ident[0] == proc.pid
-    ]
+    children = children_of(proc.pid)
     assert not any("lmsynth.procs" in Path(f"/proc/{p}/cmdline").read_text(errors="replace") for p in children)
     os.kill(proc.pid, signal.SIGKILL)
     for pid in children:
         os.kill(pid, signal.SIGKILL)
     proc.wait()
-    deadline = time.time() + 30
-    while time.time() < deadline and alive(tree):
-        time.sleep(0.2)
-    assert alive(tree) == [], "grandchildren outlived a SIGKILL of the parent and its children"
+    assert alive_after(tree) == [], "grandchildren outlived a SIGKILL of the parent and its children"
 
 
 @pytest.mark.timeout(90)
@@ -110,9 +114,7 @@ def test_grandchildren_orphaned_before_the_parent_dies_still_go(tmp_path: Path) 
     longer in the parent's tree, and the watchdog must remember them from earlier snapshots."""
     proc, tree = start_parent(tmp_path, "leave", detached=True)
     time.sleep(1.0)  # one watchdog snapshot with the whole tree
-    children = [
-        p for p in descendants(proc.pid) if (ident := process_identity(p)) is not None and ident[0] == proc.pid
-    ]
+    children = children_of(proc.pid)
     for pid in children:
         os.kill(pid, signal.SIGKILL)
     time.sleep(2.0)  # several snapshots in which the orphaned grandchild is no descendant of the parent
@@ -120,7 +122,4 @@ def test_grandchildren_orphaned_before_the_parent_dies_still_go(tmp_path: Path) 
     assert alive(orphans), "the grandchild should still be running before the parent dies"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    deadline = time.time() + 30
-    while time.time() < deadline and alive(tree):
-        time.sleep(0.2)
-    assert alive(tree) == [], "grandchildren orphaned before the parent's death outlived it"
+    assert alive_after(tree) == [], "grandchildren orphaned before the parent's death outlived it"
