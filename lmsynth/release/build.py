@@ -290,14 +290,13 @@ def plan_release(
         infos: dict[str, SubsetInfo] = {}
         gated_entries: dict[str, FileEntry] = {}
         reused: list[str] = []
-        jobs: list[tuple[str, Future]] = []
+        jobs: list[tuple[str, Path, Future]] = []  # a gated file: its place in the tree, its ciphertext, its job
         index = GatedIndex()
         for spec in manifest.subsets:
             out = data_files.write_subset(
                 spec,
                 records=records[spec.config],
                 tree=tree,
-                work=work,
                 shard_bytes=shard_bytes or data_files.SHARD_BYTES,
             )
             fig_paths = [
@@ -322,10 +321,11 @@ def plan_release(
             for which, lines in out.gated.items():
                 rel = layout.gated_path(spec.config, unsafe=which == "unsafe")
                 gated_paths[which] = rel
+                encrypted = work / f"{len(jobs)}.gpg"
                 job = encrypting.submit(
                     _encrypt_or_reuse,
                     lines.chunks,
-                    work / f"{len(jobs)}.gpg",
+                    encrypted,
                     rel=rel,
                     records=len(lines),
                     passphrase=passphrase,
@@ -333,7 +333,7 @@ def plan_release(
                     prev=prev_manifest if key_matches else None,
                     keep=keep_gated / rel.removesuffix(".gpg") if keep_gated is not None else None,
                 )
-                jobs.append((rel, job))
+                jobs.append((rel, encrypted, job))
             built.append(
                 cards.SubsetCardData(
                     spec=spec,
@@ -366,11 +366,11 @@ def plan_release(
 
         # 4. Leak guard over every non-encrypted file, before MANIFEST.json and before any target sees it.
         # One row group at a time while the gated files are still encrypting (bounds the memory of the overlap).
-        scanned = scan_tree(tree, index, narrow=lambda: not all(job.done() for _, job in jobs))
-        for (rel, job), src in zip(jobs, (work / f"{i}.gpg" for i in range(len(jobs))), strict=True):
+        scanned = scan_tree(tree, index, narrow=lambda: not all(job.done() for _, _, job in jobs))
+        for rel, encrypted, job in jobs:
             gated_entries[rel], was_reused = job.result()
             (tree / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.move(src, tree / rel)
+            shutil.move(encrypted, tree / rel)
             if was_reused:
                 reused.append(rel)
             kill_point("release.encrypted")

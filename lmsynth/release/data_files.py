@@ -126,7 +126,6 @@ def write_subset(
     *,
     records: RunInput | Path,
     tree: Path,
-    work: Path,
     shard_bytes: int = SHARD_BYTES,
     rows_per_group: int = ROWS_PER_GROUP,
 ) -> SubsetOutput:
@@ -134,8 +133,7 @@ def write_subset(
 
     Three streams overlap: this thread reads the input in large blocks and cuts it into row groups, a pool
     of `PARSE_THREADS` parses and validates groups ahead (pyarrow releases the GIL), and the Parquet writer
-    (zstd, also outside the GIL) runs here while they do. `work` is not written to: no gated plaintext
-    touches the disk.
+    (zstd, also outside the GIL) runs here while they do. No gated plaintext touches the disk.
 
     Raises:
         InputRecordError: a line is malformed, misses a field, repeats a `conversation_id`, or carries a
@@ -147,7 +145,6 @@ def write_subset(
     import pyarrow.json as pj
     import pyarrow.parquet as pq
 
-    del work  # kept for callers: the gated sets no longer spill
     records = as_input(records)
     files = input_files(records)
     schema = arrow_schema(spec)
@@ -383,21 +380,14 @@ def _groups(files: list[RunInput], *, rows_per_group: int, group_bytes: int) -> 
 def _check_unique(sorted_ids, order, files: list[RunInput], where: list[tuple[Any, Any]]) -> None:  # noqa: ANN001
     """Refuse a repeated `conversation_id`, naming its first repeat in input order and where it first appeared."""
     import numpy as np
-    import pyarrow.compute as pc
 
-    n = len(sorted_ids)
-    if n < 2:
+    same = _same_as_previous(sorted_ids)
+    if not same.any():
         return
-    same = pc.equal(sorted_ids.slice(1), sorted_ids.slice(0, n - 1))
-    if not pc.any(same).as_py():
-        return
-    same = same.to_numpy(zero_copy_only=False)
     pos = order.to_numpy()
     repeats = np.flatnonzero(same) + 1
     i = int(repeats[np.argmin(pos[repeats])])
-    first = i
-    while first > 0 and same[first - 1]:  # the sort is stable: a run of one id is in input order
-        first -= 1
+    first = _run_start(same, i)  # the sort is stable: a run of one id is in input order
     fidx = np.concatenate([w[0] for w in where])
     lines = np.concatenate([w[1] for w in where])
     at, was = int(pos[i]), int(pos[first])
@@ -407,6 +397,24 @@ def _check_unique(sorted_ids, order, files: list[RunInput], where: list[tuple[An
         "conversation_id",
         f"duplicate of {files[fidx[was]].name} line {int(lines[was])} ({sorted_ids[i].as_py()})",
     )
+
+
+def _same_as_previous(sorted_ids):  # noqa: ANN001, ANN202
+    """Where each sorted row repeats the id before it: `same[i]` when row `i + 1` has the id of row `i`."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    n = len(sorted_ids)
+    if n < 2:
+        return np.zeros(0, dtype=bool)
+    return pc.equal(sorted_ids.slice(1), sorted_ids.slice(0, n - 1)).to_numpy(zero_copy_only=False)
+
+
+def _run_start(same, i: int) -> int:  # noqa: ANN001
+    """The first sorted row of the run of one id that row `i` belongs to."""
+    while i > 0 and same[i - 1]:
+        i -= 1
+    return i
 
 
 def _unsafe_pairs(records: RunInput) -> list[tuple[str, list[dict]]]:
@@ -495,13 +503,10 @@ class GatedLines:
         order = pc.sort_indices(keys).to_numpy()
         keep = np.ones(len(order), dtype=bool)
         if len(order) > 1:
-            sorted_keys = keys.take(pa.array(order))
-            same = pc.equal(sorted_keys.slice(1), sorted_keys.slice(0, len(order) - 1)).to_numpy(zero_copy_only=False)
+            same = _same_as_previous(keys.take(pa.array(order)))
             # Runs of one id (rare: an id both answered and flagged): keep the row with the smallest line.
             for end in np.flatnonzero(np.diff(np.r_[same, False].astype(np.int8)) == -1) + 1:
-                start = end
-                while start > 0 and same[start - 1]:
-                    start -= 1
+                start = _run_start(same, end)
                 rows = pa.array(order[start : end + 1])
                 lines = _json_lines(keys.take(rows).combine_chunks(), convs.take(rows).combine_chunks()).to_pylist()
                 keep[start : end + 1] = False
@@ -532,13 +537,21 @@ class GatedLines:
 
     def chunks(self) -> Iterator[bytes]:
         """The sorted plaintext (every line with its newline), a few MB at a time."""
-        import numpy as np
-
         for arr in self._sorted_lines():
-            if not len(arr) or arr.buffers()[2] is None:
-                continue
-            offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64)[arr.offset : arr.offset + len(arr) + 1]
-            yield memoryview(arr.buffers()[2])[int(offsets[0]) : int(offsets[-1])].tobytes()
+            if (data := string_bytes(arr)) is not None:
+                yield data.tobytes()
+
+
+def string_bytes(arr) -> memoryview | None:  # noqa: ANN001
+    """The bytes of every value of an Arrow string array, back to back, without a copy (None when empty)."""
+    import numpy as np
+    import pyarrow as pa
+
+    if not len(arr) or arr.buffers()[2] is None:
+        return None
+    width = np.int64 if pa.types.is_large_string(arr.type) else np.int32
+    offsets = np.frombuffer(arr.buffers()[1], dtype=width)[arr.offset : arr.offset + len(arr) + 1]
+    return memoryview(arr.buffers()[2])[int(offsets[0]) : int(offsets[-1])]
 
 
 def _take(arr, rows):  # noqa: ANN001, ANN202

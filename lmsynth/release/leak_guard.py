@@ -27,6 +27,7 @@ from pathlib import Path
 from lmsynth.errors import LeakError
 from lmsynth.progress import track
 from lmsynth.records import GATED_MIN_BYTES
+from lmsynth.release.data_files import string_bytes
 from lmsynth.tree import layout
 
 
@@ -230,7 +231,6 @@ def _row_group_leaks(path: Path, rg: int, index: GatedIndex) -> bool:
 
 def _parquet_strings(path: Path, rg: int) -> Iterable[bytes]:
     """The UTF-8 bytes of every string value of a Parquet row group, one blob per column."""
-    import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
@@ -250,9 +250,7 @@ def _parquet_strings(path: Path, rg: int) -> Iterable[bytes]:
     for name in pf.schema_arrow.names:
         col = pf.read_row_group(rg, columns=[name]).column(0).combine_chunks()
         for arr in strings(col):
-            # The values' bytes, back to back, without copying: a match that spans two adjacent values
-            # is reported too (the safe side; it does not happen by chance).
-            if len(arr) == 0 or arr.buffers()[2] is None:
-                continue
-            offsets = np.frombuffer(arr.buffers()[1], dtype=np.int32)[arr.offset : arr.offset + len(arr) + 1]
-            yield memoryview(arr.buffers()[2])[int(offsets[0]) : int(offsets[-1])]
+            # The values' bytes, back to back: a match that spans two adjacent values is reported too (the
+            # safe side; it does not happen by chance).
+            if (data := string_bytes(arr)) is not None:
+                yield data

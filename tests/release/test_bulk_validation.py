@@ -34,10 +34,7 @@ def _mutate(run: Path, index: int, fn) -> Path:  # noqa: ANN001
 
 
 def _write(run: Path, tmp_path: Path, config: str = "gemma-3") -> data_files.SubsetOutput:
-    (tmp_path / "work").mkdir(parents=True, exist_ok=True)
-    return data_files.write_subset(
-        _spec(config), records=run, tree=tmp_path / "tree", work=tmp_path / "work", rows_per_group=7
-    )
+    return data_files.write_subset(_spec(config), records=run, tree=tmp_path / "tree", rows_per_group=7)
 
 
 @pytest.mark.parametrize(

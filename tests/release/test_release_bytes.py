@@ -73,9 +73,8 @@ def _spec(config: str = "gemma-3"):  # noqa: ANN202
 
 
 def _write(run: Path, tmp_path: Path, **kw: int) -> tuple[data_files.SubsetOutput, Path]:
-    tree, work = tmp_path / "tree", tmp_path / "work"
-    work.mkdir()
-    return data_files.write_subset(_spec(), records=run, tree=tree, work=work, **kw), tree
+    tree = tmp_path / "tree"
+    return data_files.write_subset(_spec(), records=run, tree=tree, **kw), tree
 
 
 def _gated(rec: SynthRecord) -> str:
