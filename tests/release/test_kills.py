@@ -22,7 +22,7 @@ from lmsynth.targets.local import LocalTarget
 from tests.release.conftest import PASSPHRASE
 
 
-_CLI = "import sys; from lmsynth.cli.app import main; sys.argv = ['lmsynth', *sys.argv[1:]]; main()"
+_CLI = [sys.executable, "-m", "lmsynth"]
 RELEASE = ("release", "v0.5", "--manifest", "v0.5.yaml", "--to", "hub")
 TIMEOUT = 300
 
@@ -44,7 +44,7 @@ def _env(root: Path, kill_at: str | None = None) -> dict[str, str]:
 def _lmsynth(root: Path, *args: str, kill_at: str | None = None) -> subprocess.CompletedProcess:
     (root / "systmp").mkdir(exist_ok=True)
     return subprocess.run(
-        [sys.executable, "-c", _CLI, *args],
+        [*_CLI, *args],
         cwd=root,
         env=_env(root, kill_at),
         capture_output=True,
@@ -174,7 +174,7 @@ def test_two_releases_into_the_same_hub_at_once_both_succeed(small_project: Path
     (root / "systmp").mkdir(exist_ok=True)
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", _CLI, *RELEASE],
+            [*_CLI, *RELEASE],
             cwd=root,
             env=_env(root),
             stdout=subprocess.PIPE,
