@@ -179,6 +179,11 @@ generate: {{model: tiny, sampling: {json.dumps(sampling)}}}
     }
     for side, (_, engine_args) in raws.items():
         (work / f"{side}.json").write_text(json.dumps([instructions, sampling, engine_args]))
+    # Untimed: vLLM's first start in a fresh cache folder took 10-15 s more than later ones, which the first
+    # timed side would otherwise pay.
+    (work / "warm-up.json").write_text(json.dumps([instructions[:8], sampling, ENGINE]))
+    warm = [sys.executable, str(script), str(work / "warm-up.json"), str(model_dir)]
+    subprocess.run(warm, env={**env, **raws["raw-tuned"][0]}, capture_output=True, check=True)
     for i in range(repeat):
         sides = sides[::-1] if i else sides
         walls: dict[str, float] = {}

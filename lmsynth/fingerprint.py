@@ -24,6 +24,7 @@ EXCLUDED_FIELDS: dict[str, str] = {
     "batch_size": "rows per distilabel batch: grouping only (cache units are keyed by their rows)",
     "description": "prose",
     "max_concurrency": "parallel requests to a server",
+    "batch_requests": "how requests are grouped on the wire",
     "max_retries": "retry policy",
     "backoff_s": "retry policy",
     "timeout_s": "request timeout",

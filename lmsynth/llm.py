@@ -15,9 +15,9 @@ import itertools
 import json
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal, Protocol, runtime_checkable
+from typing import Annotated, Any, Literal, Protocol, TypeVar, runtime_checkable
 
 from pydantic import Field, SecretStr
 
@@ -30,6 +30,7 @@ from lmsynth.sampling import SamplingConfig
 logger = logging.getLogger(__name__)
 
 ChatMessages = list[dict[str, str]]
+_T = TypeVar("_T")
 
 
 class Completion(StrictModel):
@@ -81,6 +82,11 @@ class OpenAIModelConfig(StrictModel):
         ge=1,
         description="Sequences (requests × n) in flight per server at most, e.g. its `max_num_seqs`: more only "
         "queue in the server. None: `max_concurrency` requests whatever n.",
+    )
+    batch_requests: bool = Field(
+        False,
+        description="Send up to `in_flight` conversations as one request to `<url>/chat/batch`, a route of "
+        "lmsynth's own engine server (`lmsynth.pipeline.engines.engine_server`), not of other servers.",
     )
     max_retries: int = Field(5, ge=0, le=20)
     timeout_s: float = Field(600, gt=0)
@@ -217,20 +223,14 @@ class VllmChatModel:
             raise PipelineError(f"vLLM model `{self.model_id}` used before load()")
         if not conversations:
             return []
-        from vllm import SamplingParams
-        from vllm.sampling_params import StructuredOutputsParams
-
-        params = SamplingParams(
+        params = vllm_sampling_params(
             n=sampling.n,
             max_tokens=sampling.max_tokens,
             temperature=sampling.temperature,
             top_p=sampling.top_p,
             frequency_penalty=sampling.frequency_penalty,
             seed=sampling.seed,
-            # No free whitespace: a weak model can otherwise pad the JSON until max_tokens cuts it off.
-            structured_outputs=(
-                StructuredOutputsParams(json=json_schema, disable_any_whitespace=True) if json_schema else None
-            ),
+            json_schema=json_schema,
         )
         outputs = self._llm.chat(list(conversations), sampling_params=params, use_tqdm=False)
         result = []
@@ -248,6 +248,34 @@ class VllmChatModel:
                 ]
             )
         return result
+
+
+def vllm_sampling_params(
+    *,
+    n: int,
+    max_tokens: int | None,
+    temperature: float,
+    top_p: float,
+    frequency_penalty: float,
+    seed: int | None,
+    json_schema: dict | None,
+) -> Any:
+    """The `SamplingParams` of one call, in-process or in lmsynth's engine server alike."""
+    from vllm import SamplingParams
+    from vllm.sampling_params import StructuredOutputsParams
+
+    return SamplingParams(
+        n=n,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        frequency_penalty=frequency_penalty,
+        seed=seed,
+        # No free whitespace: a weak model can otherwise pad the JSON until max_tokens cuts it off.
+        structured_outputs=(
+            StructuredOutputsParams(json=json_schema, disable_any_whitespace=True) if json_schema else None
+        ),
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -286,7 +314,9 @@ class OpenAIChatModel:
         """Send one request per conversation, `in_flight` of them at a time, results in input order.
 
         Requests run as asyncio tasks on one event loop, not as threads: with hundreds in flight, threads
-        spent the CPU that the server (on the same cores, on small machines) needed.
+        spent the CPU that the server (on the same cores, on small machines) needed. With `batch_requests`,
+        the `in_flight` conversations go as one request per server instead: on two cores, one HTTP request
+        per conversation cost the client and the server more CPU than lmsynth spends on anything else.
         """
         self.load()
         workers = min(self.config.in_flight(sampling.n, self._servers), max(len(conversations), 1))
@@ -302,19 +332,27 @@ class OpenAIChatModel:
             body["seed"] = sampling.seed
         if json_schema:
             body["response_format"] = {"type": "json_schema", "json_schema": {"name": "output", "schema": json_schema}}
+        if self.config.batch_requests:
+            size = -(-workers // self._servers)  # each server's share of the conversations in flight
+            chunks = [conversations[i : i + size] for i in range(0, len(conversations), size)]
+            bodies = [{**body, "conversations": [list(m) for m in chunk]} for chunk in chunks]
+            answers = asyncio.run(self._all("chat/batch", bodies, self._servers, _parse_batch_response))
+            if [len(a) for a in answers] != [len(c) for c in chunks]:
+                raise PipelineError("the engine server answered a batch with a different number of results")
+            return [completions for answer in answers for completions in answer]
         bodies = [{**body, "messages": list(msgs)} for msgs in conversations]
-        return asyncio.run(self._all(bodies, workers))
+        return asyncio.run(self._all("chat/completions", bodies, workers, _parse_chat_response))
 
-    async def _all(self, bodies: list[dict], workers: int) -> list[list[Completion]]:
+    async def _all(self, route: str, bodies: list[dict], workers: int, parse: Callable[..., _T]) -> list[_T]:
         import httpx
 
         gate = asyncio.Semaphore(workers)
         limits = httpx.Limits(max_connections=workers, max_keepalive_connections=workers)
         async with httpx.AsyncClient(timeout=self.config.timeout_s, limits=limits) as client:
 
-            async def one(body: dict) -> list[Completion]:
+            async def one(body: dict) -> _T:
                 async with gate:
-                    return await self._one(client, body)
+                    return await self._one(client, route, body, parse)
 
             tasks = [asyncio.ensure_future(one(b)) for b in bodies]
             try:
@@ -323,22 +361,23 @@ class OpenAIChatModel:
                 for t in tasks:
                     t.cancel()
 
-    async def _one(self, client: Any, body: dict) -> list[Completion]:
+    async def _one(self, client: Any, route: str, body: dict, parse: Callable[..., _T]) -> _T:
         import httpx
 
         headers = {"Authorization": f"Bearer {self._api_key.get_secret_value()}"} if self._api_key else {}
 
-        async def attempt() -> list[Completion]:
+        async def attempt() -> _T:
             url = next(self._urls)
             try:
-                resp = await client.post(f"{url}/chat/completions", json=body, headers=headers)
+                resp = await client.post(f"{url}/{route}", json=body, headers=headers)
             except httpx.TransportError as e:
                 raise _RequestFailed(f"{url}: {type(e).__name__}", transient=True) from None
             if resp.status_code != 200:
                 raise _RequestFailed(
-                    f"{url}: HTTP {resp.status_code}", transient=resp.status_code in self.RETRY_STATUSES
+                    f"{url}: HTTP {resp.status_code}{_error_message(resp)}",
+                    transient=resp.status_code in self.RETRY_STATUSES,
                 )
-            return _parse_chat_response(resp.json(), n=body["n"])
+            return parse(resp.json(), n=body["n"])
 
         def on_retry(e: Exception, attempt: int, wait: float) -> None:
             logger.warning("chat request failed (%s); retry %d in %.1fs", e, attempt, wait)
@@ -424,6 +463,20 @@ def _set_engine_env(*, offline: bool) -> None:
     if offline:
         settings.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     constants.set_for_frameworks(settings, override=True)
+
+
+def _error_message(resp: Any) -> str:
+    """`: <message>` from an OpenAI-style error body, if it has one (a server's reason for a 4xx)."""
+    try:
+        message = resp.json()["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        return ""
+    return f": {str(message)[:300]}"
+
+
+def _parse_batch_response(data: dict, *, n: int) -> list[list[Completion]]:
+    """Map a `/chat/batch` response (one chat completion per conversation, in order) to completions."""
+    return [_parse_chat_response(result, n=n) for result in data.get("results") or []]
 
 
 def _parse_chat_response(data: dict, *, n: int) -> list[Completion]:

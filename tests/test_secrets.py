@@ -19,6 +19,7 @@ import psutil
 import pytest
 
 from lmsynth import constants
+from lmsynth.pipeline.engines.servers import SERVER_MODULE
 from tests import engine_fixtures
 from tests.pipeline.factories import make_record, write_fake_pipeline, write_prepared
 
@@ -137,7 +138,7 @@ def test_a_real_vllm_server_of_a_local_model_holds_no_secret(tmp_path: Path, tin
     argv = [sys.executable, "-m", "lmsynth", "run", str(pipe), "--input", str(prep), "--out", str(tmp_path / "out")]
     code, output, seen, own = _run_watching(argv, cwd=tmp_path, env=_env(tmp_path))
     assert code == 0, output
-    servers = [pid for pid, (cmd, _) in seen.items() if "api_server" in cmd]
+    servers = [pid for pid, (cmd, _) in seen.items() if SERVER_MODULE in cmd]
     assert servers, [cmd for cmd, _ in seen.values()]
     leaked = {f"{pid} {cmd}": _leaks(env) for pid, (cmd, env) in seen.items() if _leaks(env)}
     assert leaked == {}

