@@ -75,11 +75,12 @@ def _run_watching(
             except (psutil.NoSuchProcess, OSError):
                 break
             for child in children:
-                if child.pid in seen:
-                    continue
                 try:
-                    environ = Path(f"/proc/{child.pid}/environ").read_bytes()
-                    seen[child.pid] = (" ".join(child.cmdline())[:120], environ)
+                    cmd = " ".join(child.cmdline())[:120]
+                    if seen.get(child.pid, ("",))[0] == cmd:
+                        continue
+                    # Again after an exec: a child first seen between fork and exec had its parent's command.
+                    seen[child.pid] = (cmd, Path(f"/proc/{child.pid}/environ").read_bytes())
                 except (OSError, psutil.Error):
                     continue
             time.sleep(0.02)
