@@ -228,8 +228,10 @@ def test_the_real_server_on_the_tiny_llama(tmp_path: Path, tiny_model_dir: Path,
             assert isinstance(json.loads(choice["message"]["content"])["score"], int)
         resp = httpx.post(url, json={**body("word " * 600), "model": "tiny"}, timeout=60)
         assert resp.status_code == 400 and "context length" in resp.json()["error"]["message"]
-        pid = server.proc.pid
+        proc = server.proc
     finally:
         server.stop()
-    assert not Path(f"/proc/{pid}").exists()
-    assert "ready after" in server.log_path.read_text()
+    assert proc.returncode == 128 + 15  # stopped by SIGTERM, through its own shutdown
+    assert not Path(f"/proc/{proc.pid}").exists()
+    log = server.log_path.read_text()
+    assert "ready after" in log and "engine stopped" in log
