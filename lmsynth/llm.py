@@ -374,7 +374,7 @@ class OpenAIChatModel:
                 raise _RequestFailed(f"{url}: {type(e).__name__}", transient=True) from None
             if resp.status_code != 200:
                 raise _RequestFailed(
-                    f"{url}: HTTP {resp.status_code}{_error_message(resp)}",
+                    f"{url}: HTTP {resp.status_code}{_refusal(resp, self._api_key)}",
                     transient=resp.status_code in self.RETRY_STATUSES,
                 )
             return parse(resp.json(), n=body["n"])
@@ -465,13 +465,20 @@ def _set_engine_env(*, offline: bool) -> None:
     constants.set_for_frameworks(settings, override=True)
 
 
-def _error_message(resp: Any) -> str:
-    """`: <message>` from an OpenAI-style error body, if it has one (a server's reason for a 4xx)."""
+def _refusal(resp: Any, api_key: SecretStr | None) -> str:
+    """`: <reason>` for a request the server refused as malformed (400, 404), from an OpenAI-style error body.
+
+    Only those: an authentication error may quote the key, which never goes into an error message.
+    """
+    if resp.status_code not in (400, 404):
+        return ""
     try:
-        message = resp.json()["error"]["message"]
+        message = str(resp.json()["error"]["message"])[:300]
     except (ValueError, KeyError, TypeError):
         return ""
-    return f": {str(message)[:300]}"
+    if api_key is not None and api_key.get_secret_value() in message:
+        return ""
+    return f": {message}"
 
 
 def _parse_batch_response(data: dict, *, n: int) -> list[list[Completion]]:

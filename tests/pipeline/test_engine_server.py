@@ -235,3 +235,74 @@ def test_the_real_server_on_the_tiny_llama(tmp_path: Path, tiny_model_dir: Path,
     assert not Path(f"/proc/{proc.pid}").exists()
     log = server.log_path.read_text()
     assert "ready after" in log and "engine stopped" in log
+
+
+@pytest.fixture
+def http_server():
+    """The app over a scripted engine, served by uvicorn on a free port (a thread: no signal handlers)."""
+    import uvicorn
+
+    from lmsynth.pipeline.engines.servers import _free_port
+
+    engine = ScriptedEngine()
+    loop = EngineLoop(ScriptedLLM(engine))
+    loop.start()
+    port = _free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(build_app(loop, served_name="m", defaults=DEFAULTS), port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    yield f"http://127.0.0.1:{port}/v1"
+    server.should_exit = True
+    thread.join(10)
+    loop.stop()
+
+
+def test_lmsynths_client_sends_each_in_flight_share_as_one_batch_request(http_server, monkeypatch) -> None:
+    from lmsynth.llm import OpenAIChatModel, OpenAIModelConfig
+    from lmsynth.sampling import SamplingConfig
+
+    posted: list[tuple[str, int]] = []
+    original = httpx.AsyncClient.post
+
+    async def counting_post(self, url, **kw):
+        posted.append((str(url).rsplit("/v1/", 1)[1], len(kw["json"].get("conversations", [None]))))
+        return await original(self, url, **kw)
+
+    monkeypatch.setattr(httpx.AsyncClient, "post", counting_post)
+    config = OpenAIModelConfig(model="m", base_urls=[http_server], max_sequences=8, batch_requests=True)
+    convs = [[{"role": "user", "content": f"q{i}"}] for i in range(10)]
+    out = OpenAIChatModel(config).chat(convs, sampling=SamplingConfig(n=2, max_tokens=4))
+    assert [[c.text for c in cs] for cs in out] == [[f"q{i} #0", f"q{i} #1"] for i in range(10)]
+    assert out[3][0].completion_tokens == 2 and out[3][0].prompt_tokens == 1
+    assert posted == [("chat/batch", 4), ("chat/batch", 4), ("chat/batch", 2)]  # 8 sequences / n=2 per request
+
+
+def test_a_refused_conversation_fails_the_call_once_with_the_servers_reason(http_server) -> None:
+    from lmsynth.errors import PipelineError
+    from lmsynth.llm import OpenAIChatModel, OpenAIModelConfig
+    from lmsynth.sampling import SamplingConfig
+
+    config = OpenAIModelConfig(model="m", base_urls=[http_server], batch_requests=True, backoff_s=0)
+    convs = [[{"role": "user", "content": "fine"}], [{"role": "user", "content": "too long"}]]
+    with pytest.raises(PipelineError, match=r"HTTP 400: conversations\.1: This model's maximum context length"):
+        OpenAIChatModel(config).chat(convs, sampling=SamplingConfig())
+
+
+def test_a_refusal_quoting_the_api_key_is_not_repeated() -> None:
+    from pydantic import SecretStr
+
+    from lmsynth.llm import _refusal
+
+    def resp(status: int, message: str) -> httpx.Response:
+        return httpx.Response(status, json={"error": {"message": message}})
+
+    key = SecretStr("sk-live-123")
+    assert _refusal(resp(400, "n: too large"), key) == ": n: too large"
+    assert _refusal(resp(400, "bad key sk-live-123"), key) == ""
+    assert _refusal(resp(401, "Incorrect API key"), key) == ""  # authentication errors are never quoted
+    assert _refusal(httpx.Response(400, text="not json"), key) == ""

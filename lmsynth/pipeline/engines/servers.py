@@ -14,8 +14,8 @@ Engines start on demand: a stage that needs its model asks for it (a `<model>.wa
 folder) and waits for `<model>.url`, written once `/health` answers. A model whose stages have no cache at
 all starts right away, so its start overlaps distilabel's own; a fully cached run starts none. The server log
 is `<log_dir>/vllm-<model>.log`. Servers stop when the block ends (success, error, Ctrl-C, SIGTERM) with
-their whole process group (a GPU's engine core included), and a watchdog (`lmsynth.procs`) removes them and the
-distilabel workers if the main process is killed outright.
+their whole process group (a GPU's engine core included), and a watchdog (`lmsynth.procs`) removes them and
+the distilabel workers if the main process is killed outright.
 """
 
 from __future__ import annotations
@@ -482,9 +482,9 @@ def _interrupts_stop_everything() -> Iterator[None]:
     and manager are torn down by their context managers (children forked meanwhile get the default SIGTERM
     action back, so the pool's terminate ends them). distilabel's own Ctrl-C handler is replaced by
     `_distilabel_ctrl_c_ends_the_run`: its graceful stop waited forever for batches from steps that had
-    stopped. As a last resort, members of
-    the run's own process group (distilabel's workers and manager; not the servers or the watchdog, which
-    have their own sessions) still there `WORKER_GRACE_S` after the signal get SIGTERM, then SIGKILL.
+    stopped. As a last resort, members of the run's own process group (distilabel's workers and manager;
+    not the servers or the watchdog, which have their own sessions) still there `WORKER_GRACE_S` after the
+    signal get SIGTERM, then SIGKILL.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
