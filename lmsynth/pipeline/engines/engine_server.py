@@ -39,6 +39,8 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from lmsynth import interrupts
+
 
 logger = logging.getLogger("lmsynth.engine_server")
 
@@ -463,12 +465,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     ready_s = time.monotonic() - began
     logger.info("engine for %s ready after %.1fs; serving on %s:%d", served_name, ready_s, args.host, args.port)
-
-    def _on_sigterm(signum: int, frame: Any) -> None:
-        # uvicorn stops serving on SIGTERM, then raises it again under this handler: the engine shuts down next.
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    # uvicorn stops serving on SIGTERM, then raises it again under this handler: the engine shuts down next.
+    signal.signal(signal.SIGTERM, interrupts.on_sigterm)
     code = 0
     try:
         uvicorn.Server(config).run()
