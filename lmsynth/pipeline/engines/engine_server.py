@@ -330,6 +330,14 @@ def chat_response(output: Any, *, model: str) -> ChatResponse:
 # ---------------------------------------------------------------------------
 
 
+class _Refused(Exception):
+    """A request answered with an OpenAI-style error instead of completions."""
+
+    def __init__(self, status: int, message: str, kind: str = "invalid_request_error") -> None:
+        super().__init__(message)
+        self.status, self.kind = status, kind
+
+
 def build_app(loop: EngineLoop, *, served_name: str, defaults: Any) -> Any:
     """The ASGI app: health, the model list and chat completions, errors in OpenAI's shape."""
     from starlette.applications import Starlette
@@ -338,8 +346,10 @@ def build_app(loop: EngineLoop, *, served_name: str, defaults: Any) -> Any:
     from starlette.routing import Route
     from vllm.exceptions import VLLMClientError
 
-    def error(status: int, message: str, kind: str = "invalid_request_error") -> JSONResponse:
-        return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status_code=status)
+    async def refused(_: Request, e: Exception) -> Response:
+        assert isinstance(e, _Refused)
+        error = {"message": str(e), "type": e.kind, "code": e.status}
+        return JSONResponse({"error": error}, status_code=e.status)
 
     async def health(_: Request) -> Response:
         return Response(status_code=200 if loop.alive else 503)
@@ -348,22 +358,22 @@ def build_app(loop: EngineLoop, *, served_name: str, defaults: Any) -> Any:
         listing = [{"id": served_name, "object": "model", "owned_by": "lmsynth"}]
         return JSONResponse({"object": "list", "data": listing})
 
-    async def parse(request: Request, model: type[_Req]) -> _Req | Response:
+    async def parse(request: Request, model: type[_Req]) -> _Req:
         try:
             body = model.model_validate_json(await request.body())
         except ValidationError as e:
             first = e.errors()[0]
             where = ".".join(str(p) for p in first["loc"]) or "body"
-            return error(400, f"{where}: {first['msg']}")
+            raise _Refused(400, f"{where}: {first['msg']}") from None
         if body.model != served_name:
-            return error(404, f"The model `{body.model}` does not exist; this server serves `{served_name}`.")
+            raise _Refused(404, f"The model `{body.model}` does not exist; this server serves `{served_name}`.")
         return body
 
-    async def answer(conversations: list[list[ChatMessage]], body: SamplingFields) -> list[ChatResponse] | Response:
+    async def answer(conversations: list[list[ChatMessage]], body: SamplingFields) -> list[ChatResponse]:
         try:
             params = sampling_params(body, defaults)
         except ValueError as e:
-            return error(400, str(e))
+            raise _Refused(400, str(e)) from None
         futures = [loop.submit([m.model_dump() for m in c], params) for c in conversations]
         waiting = [asyncio.wrap_future(f) for f in futures]
         try:
@@ -378,27 +388,19 @@ def build_app(loop: EngineLoop, *, served_name: str, defaults: Any) -> Any:
             where = f"conversations.{i}: " if len(waiting) > 1 else ""
             e = w.exception()
             if isinstance(e, (ValueError, VLLMClientError)):  # the request's fault (a prompt too long...)
-                return error(400, f"{where}{e}")
-            return error(503, f"{where}{e}", "server_error")  # the engine failed or is stopping
+                raise _Refused(400, f"{where}{e}")
+            raise _Refused(503, f"{where}{e}", "server_error")  # the engine failed or is stopping
         return [chat_response(w.result(), model=served_name) for w in waiting]
 
     async def chat(request: Request) -> Response:
         body = await parse(request, ChatRequest)
-        if isinstance(body, Response):
-            return body
-        result = await answer([body.messages], body)
-        if isinstance(result, Response):
-            return result
-        return Response(result[0].model_dump_json(), media_type="application/json")
+        (result,) = await answer([body.messages], body)
+        return Response(result.model_dump_json(), media_type="application/json")
 
     async def chat_batch(request: Request) -> Response:
         body = await parse(request, ChatBatchRequest)
-        if isinstance(body, Response):
-            return body
-        result = await answer(body.conversations, body)
-        if isinstance(result, Response):
-            return result
-        return Response(ChatBatchResponse(results=result).model_dump_json(), media_type="application/json")
+        result = ChatBatchResponse(results=await answer(body.conversations, body))
+        return Response(result.model_dump_json(), media_type="application/json")
 
     return Starlette(
         routes=[
@@ -406,7 +408,8 @@ def build_app(loop: EngineLoop, *, served_name: str, defaults: Any) -> Any:
             Route("/v1/models", models),
             Route("/v1/chat/completions", chat, methods=["POST"]),
             Route("/v1/chat/batch", chat_batch, methods=["POST"]),
-        ]
+        ],
+        exception_handlers={_Refused: refused},
     )
 
 
