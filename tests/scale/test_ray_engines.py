@@ -16,10 +16,8 @@ from lmsynth.procs import descendants, process_identity
 from lmsynth.records import iter_synth_records
 from tests import engine_fixtures
 from tests.pipeline.factories import make_record, write_prepared
-from tests.scale.test_ray_exec import ray_env
 
 
-ray_env = ray_env  # the fixture, shared with the Ray execution tests
 pytestmark = [pytest.mark.ray, pytest.mark.engine]
 
 PIPELINE = """\

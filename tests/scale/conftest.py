@@ -1,0 +1,64 @@
+"""One local Ray cluster per test worker for the tests that drive Ray in-process."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lmsynth.pipeline.executor.on_ray import RayOptions, ray_init_kwargs
+
+
+# Ray's settings for the cluster and its driver. HOME gets Ray's files; the paths stay short (Ray's unix
+# sockets live under the session folder, 108-byte limit).
+def _ray_settings(root: Path) -> dict[str, str]:
+    return {"HOME": str(root / "home"), "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+@pytest.fixture(scope="session")
+def ray_session(engine_env) -> Iterator[Path]:
+    """A 2-CPU cluster started once, as `lmsynth.pipeline.executor.on_ray.ray_cluster` starts one.
+
+    A start and stop cost several seconds of both cores; each test's `ray_cluster` finds this one running and
+    leaves it running. Its workers inherit the engine settings (`engine_env`) as a run's cluster would. Tests
+    that run `lmsynth run --ray` as a command start their own cluster, and that start is part of what they test.
+    """
+    import ray
+
+    root = Path(tempfile.mkdtemp(prefix="lmray", dir="/tmp"))
+    settings = _ray_settings(root)
+    saved = {k: os.environ.get(k) for k in [*settings, "RAY_ADDRESS"]}
+    os.environ.update(settings)
+    os.environ.pop("RAY_ADDRESS", None)
+    try:
+        ray.init(**ray_init_kwargs(RayOptions(num_cpus=2, temp_dir=str(root / "r"))))
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+    yield root
+    ray.shutdown()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def ray_env(ray_session: Path, monkeypatch: pytest.MonkeyPatch) -> RayOptions:
+    """The options of the session's cluster, with Ray's settings for this test's driver calls."""
+    for name, value in _ray_settings(ray_session).items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    return RayOptions(num_cpus=2, temp_dir=str(ray_session / "r"))
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The tests on the session cluster share one worker (`--dist loadgroup`), so the cluster starts once."""
+    for item in items:
+        if "ray_env" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("ray"))
