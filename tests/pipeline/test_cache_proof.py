@@ -1,8 +1,9 @@
 """Cache units prove themselves: a damaged, edited, misplaced or old-format unit is dropped and recomputed.
 
-Each case damages one unit of a finished run's cache and reruns `lmsynth run` (its own process, scripted
-models): the rerun exits 0, recomputes that unit, releases values that agree with the judgement text, and
-counts the unit in `run_report.json` (`units_invalid`).
+Each case damages a unit of its own in a finished run's cache, and one rerun of `lmsynth run` (its own
+process, scripted models) follows: it exits 0, makes each damaged unit again as the first run made it,
+releases values that agree with the judgement text, and counts each unit in `run_report.json`
+(`units_invalid`). The stage cache alone is checked against more kinds of damage below.
 """
 
 from __future__ import annotations
@@ -68,8 +69,9 @@ def extra_output_key(path: Path) -> None:
 
 
 def other_key(path: Path) -> None:
-    """The unit of other rows copied under this unit's key."""
-    other = next(p for p in unit_files(path.parents[1].parent, path.parent.parent.name) if p != path)
+    """The unit of other rows copied under this unit's key (the stage's last unit, which no case damages)."""
+    other = unit_files(path.parents[1].parent, path.parent.parent.name)[-1]
+    assert other != path
     shutil.copyfile(other, path)
 
 
@@ -97,44 +99,49 @@ CASES = {
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path, list]:
-    """One finished run: its pipeline, prepared folder, cache and records."""
+def finished(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path, list, int]:
+    """One finished run, one row per unit: its pipeline, prepared folder, cache, records and model calls."""
     root = tmp_path_factory.mktemp("finished")
-    pipe, _ = write_fake_pipeline(root)
-    prep = write_prepared(root / "prep", [make_record(i) for i in range(4)])
+    pipe, log = write_fake_pipeline(root, batch_size=1)
+    prep = write_prepared(root / "prep", [make_record(i) for i in range(8)])
     cache = root / "cache"
     proc = run_cli(pipe, prep, root / "out", cache, root / "run.log")
     assert proc.wait(timeout=240) == 0, (root / "run.log").read_text()[-3000:]
     assert read_report(root / "out").units_invalid == 0
-    return pipe, prep, cache, list(iter_synth_records(root / "out"))
+    return pipe, prep, cache, list(iter_synth_records(root / "out")), len(log.read_text().splitlines())
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("case", list(CASES))
-def test_an_invalid_unit_is_recomputed_and_counted(case: str, finished, tmp_path: Path) -> None:
-    pipe, prep, base_cache, records = finished
-    stage, damage = CASES[case]
+def test_invalid_units_are_recomputed_and_counted(finished, tmp_path: Path) -> None:
+    """Every case at once, each on a unit of its own: one rerun makes each of them again, and only them."""
+    pipe, prep, base_cache, records, full_calls = finished
     cache = tmp_path / "cache"
     shutil.copytree(base_cache, cache)
-    target = unit_files(cache, stage)[0]
-    damage(target)
+    damaged: dict[str, Path] = {}
+    for case, (stage, damage) in CASES.items():
+        damaged[case] = unit_files(cache, stage)[sum(CASES[c][0] == stage for c in damaged)]
+        damage(damaged[case])
     log = tmp_path / "calls.jsonl"
     pipe_copy = tmp_path / "fake.yaml"
     pipe_copy.write_text(pipe.read_text().replace(str(pipe.parent / "calls.jsonl"), str(log)))
     rerun = run_cli(pipe_copy, prep, tmp_path / "out", cache, tmp_path / "rerun.log")
     assert rerun.wait(timeout=240) == 0, (tmp_path / "rerun.log").read_text()[-3000:]
-    # The rerun made the damaged unit again (its rows only), and released what the judge wrote.
+    for case, path in damaged.items():  # made again, as the first run made it
+        original = base_cache / path.relative_to(cache)
+        assert CachedUnit.model_validate_json(path.read_text(encoding="utf-8")) == CachedUnit.model_validate_json(
+            original.read_text(encoding="utf-8")
+        ), case
     called = log.read_text().splitlines() if log.exists() else []
-    assert 0 < len(called) < 12, called
+    assert 0 < len(called) < full_calls, called  # the damaged units' rows only
     again = list(iter_synth_records(tmp_path / "out"))
     assert again == records
-    for record in again:
+    for record in again:  # what the judge wrote, released
         for note in record.synthesized_response_scoring_annotations:
             assert note.judgement.endswith("Rating: [[7]]") and note.preference_score == 7.0
-    assert read_report(tmp_path / "out").units_invalid == 1
-    assert read_report(tmp_path / "out").step(stage).units_invalid == 1
-    fixed = CachedUnit.model_validate_json(target.read_text(encoding="utf-8"))
-    assert fixed.checksum == unit_checksum(fixed)
+    report = read_report(tmp_path / "out")
+    assert report.units_invalid == len(CASES)
+    for stage in {stage for stage, _ in CASES.values()}:
+        assert report.step(stage).units_invalid == sum(s == stage for s, _ in CASES.values()), stage
 
 
 UNIT_DAMAGE = {
