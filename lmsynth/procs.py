@@ -135,7 +135,10 @@ def _watch(parent: int, grace_s: float) -> int:
     words: list[bytes] = []
 
     def _read() -> None:
-        words.append(sys.stdin.buffer.readline())  # `stop`, or EOF once no process holds the pipe open
+        # `stop`, or EOF once no process holds the pipe open. Unbuffered: a thread blocked in sys.stdin's
+        # buffered reader holds its lock, and the interpreter's exit, once the parent is gone, then dies with
+        # "Fatal Python error: could not acquire lock for <stdin>" on the run's stderr.
+        words.append(os.read(0, len(STOP_WORD)))
         done.set()
 
     threading.Thread(target=_read, daemon=True).start()

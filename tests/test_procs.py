@@ -123,3 +123,23 @@ def test_grandchildren_orphaned_before_the_parent_dies_still_go(tmp_path: Path) 
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert alive_after(tree) == [], "grandchildren orphaned before the parent's death outlived it"
+
+
+@pytest.mark.timeout(60)
+def test_the_watchdog_exits_cleanly_while_its_pipe_is_still_held_open() -> None:
+    """Forked children keep the watchdog's pipe open after the parent died: its exit must not trip on stdin."""
+    parent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    watchdog = subprocess.Popen(
+        [sys.executable, "-m", "lmsynth.procs", str(parent.pid), "1"],
+        stdin=subprocess.PIPE,  # held open by this test, as a forked child of the parent would
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    time.sleep(1.0)  # the watchdog is up, its reader waiting on the pipe
+    parent.kill()
+    parent.wait()
+    code = watchdog.wait(timeout=30)  # the pipe still open
+    err = watchdog.stderr.read()
+    watchdog.stdin.close()
+    assert code == 0 and err == b"", err.decode(errors="replace")
