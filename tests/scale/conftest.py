@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -30,18 +29,11 @@ def ray_session(engine_env) -> Iterator[Path]:
     import ray
 
     root = Path(tempfile.mkdtemp(prefix="lmray", dir="/tmp"))
-    settings = _ray_settings(root)
-    saved = {k: os.environ.get(k) for k in [*settings, "RAY_ADDRESS"]}
-    os.environ.update(settings)
-    os.environ.pop("RAY_ADDRESS", None)
-    try:
+    with pytest.MonkeyPatch.context() as mp:  # the settings for the start only; each test sets its own
+        for name, value in _ray_settings(root).items():
+            mp.setenv(name, value)
+        mp.delenv("RAY_ADDRESS", raising=False)
         ray.init(**ray_init_kwargs(RayOptions(num_cpus=2, temp_dir=str(root / "r"))))
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
     yield root
     ray.shutdown()
     shutil.rmtree(root, ignore_errors=True)
