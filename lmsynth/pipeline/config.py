@@ -34,7 +34,7 @@ class PipelineConfig(StrictModel):
         128, ge=1, le=100_000, description="Rows per distilabel batch and per cache unit (≥ max_num_seqs / n)."
     )
     # Each window ends with the engines idle while one distilabel pipeline stops and the next starts; 4096
-    # rows halve that cost against 2048 for about 300 MiB more at v0.5's shape (docs/performance.md).
+    # rows halve that cost against 2048 for about 300 MiB more at v0.5's shape (docs/pipelines-and-stages.md).
     window: int = Field(
         4096,
         ge=1,
