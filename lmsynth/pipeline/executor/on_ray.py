@@ -287,25 +287,27 @@ def _check_steps_load_on_workers(pipeline: Pipeline, *, timeout_s: float = 300) 
     import ray
 
     @ray.remote(num_cpus=0)
-    def _try_import(modules: list[str]) -> str | None:
+    def _try_import(modules: list[str]) -> dict[str, str]:
         import importlib
 
+        problems = {}
         for name in modules:
             try:
                 importlib.import_module(name)
             except Exception as e:  # noqa: BLE001 — reported to the driver as text
-                return f"{type(e).__name__}: {e}"
-        return None
+                problems[name] = f"{type(e).__name__}: {e}"
+        return problems
 
-    # The modules that define each step's class and its LLM's class: what unpickling the actor needs.
+    # The modules that define each step's class and its LLM's class: what unpickling the actor needs. One
+    # task imports them all: a task per step started a worker per step, each importing distilabel (seconds of
+    # CPU apiece) for the same few modules.
     modules = {
         name: sorted({type(step).__module__, *([type(step.llm).__module__] if hasattr(step, "llm") else [])})
         for name, step in _steps(pipeline).items()
     }
-    refs = {name: _try_import.remote(mods) for name, mods in modules.items()}
-    for name, ref in refs.items():
-        problem = ray.get(ref, timeout=timeout_s)
-        if problem:
+    problems = ray.get(_try_import.remote(sorted({m for mods in modules.values() for m in mods})), timeout=timeout_s)
+    for name, mods in modules.items():
+        if problem := next((problems[m] for m in mods if m in problems), None):
             raise PipelineError(
                 f"step `{name}` cannot be loaded on the Ray workers ({problem}); install lmsynth and the "
                 "pipeline's modules on every node"
