@@ -15,138 +15,32 @@ import sys
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 
 from lmsynth import constants
-from lmsynth.pipeline.engines.servers import SERVER_MODULE
-from tests import engine_fixtures
+from tests.environ_watch import ROOT, SECRETS, leaks, run_watching, secrets_env
 from tests.pipeline.factories import make_record, write_fake_pipeline, write_prepared
 
 
-ROOT = Path(__file__).resolve().parents[1]
-SECRETS = {
-    "LMSYNTH_PASSPHRASE": "planted-passphrase-5b1c9e-鍵",
-    "HF_TOKEN": "hf_planted_token_77aa01",
-    "HUGGING_FACE_HUB_TOKEN": "hf_planted_legacy_token_42bb",
-    "MODELSCOPE_API_TOKEN": "ms_planted_token_33cc02",
-    "OPENAI_API_KEY": "sk-planted-openai-99dd03",
-}
 TIMEOUT_S = 600
-
-# The shared engine fixtures (one tiny model per session, see tests/engine_fixtures.py).
-engine_env = engine_fixtures.engine_env
-tiny_model_dir = engine_fixtures.tiny_model_dir
-
-
-def _env(root: Path) -> dict[str, str]:
-    return {
-        **os.environ,
-        **SECRETS,
-        "PYTHONPATH": str(ROOT),
-        "LMSYNTH_CACHE": str(root / "cache"),
-        "PATH": f"{root / 'bin'}{os.pathsep}{os.environ['PATH']}",
-    }
-
-
-def _leaks(environ: bytes) -> list[str]:
-    """The names of the planted secrets whose value `environ` holds."""
-    return [name for name, value in SECRETS.items() if value.encode() in environ]
-
-
-def _run_watching(
-    argv: list[str], *, cwd: Path, env: dict[str, str]
-) -> tuple[int, str, dict[int, tuple[str, bytes]], bytes]:
-    """Run `argv`; while it runs, read the environment of every descendant.
-
-    Returns the exit code, the output, each descendant's command line and environment, and the command's own
-    environment as last read (late in its life: the secrets it was started with are blanked at its start).
-    """
-    log = cwd / "command.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
-        seen: dict[int, tuple[str, bytes]] = {}
-        own = b""
-        deadline = time.monotonic() + TIMEOUT_S
-        while proc.poll() is None and time.monotonic() < deadline:
-            try:
-                children = psutil.Process(proc.pid).children(recursive=True)
-                own = Path(f"/proc/{proc.pid}/environ").read_bytes()
-            except (psutil.NoSuchProcess, OSError):
-                break
-            for child in children:
-                try:
-                    cmd = " ".join(child.cmdline())[:120]
-                    if seen.get(child.pid, ("",))[0] == cmd:
-                        continue
-                    # Again after an exec: a child first seen between fork and exec had its parent's command.
-                    seen[child.pid] = (cmd, Path(f"/proc/{child.pid}/environ").read_bytes())
-                except (OSError, psutil.Error):
-                    continue
-            # Each walk reads every process of the machine; the processes walked for live for seconds (the
-            # brief ones, git and gpg, dump their own environment), so a walk every 50 ms sees them all
-            # without taking a quarter of a core from the run it watches.
-            time.sleep(0.05)
-        if proc.poll() is None:
-            proc.kill()
-        code = proc.wait()
-    return code, log.read_text(errors="replace"), seen, own
-
-
-def _dump_script(path: Path, dump: Path, then: str) -> None:
-    path.write_text(f'#!/bin/sh\ncat /proc/$$/environ >> "{dump}"\nprintf "\\n--\\n" >> "{dump}"\n{then}\n')
-    path.chmod(0o755)
 
 
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="reads /proc (Linux)")
-@pytest.mark.parametrize(
-    "extra",
-    [pytest.param([], id="local"), pytest.param(["--ray", "--ray-cpus", "2"], id="ray", marks=pytest.mark.ray)],
-)
-def test_no_descendant_of_lmsynth_run_holds_a_secret(tmp_path: Path, extra: list[str]) -> None:
-    """Local: the watchdog, distilabel's forkserver, resource tracker and step processes; Ray: its whole cluster."""
+def test_no_descendant_of_lmsynth_run_holds_a_secret(tmp_path: Path) -> None:
+    """The watchdog, distilabel's forkserver, resource tracker and step processes.
+
+    A run's real vLLM server and a `--ray` run's whole cluster are watched by the tests that start them anyway:
+    tests/pipeline/test_engine_lifecycle.py and tests/scale/test_ray_engines.py.
+    """
     (tmp_path / "bin").mkdir()
     prep = write_prepared(tmp_path / "prepared", [make_record(i) for i in range(8)])
     pipe, _ = write_fake_pipeline(tmp_path, batch_size=2, sleep_s=0.3)
     argv = [sys.executable, "-m", "lmsynth", "run", str(pipe), "--input", str(prep), "--out", str(tmp_path / "out")]
-    env = {**_env(tmp_path), "RAY_AUTH_MODE": "disabled"}
-    env.pop("RAY_ADDRESS", None)
-    code, output, seen, own = _run_watching([*argv, *extra], cwd=tmp_path, env=env)
+    code, output, watch = run_watching(argv, cwd=tmp_path, env=secrets_env(tmp_path), timeout_s=TIMEOUT_S)
     assert code == 0, output
-    assert _leaks(own) == []  # a run needs none of them: held in its memory only
-    assert len(seen) >= (10 if extra else 4), [cmd for cmd, _ in seen.values()]
-    leaked = {f"{pid} {cmd}": _leaks(env) for pid, (cmd, env) in seen.items() if _leaks(env)}
-    assert leaked == {}
-
-
-ENGINE_PIPELINE = """\
-name: served
-batch_size: 4
-models:
-  tiny: {{backend: vllm, model: {model}, dtype: float32, max_model_len: 512, kv_cache_memory_bytes: 67108864,
-          enforce_eager: true, offline: false}}
-  t: {{backend: fake, replies: ["訳 {{last_line}}"]}}
-translate: {{model: t}}
-generate: {{model: tiny, sampling: {{n: 1, max_tokens: 8}}}}
-"""
-
-
-@pytest.mark.engine
-@pytest.mark.timeout(900)
-def test_a_real_vllm_server_of_a_local_model_holds_no_secret(tmp_path: Path, tiny_model_dir: Path, engine_env) -> None:
-    """`lmsynth run` with a real vLLM server (and its EngineCore, if any) for a local model folder."""
-    (tmp_path / "bin").mkdir()
-    pipe = tmp_path / "p.yaml"
-    pipe.write_text(ENGINE_PIPELINE.format(model=tiny_model_dir))
-    prep = write_prepared(tmp_path / "prepared", [make_record(i) for i in range(4)])
-    argv = [sys.executable, "-m", "lmsynth", "run", str(pipe), "--input", str(prep), "--out", str(tmp_path / "out")]
-    code, output, seen, own = _run_watching(argv, cwd=tmp_path, env=_env(tmp_path))
-    assert code == 0, output
-    servers = [pid for pid, (cmd, _) in seen.items() if SERVER_MODULE in cmd]
-    assert servers, [cmd for cmd, _ in seen.values()]
-    leaked = {f"{pid} {cmd}": _leaks(env) for pid, (cmd, env) in seen.items() if _leaks(env)}
-    assert leaked == {}
-    assert _leaks(own) == []
+    assert leaks(watch.own) == []  # a run needs none of them: held in its memory only
+    assert len(watch.seen) >= 4, watch.commands()
+    assert watch.leaked() == {}
 
 
 def _environ_of(pid: int) -> bytes:
@@ -181,18 +75,18 @@ class TestServerEnvironment:
     def test_a_local_model_folder_gets_no_secret(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         (tmp_path / "model").mkdir()
         env = self._start(tmp_path, monkeypatch, str(tmp_path / "model"), offline=False)
-        assert _leaks(env) == []
+        assert leaks(env) == []
         assert b"VLLM_NO_USAGE_STATS=1" in env
 
     def test_a_hub_model_it_downloads_gets_the_hub_token_only(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         env = self._start(tmp_path, monkeypatch, "org/some-model", offline=False)
-        assert _leaks(env) == ["HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"]
+        assert leaks(env) == ["HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"]
 
     def test_an_offline_hub_model_gets_no_secret(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         env = self._start(tmp_path, monkeypatch, "org/some-model", offline=True)
-        assert _leaks(env) == []
+        assert leaks(env) == []
 
 
 def test_secrets_are_held_then_restored(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -204,7 +98,7 @@ def test_secrets_are_held_then_restored(monkeypatch: pytest.MonkeyPatch) -> None
         assert sorted(n for n in SECRETS if n in os.environ) == ["HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"]
         assert constants.passphrase_from_env() == SECRETS["LMSYNTH_PASSPHRASE"]
         assert constants.modelscope_token_from_env() == SECRETS["MODELSCOPE_API_TOKEN"]
-        assert _leaks("\0".join(f"{k}={v}" for k, v in constants.child_env().items()).encode()) == []
+        assert leaks("\0".join(f"{k}={v}" for k, v in constants.child_env().items()).encode()) == []
         assert set(constants.secret_values_from_env()) == set(SECRETS.values())
     finally:
         constants.restore_secrets()
@@ -279,7 +173,7 @@ def test_the_openai_key_reaches_the_step_processes_that_call_the_server(tmp_path
     prep = write_prepared(tmp_path / "prepared", [make_record(i) for i in range(2)])
     argv = [sys.executable, "-m", "lmsynth", "run", str(pipe), "--input", str(prep), "--out", str(tmp_path / "out")]
     try:
-        proc = subprocess.run(argv, env=_env(tmp_path), capture_output=True, text=True, timeout=TIMEOUT_S)
+        proc = subprocess.run(argv, env=secrets_env(tmp_path), capture_output=True, text=True, timeout=TIMEOUT_S)
     finally:
         server.shutdown()
     assert proc.returncode == 0, proc.stderr

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_secrets import SECRETS, _dump_script, _env, _leaks, _run_watching
+from tests.environ_watch import SECRETS, dump_script, leaks, run_watching, secrets_env
 
 
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="reads /proc (Linux)")
@@ -18,25 +18,23 @@ def test_no_git_gpg_or_other_descendant_of_lmsynth_release_holds_a_secret(small_
     root = small_project
     bin_dir = root / "bin"
     bin_dir.mkdir()
-    _dump_script(bin_dir / "gpg", root / "gpg.env", f'exec {subprocess.getoutput("command -v gpg")} "$@"')
+    dump_script(bin_dir / "gpg", root / "gpg.env", f'exec {subprocess.getoutput("command -v gpg")} "$@"')
     hub = root / "hub"
     subprocess.run(["git", "init", "-q", "-b", BRANCH, str(hub)], check=True)
-    _dump_script(hub / ".git" / "hooks" / "reference-transaction", root / "git-hook.env", "cat > /dev/null")
+    dump_script(hub / ".git" / "hooks" / "reference-transaction", root / "git-hook.env", "cat > /dev/null")
     argv = [sys.executable, "-m", "lmsynth", "release", "v0.5", "--manifest", "v0.5.yaml", "--to", "hub"]
-    code, output, seen, own = _run_watching(argv, cwd=root, env=_env(root))
+    code, output, watch = run_watching(argv, cwd=root, env=secrets_env(root))
     # The command keeps the Hub token for its own Hub client (huggingface_hub reads it from the environment).
-    assert _leaks(own) == ["HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"]
+    assert leaks(watch.own) == ["HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"]
     assert code == 0, output
     for name in ("gpg.env", "git-hook.env"):
         dumps = (root / name).read_bytes().split(b"\n--\n")[:-1]
         assert dumps, f"{name}: never called"
-        assert [_leaks(d) for d in dumps if _leaks(d)] == [], name
-    assert seen, "no descendant seen while the release ran"
+        assert [leaks(d) for d in dumps if leaks(d)] == [], name
+    assert watch.seen, "no descendant seen while the release ran"
     # A child caught between fork and exec is still this command's own image (its memory, its command line):
     # what it holds is `own`, checked above. Whatever it execs gets its own environment, checked here.
-    itself = " ".join(argv)[:120]
-    leaked = {f"{pid} {cmd}": _leaks(env) for pid, (cmd, env) in seen.items() if _leaks(env) and cmd != itself}
-    assert leaked == {}
+    assert watch.leaked(besides=" ".join(argv)[:120]) == {}
     # The passphrase still reached gpg (by its stdin): the release decrypts with it.
     from pydantic import SecretStr
 

@@ -15,6 +15,7 @@ from lmsynth.pipeline.executor.on_ray import RayOptions, ray_cluster
 from lmsynth.procs import descendants, process_identity
 from lmsynth.records import iter_synth_records
 from tests import engine_fixtures
+from tests.environ_watch import EnvironWatch, leaks, secrets_env
 from tests.pipeline.factories import make_record, write_prepared
 
 
@@ -130,9 +131,12 @@ def test_ray_server_that_cannot_start_fails_naming_the_run_folder_log(
 
 
 @pytest.mark.timeout(900)
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="reads /proc (Linux)")
 def test_sigterm_of_a_ray_run_stops_the_actor_server(
     tmp_path: Path, tiny_model_dir: Path, engine_env, ray_env: RayOptions
 ) -> None:
+    """The run starts its own cluster, with every secret in its environment (tests/environ_watch.py): no process
+    of that cluster (GCS, raylet, agents, step and queue actors, the server's actor) holds one."""
     import os
     import signal
     import subprocess
@@ -141,17 +145,23 @@ def test_sigterm_of_a_ray_run_stops_the_actor_server(
     pipe = tmp_path / "p.yaml"
     pipe.write_text(PIPELINE.format(model=tiny_model_dir).replace("max_tokens: 8", "max_tokens: 48"))
     prep = write_prepared(tmp_path / "prep", [make_record(i) for i in range(400)])
-    env = {**os.environ, "LMSYNTH_CACHE": str(tmp_path / "cache")}
     argv = [sys.executable, "-m", "lmsynth", "run", str(pipe), "--input", str(prep), "--out", str(tmp_path / "out")]
     out = (tmp_path / "run.log").open("wb")
-    proc = subprocess.Popen([*argv, "--ray", "--ray-cpus", "2"], env=env, stdout=out, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [*argv, "--ray", "--ray-cpus", "2"], env=secrets_env(tmp_path), stdout=out, stderr=subprocess.STDOUT
+    )
     deadline, units, tree = time.time() + 500, tmp_path / "cache" / "generate", {}
-    while time.time() < deadline and not (tree and units.is_dir() and any(units.rglob("*.json"))):
-        assert proc.poll() is None, (tmp_path / "run.log").read_text()[-3000:]
-        tree = server_tree(tiny_model_dir)
-        time.sleep(0.5)
-    assert tree, "the actor's server never served"
-    os.kill(proc.pid, signal.SIGTERM)
-    assert proc.wait(timeout=240) != 0 and not (tmp_path / "out" / "run.json").exists()
+    with EnvironWatch(proc.pid) as watch:
+        while time.time() < deadline and not (tree and units.is_dir() and any(units.rglob("*.json"))):
+            assert proc.poll() is None, (tmp_path / "run.log").read_text()[-3000:]
+            tree = server_tree(tiny_model_dir)
+            time.sleep(0.5)
+        assert tree, "the actor's server never served"
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=240) != 0 and not (tmp_path / "out" / "run.json").exists()
     assert survivors(tree, within=40) == []
     assert "--host" in (tmp_path / "out" / "logs" / "vllm-tiny.log").read_text().splitlines()[0]
+    assert len(watch.seen) >= 10, watch.commands()
+    assert any(SERVER_MODULE in cmd for cmd in watch.commands()), watch.commands()
+    assert watch.leaked() == {}
+    assert leaks(watch.own) == []
