@@ -23,6 +23,9 @@ from lmsynth.pipeline.executor.on_ray import (
 from tests.pipeline.factories import make_record, write_fake_pipeline, write_prepared
 
 
+ROOT = Path(__file__).resolve().parents[2]
+
+
 def plan(*steps: tuple[str, int, float, float]) -> ResourcePlan:
     return ResourcePlan(steps=[StepDemand(step=s, replicas=r, cpus=c, gpus=g) for s, r, c, g in steps])
 
@@ -165,3 +168,51 @@ def test_ray_refuses_steps_the_workers_cannot_load(
 
     with pytest.raises(PipelineError, match=r"step `generate` cannot be loaded on the Ray workers .*driver_only"):
         run_on_ray(build_echo_pipeline(tmp_path / "cache"), options=ray_env)
+
+
+# What distilabel's queue threads do when an interrupt unwinds a `--ray` run: call Ray after the run's cluster
+# is shut down. The call must fail, not start a cluster of its own (which would outlive the command).
+_LATE_CALL = """
+import sys, threading
+from lmsynth.pipeline.executor.on_ray import RayOptions, ray_cluster
+
+with ray_cluster(RayOptions(num_cpus=1, temp_dir=sys.argv[1])):
+    from ray.util.queue import Queue
+
+    queue = Queue()
+failed = []
+def late_put():
+    try:
+        queue.put(1)
+    except Exception as e:
+        failed.append(e)
+thread = threading.Thread(target=late_put)
+thread.start()
+thread.join(timeout=120)
+import ray
+print("call:", "failed" if failed else "done", "- cluster:", "started" if ray.is_initialized() else "none")
+ray.shutdown()  # the cluster a late call started, if any
+"""
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(300)
+def test_a_late_ray_call_after_the_cluster_is_shut_down_starts_no_cluster(tmp_path: Path) -> None:
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    (tmp_path / "home").mkdir()
+    env = {**os.environ, "HOME": str(tmp_path / "home"), "RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(ROOT)}
+    for name in ("RAY_ADDRESS", "RAY_ENABLE_AUTO_CONNECT"):
+        env.pop(name, None)
+    temp_dir = tempfile.mkdtemp(prefix="lmray", dir="/tmp")  # Ray's socket paths must stay short
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", _LATE_CALL, temp_dir], env=env, capture_output=True, text=True, timeout=240
+        )
+    finally:
+        shutil.rmtree(temp_dir, ignore_errors=True)
+    assert "call: failed - cluster: none" in proc.stdout, proc.stdout + proc.stderr[-3000:]

@@ -249,10 +249,14 @@ def ray_cluster(options: RayOptions) -> Iterator[None]:
         MissingDependencyError: Ray is not installed (the `ray` extra).
     """
     require("ray", extra="ray")
+    # Ray reads these from the environment: no usage report leaves the machine (read when a cluster starts),
+    # and no Ray call after `ray.shutdown()` starts a cluster of its own (read when `ray` is imported, hence
+    # before the import). distilabel's queue threads can outlive an interrupted run's shutdown by a moment; a
+    # call of theirs then started a new local cluster that outlived the command, which waited on it forever.
+    constants.set_for_frameworks({"RAY_USAGE_STATS_ENABLED": "0"})
+    constants.set_for_frameworks({"RAY_ENABLE_AUTO_CONNECT": "0"}, override=True)
     import ray
 
-    # Ray reads this from the environment when it starts: no usage report leaves the machine.
-    constants.set_for_frameworks({"RAY_USAGE_STATS_ENABLED": "0"})
     started_here = not ray.is_initialized()
     if started_here:
         ray.init(**ray_init_kwargs(options))
