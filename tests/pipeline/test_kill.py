@@ -1,7 +1,8 @@
 """`kill -9` of a whole `lmsynth run` at each point that matters, then the same command again.
 
 After each kill the rerun must finish with the same records and leave nothing of the killed run behind:
-no temporary folders in the run folder, no work folders or locks in the cache.
+no temporary folders in the run folder, no work folders or locks in the cache. It resumes: the units the
+killed run finished are reused as they are, not computed again.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from tests.pipeline.factories import make_record, run_cli, write_fake_pipeline, 
 
 
 N = 12
+STAGES = ("translate", "generate", "judge")
 
 
 def _units(stage: str) -> Callable[[Path, Path], bool]:
@@ -33,9 +35,7 @@ def _writing(out: Path, cache: Path) -> bool:
 
 
 KILL_POINTS: dict[str, Callable[[Path, Path], bool]] = {
-    "translate": _units("translate"),
-    "generate": _units("generate"),
-    "judge": _units("judge"),
+    **{stage: _units(stage) for stage in STAGES},
     "writing": _writing,
 }
 
@@ -63,8 +63,12 @@ def test_kill_then_rerun_leaves_nothing_behind(tmp_path: Path, point: str) -> No
     proc.wait()
     assert not (out / "run.json").exists()
     print(f"\nkill -9 during {point}: left {leftovers(tmp_path, out, cache)}")
+    done = {p: p.read_bytes() for p in cache.rglob("*.json") if p.parent.parent.name in STAGES}
+    assert done, f"no unit finished before the kill point `{point}`"
     rerun = run_cli(pipe, prep, out, cache, tmp_path / "rerun.log")
     assert rerun.wait(timeout=400) == 0, (tmp_path / "rerun.log").read_text()[-3000:]
+    assert {p: p.read_bytes() for p in done} == done
+    assert f"units_reused: {len(done)}\n" in (tmp_path / "rerun.log").read_text()
     assert [r.conversation_id for r in iter_synth_records(out)] == [f"c{i}" for i in range(N)]
     assert [r.conversation_id for r in iter_synth_records(out / "unsafe")] == ["c90"]
     assert sorted(p.name for p in out.iterdir()) == [MARKER_FILE, "records", "run.json", "run_report.json", "unsafe"]

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import time
 from pathlib import Path
 
 import pytest
@@ -13,7 +10,7 @@ import pytest
 from lmsynth.pipeline.run import run_pipeline
 from lmsynth.pipeline.telemetry.report_files import read_report
 from lmsynth.records import RunInfo, SynthRecord, iter_synth_records
-from tests.pipeline.factories import make_record, run_cli, write_fake_pipeline, write_prepared
+from tests.pipeline.factories import make_record, write_fake_pipeline, write_prepared
 
 
 def prepared(tmp_path: Path, n: int = 6) -> Path:
@@ -71,38 +68,6 @@ def test_run_writes_the_folder_contract_and_resumes(tmp_path: Path) -> None:
     assert len(calls(log)) == n_calls
     assert sum(again.units_generated.values()) == 0
     assert list(iter_synth_records(tmp_path / "out")) == records
-
-
-@pytest.mark.timeout(300)
-def test_sigkill_midway_then_rerun_resumes(tmp_path: Path) -> None:
-    pipe, log = write_fake_pipeline(tmp_path, batch_size=2, sleep_s=0.3)
-    prep = write_prepared(tmp_path / "prep", [make_record(i) for i in range(12)])
-    cache = tmp_path / "cache"
-    proc = run_cli(pipe, prep, tmp_path / "out", cache, tmp_path / "first.log")
-    deadline = time.time() + 120
-    gen_dir = cache / "generate"
-    while time.time() < deadline and not (gen_dir.exists() and len(list(gen_dir.rglob("*.json"))) >= 2):
-        time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert not (tmp_path / "out" / "run.json").exists()
-    done = {
-        p: p.read_bytes() for p in cache.rglob("*.json") if p.parent.parent.name in ("translate", "generate", "judge")
-    }
-    assert done, "nothing finished before the kill"
-    first_calls = calls(log)
-    rerun = run_cli(pipe, prep, tmp_path / "out", cache, tmp_path / "rerun.log")
-    assert rerun.wait(timeout=240) == 0, (tmp_path / "rerun.log").read_text()[-3000:]
-    # No duplicated and no missing records.
-    ids = [r.conversation_id for r in iter_synth_records(tmp_path / "out")]
-    assert ids == [f"c{i}" for i in range(12)]
-    # Finished units were not regenerated: their files are untouched and their prompts were not sent again.
-    for path, content in done.items():
-        assert path.read_bytes() == content
-    second_calls = calls(log)[len(first_calls) :]
-    total_prompts = 12 + 12 + 12 * 2 + 12  # translate + generate JA + judge 2 per row + generate EN
-    assert len(second_calls) < total_prompts
-    assert len(first_calls) + len(second_calls) >= total_prompts
 
 
 UF_OK = (
