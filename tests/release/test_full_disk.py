@@ -10,6 +10,7 @@ command finishes v0.5. Without the privilege to mount, the same failures are inj
 from __future__ import annotations
 
 import contextlib
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -39,6 +40,24 @@ LEVELS = {
 def two_releases(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Manifests v0.3 (gemma-2) and v0.5 (gemma-2 + gemma-3, cumulative) over small synthetic run folders."""
     monkeypatch.chdir(tmp_path)
+    return write_two_releases(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def released_v03(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int]:
+    """A hub folder holding v0.3, and the size of the v0.5 tree: made once, from the same project each test has.
+
+    Each test starts from a copy of the hub: releasing v0.3 and sizing v0.5 cost two commands per test.
+    """
+    root = write_two_releases(tmp_path_factory.mktemp("v03"))
+    tree_bytes = _tree_bytes(root)
+    first = _release(root, "v0.3", root / "hub")
+    assert first.returncode == 0, first.stderr
+    return root / "hub", tree_bytes
+
+
+def write_two_releases(tmp_path: Path) -> Path:
+    """The project of `two_releases`, written into `tmp_path`."""
     for version, configs in (("v0.3", ["gemma-2"]), ("v0.5", ["gemma-2", "gemma-3"])):
         data = yaml.safe_load((constants.RELEASE_DIR / f"{version}.yaml").read_text(encoding="utf-8"))
         data["subsets"] = [s for s in data["subsets"] if s["config"] in configs]
@@ -72,24 +91,28 @@ def _holds(hub: Path, version: str, config: str, cache: Path) -> None:
 
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("level", list(LEVELS))
-def test_full_disk_never_tags_a_broken_release_and_a_rerun_finishes_it(two_releases: Path, level: str) -> None:
-    _full_then_freed(two_releases, level, mount=True)
+def test_full_disk_never_tags_a_broken_release_and_a_rerun_finishes_it(
+    two_releases: Path, released_v03: tuple[Path, int], level: str
+) -> None:
+    _full_then_freed(two_releases, released_v03, level, mount=True)
 
 
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("level", ["objects", "worktree-midway"])
-def test_injected_enospc_never_tags_a_broken_release(two_releases: Path, level: str) -> None:
+def test_injected_enospc_never_tags_a_broken_release(
+    two_releases: Path, released_v03: tuple[Path, int], level: str
+) -> None:
     # The fallback of the test above where no tmpfs can be mounted: run here too, so it is known to work.
-    _full_then_freed(two_releases, level, mount=False)
+    _full_then_freed(two_releases, released_v03, level, mount=False)
 
 
-def _full_then_freed(root: Path, level: str, *, mount: bool) -> None:
-    tree_bytes = _tree_bytes(root)
+def _full_then_freed(root: Path, released_v03: tuple[Path, int], level: str, *, mount: bool) -> None:
+    hub_v03, tree_bytes = released_v03
     size = f"{max(16, 4 * tree_bytes // (1 << 20) + 8)}m"
     with small_disk(root / "disk", size=size) if mount else contextlib.nullcontext() as disk:
         hub = (disk or root) / "hub"
-        first = _release(root, "v0.3", hub)
-        assert first.returncode == 0, first.stderr
+        shutil.copytree(hub_v03, hub, symlinks=True)
+        assert _git(hub, "tag", "--list").split() == ["v0.3"] and _git(hub, "status", "--porcelain") == ""
         fraction, point = LEVELS[level]
         if disk is not None:
             filler = fill(disk, leave=int(fraction * tree_bytes))
