@@ -14,6 +14,7 @@ import threading
 from pathlib import Path
 
 import psutil
+import pytest
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,6 +25,10 @@ SECRETS = {
     "MODELSCOPE_API_TOKEN": "ms_planted_token_33cc02",
     "OPENAI_API_KEY": "sk-planted-openai-99dd03",
 }
+
+
+# Every watch reads `/proc/<pid>/environ`.
+reads_proc = pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="reads /proc (Linux)")
 
 
 def secrets_env(root: Path, base: dict[str, str] | None = None) -> dict[str, str]:

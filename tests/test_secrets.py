@@ -18,14 +18,14 @@ from pathlib import Path
 import pytest
 
 from lmsynth import constants
-from tests.environ_watch import ROOT, SECRETS, leaks, run_watching, secrets_env
+from tests.environ_watch import ROOT, SECRETS, leaks, reads_proc, run_watching, secrets_env
 from tests.pipeline.factories import make_record, write_fake_pipeline, write_prepared
 
 
 TIMEOUT_S = 600
 
 
-@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="reads /proc (Linux)")
+@reads_proc
 def test_no_descendant_of_lmsynth_run_holds_a_secret(tmp_path: Path) -> None:
     """The watchdog, distilabel's forkserver, resource tracker and step processes.
 

@@ -15,7 +15,7 @@ import pytest
 from lmsynth.pipeline.engines.servers import SERVER_MODULE
 from lmsynth.procs import descendants, process_identity
 from lmsynth.records import iter_synth_records
-from tests.environ_watch import EnvironWatch, leaks, secrets_env
+from tests.environ_watch import EnvironWatch, leaks, reads_proc, secrets_env
 from tests.pipeline.factories import make_record, write_prepared
 
 
@@ -97,7 +97,7 @@ def test_interrupt_stops_server_engine_and_workers(tmp_path: Path, tiny_model_di
 
 @pytest.mark.engine
 @pytest.mark.timeout(1500)
-@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="reads /proc (Linux)")
+@reads_proc
 def test_sigkill_of_lmsynth_leaves_nothing_and_the_rerun_resumes(
     tmp_path: Path, tiny_model_dir: Path, engine_env
 ) -> None:

@@ -6,12 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-from tests.environ_watch import SECRETS, dump_script, leaks, run_watching, secrets_env
+from tests.environ_watch import SECRETS, dump_script, leaks, reads_proc, run_watching, secrets_env
 
 
-@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="reads /proc (Linux)")
+@reads_proc
 def test_no_git_gpg_or_other_descendant_of_lmsynth_release_holds_a_secret(small_project: Path) -> None:
     from lmsynth.targets.local import BRANCH
 

@@ -15,7 +15,7 @@ from lmsynth.pipeline.executor.on_ray import RayOptions, ray_cluster
 from lmsynth.procs import descendants, process_identity
 from lmsynth.records import iter_synth_records
 from tests import engine_fixtures
-from tests.environ_watch import EnvironWatch, leaks, secrets_env
+from tests.environ_watch import EnvironWatch, leaks, reads_proc, secrets_env
 from tests.pipeline.factories import make_record, write_prepared
 
 
@@ -131,7 +131,7 @@ def test_ray_server_that_cannot_start_fails_naming_the_run_folder_log(
 
 
 @pytest.mark.timeout(900)
-@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="reads /proc (Linux)")
+@reads_proc
 def test_sigterm_of_a_ray_run_stops_the_actor_server(
     tmp_path: Path, tiny_model_dir: Path, engine_env, ray_env: RayOptions
 ) -> None:
