@@ -3,4 +3,5 @@
 from lmsynth.cli import main
 
 
-main()
+if __name__ == "__main__":
+    main()

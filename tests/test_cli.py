@@ -7,7 +7,7 @@ import sys
 
 from typer.testing import CliRunner
 
-from lmsynth.cli import app
+from lmsynth.cli.commands import app
 
 
 def test_help_lists_the_flow() -> None:
@@ -19,7 +19,7 @@ def test_help_lists_the_flow() -> None:
 
 def test_help_imports_no_heavy_library() -> None:
     code = (
-        "import sys; from lmsynth.cli import app; from typer.testing import CliRunner;"
+        "import sys; from lmsynth.cli.commands import app; from typer.testing import CliRunner;"
         "CliRunner().invoke(app, ['--help']);"
         "heavy = {'vllm', 'torch', 'distilabel', 'datasets', 'gnupg', 'modelscope', 'matplotlib', 'pyarrow'};"
         "print(sorted(heavy & set(sys.modules)))"

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from lmsynth import constants
-from lmsynth.cli import app
+from lmsynth.cli.commands import app
 from lmsynth.errors import ArgumentError, ConfigError, InputRecordError
 from lmsynth.io import read_jsonl
 from lmsynth.outdir import MARKER_FILE

@@ -67,7 +67,7 @@ def test_a_manifest_resolves_against_its_project_folder(tmp_path: Path) -> None:
 def test_cli_project_option_is_global(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from lmsynth.cli import app
+    from lmsynth.cli.commands import app
 
     res = CliRunner().invoke(app, ["--help"])
     assert "--project" in res.stdout and "LMSYNTH_HOME" in res.stdout

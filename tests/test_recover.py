@@ -447,7 +447,7 @@ class TestCli:
     def test_recover_then_export_from_the_command_line(self, released: Path, tmp_path: Path) -> None:
         from typer.testing import CliRunner
 
-        from lmsynth.cli import app
+        from lmsynth.cli.commands import app
 
         runner = CliRunner()
         rec = runner.invoke(
@@ -518,7 +518,7 @@ def test_recovered_and_exported_files_are_private_and_the_card_names_no_local_pa
 def test_the_export_card_names_the_source_hub_by_its_name_not_its_path(released: Path, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from lmsynth.cli import app
+    from lmsynth.cli.commands import app
 
     runner = CliRunner()
     assert runner.invoke(app, ["recover", "--from", str(released), "--out", str(tmp_path / "r")]).exit_code == 0

@@ -267,7 +267,7 @@ class TestRefusals:
     def test_subset_option_on_a_lmsynth_release(self, tmp_path: Path) -> None:
         from typer.testing import CliRunner
 
-        from lmsynth.cli import app
+        from lmsynth.cli.commands import app
 
         res = CliRunner().invoke(app, ["recover", "--from", str(tmp_path), "--subset", "gemma3"])
         assert isinstance(res.exception, ArgumentError)
@@ -336,7 +336,7 @@ class TestCli:
     def test_recover_then_export_dpo(self, release: Path, source: str, tmp_path: Path) -> None:
         from typer.testing import CliRunner
 
-        from lmsynth.cli import app
+        from lmsynth.cli.commands import app
 
         key = tmp_path / "key.txt"
         key.write_text(KEY.get_secret_value() + "\n", encoding="utf-8")

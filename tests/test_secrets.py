@@ -131,7 +131,7 @@ def failing_check(*args, **kwargs):
     raise RuntimeError("an unexpected failure")
 
 window._check_rows = failing_check
-from lmsynth.cli.app import main
+from lmsynth.cli import main
 sys.argv = ["lmsynth", *sys.argv[1:]]
 main()
 """

@@ -1,19 +1,19 @@
-"""The `lmsynth` command line: a thin shell over the library verbs.
+"""The `lmsynth` command line: a thin shell over the library verbs (the commands: `lmsynth.cli.commands`).
 
-Each `lmsynth.cli.<area>` module registers its commands on the shared `app`; importing them here keeps
-`lmsynth --help` complete while heavy libraries are imported only inside the commands that use them.
+Importing this package changes nothing in the process: multiprocessing's spawn and forkserver children
+re-import the `lmsynth` script that started their parent, and a SIGTERM handler installed by that import
+would keep `Pool.terminate` from ending them. `main` installs the interrupt handling, then imports.
 """
 
 from lmsynth import interrupts
 
 
-with interrupts.starting():
-    from lmsynth.cli import demo, pipeline, release, scale, source, user  # noqa: F401  (registers commands)
-    from lmsynth.cli.app import app, main
+def main() -> None:
+    """Console entry point: Ctrl-C or SIGTERM while the commands are imported is the same one line."""
+    with interrupts.starting():
+        from lmsynth.cli.app import run
+        from lmsynth.cli.commands import app  # noqa: F401  (registers every command)
+    run()
 
 
-# `lmsynth --help` lists the commands in the order data flows through them (the `export` group comes last).
-FLOW = ["prepare", "key", "run", "gather", "estimate", "release", "verify", "publish", "recover", "demo", "version"]
-app.registered_commands.sort(key=lambda c: FLOW.index(c.name) if c.name in FLOW else len(FLOW))
-
-__all__ = ["app", "main"]
+__all__ = ["main"]

@@ -164,8 +164,8 @@ ERROR_FORMATTERS: dict[type[Exception], Callable[[Exception], str]] = {
 }
 
 
-def main() -> None:
-    """Console entry point: run the app and turn lmsynth errors into one line on stderr."""
+def run() -> None:
+    """Run the app (`lmsynth.cli.main` registers the commands first); lmsynth errors are one line on stderr."""
     logging.basicConfig(
         level=logging.DEBUG if constants.DEBUG else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",

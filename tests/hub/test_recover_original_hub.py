@@ -34,7 +34,7 @@ def published(hf_hub: HubState, tmp_path: Path) -> str:
 def test_recover_from_the_hub_then_export(published: str, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from lmsynth.cli import app
+    from lmsynth.cli.commands import app
 
     key = tmp_path / "key.txt"
     key.write_text(KEY.get_secret_value(), encoding="utf-8")

@@ -78,7 +78,7 @@ def test_demo_end_to_end_on_smollm2(
     from typer.testing import CliRunner
 
     from lmsynth import constants
-    from lmsynth.cli import app
+    from lmsynth.cli.commands import app
 
     # The model as `scripts/install.sh` leaves it: converted into the cache (its own test covers the conversion).
     (constants.CACHE_DIR / "models").mkdir(parents=True)

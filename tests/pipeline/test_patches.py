@@ -23,7 +23,7 @@ def _lmsynth_run_with(tmp_path: Path, change: str) -> subprocess.CompletedProces
     argv = ["lmsynth", "run", str(pipe), "--input", str(prep), "--out", str(tmp_path / "out")]
     # `lmsynth.pipeline` first: its warning filter, as the console entry point has it.
     code = f"import sys\nimport lmsynth.pipeline\n{change}\nsys.argv = {argv!r}\n"
-    code += "from lmsynth.cli.app import main\nmain()\n"
+    code += "from lmsynth.cli import main\nmain()\n"
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "LMSYNTH_CACHE": str(tmp_path / "cache")}
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=240)
 

@@ -292,7 +292,7 @@ class TestGuards:
     ) -> None:
         from typer.testing import CliRunner
 
-        from lmsynth.cli import app
+        from lmsynth.cli.commands import app
 
         key = tmp_path / "key.txt"
         key.write_text(PASSPHRASE + "\n", encoding="utf-8")

@@ -7,7 +7,7 @@ from pathlib import Path
 import yaml
 from typer.testing import CliRunner
 
-from lmsynth.cli import app
+from lmsynth.cli.commands import app
 from lmsynth.io import sha256_file
 from tests.release.conftest import PASSPHRASE, Project
 

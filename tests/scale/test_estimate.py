@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from lmsynth.cli import app
+from lmsynth.cli.commands import app
 from lmsynth.errors import InputRecordError
 from lmsynth.pipeline.estimate import estimate
 from lmsynth.pipeline.telemetry.report import RunReport, StepReport

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from lmsynth.cli import app
+from lmsynth.cli.commands import app
 from lmsynth.errors import InputRecordError, ShardSetError
 from lmsynth.pipeline.output.gather import gather
 from lmsynth.pipeline.shard import SHARD_FILE
