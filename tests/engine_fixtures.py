@@ -96,11 +96,28 @@ def smollm2_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def engine_env(tmp_path_factory: pytest.TempPathFactory):
-    """Engine settings for the whole session (the engine outlives any one test's monkeypatch)."""
+def engine_env(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path):
+    """Engine settings for the whole session (the engine outlives any one test's monkeypatch).
+
+    One vLLM cache for the session's workers, its model-info check done once before any engine starts (as
+    `scripts/install.sh` does for the demo model); otherwise the first engine of each worker pays it.
+    """
+    from lmsynth import locks
+    from lmsynth.demo_model import cache_vllm_model_info
+
     saved = {k: os.environ.get(k) for k in [*ENGINE_ENV, "VLLM_CACHE_ROOT"]}
     os.environ.update(ENGINE_ENV)
-    os.environ["VLLM_CACHE_ROOT"] = str(tmp_path_factory.mktemp("vllm-cache"))
+    base = tmp_path_factory.getbasetemp()
+    cache = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "vllm-cache"
+    os.environ["VLLM_CACHE_ROOT"] = str(cache)
+    fd = locks.hold(cache.parent / "vllm-cache.lock")
+    try:
+        if not (cache / "checked").exists():
+            cache_vllm_model_info(tiny_model_dir)
+            cache.mkdir(parents=True, exist_ok=True)
+            (cache / "checked").touch()
+    finally:
+        os.close(fd)
     yield
     for k, v in saved.items():
         if v is None:

@@ -8,6 +8,7 @@ converted too and checked against the Llama model its config describes.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -172,3 +173,14 @@ def test_packaged_smollm2_converts_to_the_llama_its_config_describes(smollm2_cac
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
     prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False)
     assert prompt.startswith("<|im_start|>system") and "<|im_start|>user\nHi<|im_end|>" in prompt
+
+
+def test_vllm_keeps_the_architecture_check_that_install_sh_asks_for(engine_env) -> None:
+    """`engine_env` ran `cache_vllm_model_info` (as install.sh does): vLLM kept its answer, and no engine asks again.
+
+    Should vLLM stop keeping it there, the first `lmsynth demo` after an install pays the check again.
+    """
+    cache = Path(os.environ["VLLM_CACHE_ROOT"])
+    (kept,) = (cache / "modelinfos").glob("*.json")
+    assert kept.name == "vllm-model_executor-models-llama-LlamaForCausalLM.json"
+    assert kept.stat().st_mtime <= (cache / "checked").stat().st_mtime  # before any engine of the session started
