@@ -34,7 +34,7 @@ def test_no_descendant_of_lmsynth_run_holds_a_secret(tmp_path: Path) -> None:
     """
     (tmp_path / "bin").mkdir()
     prep = write_prepared(tmp_path / "prepared", [make_record(i) for i in range(8)])
-    pipe, _ = write_fake_pipeline(tmp_path, batch_size=2, sleep_s=0.3)
+    pipe, _ = write_fake_pipeline(tmp_path, batch_size=2, sleep_s=0.1)
     argv = [sys.executable, "-m", "lmsynth", "run", str(pipe), "--input", str(prep), "--out", str(tmp_path / "out")]
     code, output, watch = run_watching(argv, cwd=tmp_path, env=secrets_env(tmp_path), timeout_s=TIMEOUT_S)
     assert code == 0, output

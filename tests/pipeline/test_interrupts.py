@@ -70,7 +70,7 @@ def test_interrupted_run_says_so_in_one_line_and_leaves_nothing(
     tmp_path: Path, sig: signal.Signals, when: str, code: int
 ) -> None:
     prep = write_prepared(tmp_path / "prep", [make_record(i) for i in range(12)], [make_record(90)])
-    pipe, _ = write_fake_pipeline(tmp_path, batch_size=2, sleep_s=0.3, window=4)
+    pipe, _ = write_fake_pipeline(tmp_path, batch_size=2, sleep_s=0.1, window=4)
     cache = tmp_path / "cache"
     proc = subprocess.Popen(
         [str(LMSYNTH), "run", str(pipe), "--input", str(prep), "--out", str(tmp_path / "out")],

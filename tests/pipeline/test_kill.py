@@ -65,6 +65,7 @@ def test_kill_then_rerun_leaves_nothing_behind(tmp_path: Path, point: str) -> No
     print(f"\nkill -9 during {point}: left {leftovers(tmp_path, out, cache)}")
     done = {p: p.read_bytes() for p in cache.rglob("*.json") if p.parent.parent.name in STAGES}
     assert done, f"no unit finished before the kill point `{point}`"
+    write_fake_pipeline(tmp_path, batch_size=2, window=4)  # unpaced: pacing is no part of a unit's identity
     rerun = run_cli(pipe, prep, out, cache, tmp_path / "rerun.log")
     assert rerun.wait(timeout=400) == 0, (tmp_path / "rerun.log").read_text()[-3000:]
     assert {p: p.read_bytes() for p in done} == done
