@@ -104,6 +104,8 @@ def test_interrupted_run_says_so_in_one_line_and_leaves_nothing(
     assert proc.returncode == code, err[-3000:]
     assert err.strip().splitlines() == [INTERRUPTED], err[-3000:]
     print(f"\n{sig.name} during {when}: exit {code} after {took:.1f} s")
-    time.sleep(2)  # distilabel's workers exit on their own once their manager is gone
+    gone_by = time.monotonic() + 2  # distilabel's workers exit on their own once their manager is gone
+    while _alive(proc.pid) and time.monotonic() < gone_by:
+        time.sleep(0.1)
     assert _alive(proc.pid) == []
     assert not (tmp_path / "out" / "run.json").exists()
