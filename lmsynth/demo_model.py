@@ -108,7 +108,7 @@ def cache_vllm_model_info(model_dir: Path) -> None:
     vLLM and torch again (on 2 cores a first demo took 81 s instead of 57), then keeps the answer under
     `VLLM_CACHE_ROOT` (default `~/.cache/vllm`). `scripts/install.sh` pays that once, beside the conversion.
     """
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a converted folder: nothing to download
+    constants.set_for_frameworks({"HF_HUB_OFFLINE": "1"})  # a converted folder: nothing to download
     from vllm.engine.arg_utils import EngineArgs
 
     EngineArgs(model=str(model_dir), dtype="float32", max_model_len=512).create_model_config()

@@ -27,19 +27,20 @@ TIMEOUT_S = 600
 
 @reads_proc
 def test_no_descendant_of_lmsynth_run_holds_a_secret(tmp_path: Path) -> None:
-    """The watchdog, distilabel's forkserver, resource tracker and step processes.
+    """The watchdog, distilabel's forkserver (a run of several windows), resource tracker and step processes.
 
     A run's real vLLM server and a `--ray` run's whole cluster are watched by the tests that start them anyway:
     tests/pipeline/test_engine_lifecycle.py and tests/scale/test_ray_engines.py.
     """
     (tmp_path / "bin").mkdir()
     prep = write_prepared(tmp_path / "prepared", [make_record(i) for i in range(8)])
-    pipe, _ = write_fake_pipeline(tmp_path, batch_size=2, sleep_s=0.1)
+    pipe, _ = write_fake_pipeline(tmp_path, batch_size=2, sleep_s=0.1, window=4)
     argv = [sys.executable, "-m", "lmsynth", "run", str(pipe), "--input", str(prep), "--out", str(tmp_path / "out")]
     code, output, watch = run_watching(argv, cwd=tmp_path, env=secrets_env(tmp_path), timeout_s=TIMEOUT_S)
     assert code == 0, output
     assert leaks(watch.own) == []  # a run needs none of them: held in its memory only
     assert len(watch.seen) >= 4, watch.commands()
+    assert any("multiprocessing.forkserver" in cmd for cmd in watch.commands()), watch.commands()
     assert watch.leaked() == {}
 
 

@@ -164,7 +164,7 @@ def run_pipeline(
                 # before any distilabel pipeline: a changed framework is one line, not a hang.
                 patches.apply()
                 rows = iter_rows(input_dir, limit=config.limit, row_filter=row_filter)
-                for finished in _stream(plan.serving(models), rows, work=work):
+                for finished in _stream(plan.serving(models), rows, work=work, total=scan.rows):
                     kill_point("run.writing", out_dir)
                     for row in finished:
                         totals.add(row.summary)
@@ -247,16 +247,17 @@ def load_rows(input_dir: Path, *, limit: int | None = None, row_filter: RowFilte
     return list(iter_rows(input_dir, limit=limit, row_filter=row_filter))
 
 
-def _stream(plan: RunPlan, rows: Iterable[PipelineRow], *, work: Path) -> Iterator[list[FinishedRow]]:
-    """Run the pipeline window by window; yield each window's finished rows, in input order."""
+def _stream(plan: RunPlan, rows: Iterable[PipelineRow], *, work: Path, total: int) -> Iterator[list[FinishedRow]]:
+    """Run the pipeline window by window (`total` rows in all); yield each window's finished rows, in input order."""
     seen = FirstSeen()
+    only = total <= window_size(plan.config)
     for window in windows(rows, plan.config):
         seen_path = None
         if seen.first:
             seen_path = work / "flags-first-seen.json"
             seen.write(seen_path)
         folders = WindowFolders(work / "distilabel", work / "telemetry", seen_path, work / "units")
-        finished = execute(plan, window, folders)
+        finished = execute(plan, window, folders, only_window=only)
         for row, done in zip(window, finished, strict=True):
             if done.summary.first_key is not None:
                 seen.add(done.summary.first_key, row.record.conversation_id)
@@ -264,8 +265,8 @@ def _stream(plan: RunPlan, rows: Iterable[PipelineRow], *, work: Path) -> Iterat
 
 
 def windows(rows: Iterable[PipelineRow], config: PipelineConfig) -> Iterator[list[PipelineRow]]:
-    """Consecutive lists of `config.window` rows, rounded up to whole batches so cache units never straddle."""
-    size = -(-config.window // config.batch_size) * config.batch_size
+    """Consecutive lists of `window_size` rows."""
+    size = window_size(config)
     chunk: list[PipelineRow] = []
     for row in rows:
         chunk.append(row)
@@ -274,6 +275,11 @@ def windows(rows: Iterable[PipelineRow], config: PipelineConfig) -> Iterator[lis
             chunk = []
     if chunk:
         yield chunk
+
+
+def window_size(config: PipelineConfig) -> int:
+    """`config.window` rounded up to whole batches, so that cache units never straddle two windows."""
+    return -(-config.window // config.batch_size) * config.batch_size
 
 
 # ---------------------------------------------------------------------------

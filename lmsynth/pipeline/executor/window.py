@@ -73,7 +73,9 @@ def build_pipeline(plan: RunPlan, rows: Sequence[PipelineRow], folders: WindowFo
     return pipeline
 
 
-def execute(plan: RunPlan, rows: Sequence[PipelineRow], folders: WindowFolders) -> list[FinishedRow]:
+def execute(
+    plan: RunPlan, rows: Sequence[PipelineRow], folders: WindowFolders, *, only_window: bool = False
+) -> list[FinishedRow]:
     """Build and run the pipeline of `plan` on one window; return every row's summary and record, in order.
 
     Raises:
@@ -102,10 +104,12 @@ def execute(plan: RunPlan, rows: Sequence[PipelineRow], folders: WindowFolders) 
                 )
             else:
                 # Steps that hold an in-process vLLM engine keep distilabel's own start method (their engine
-                # dwarfs what a fork inherits, and that path is the one tested with real engines).
+                # dwarfs what a fork inherits, and that path is the one tested with real engines), and so do
+                # the steps of a run's only window: the runner holds no earlier window yet, and a forkserver
+                # would import distilabel a second time (about 3 s of CPU, half of a small run's).
                 starts = (
                     patches.steps_forked_from_a_small_process(_STEP_MODULES)
-                    if engines == 0
+                    if engines == 0 and not only_window
                     else contextlib.nullcontext()
                 )
                 with starts:
