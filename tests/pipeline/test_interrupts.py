@@ -80,32 +80,39 @@ def test_interrupted_run_says_so_in_one_line_and_leaves_nothing(
         text=True,
         start_new_session=True,
     )
-    deadline = time.monotonic() + 300
-    if when == "starting":
-        # Still importing, but past the interpreter's own start (no program can handle a signal before it
-        # runs): CPU time, not wall time, so that a loaded machine does not move the moment.
-        while proc.poll() is None and time.monotonic() < deadline and _cpu_s(proc.pid) < 0.5:
-            time.sleep(0.02)
-    else:
-        while proc.poll() is None and time.monotonic() < deadline and not _units(cache, when):
-            time.sleep(0.05)
-    assert proc.poll() is None, f"the run ended before `{when}`"
-    if when != "starting":
-        # distilabel ends its idle step processes with `Pool.terminate` (SIGTERM): one that handles SIGTERM
-        # in Python can miss it (delivered to another of its threads) and hang the run's teardown for good.
-        assert _catching_sigterm(proc.pid) == []
-    if sig == signal.SIGINT:
-        os.killpg(proc.pid, sig)  # Ctrl-C: the terminal signals the whole foreground group
-    else:
-        os.kill(proc.pid, sig)
-    signalled = time.monotonic()
-    _, err = proc.communicate(timeout=120)
+    try:
+        deadline = time.monotonic() + 300
+        if when == "starting":
+            # Still importing, but past the interpreter's own start (no program can handle a signal before it
+            # runs): CPU time, not wall time, so that a loaded machine does not move the moment.
+            while proc.poll() is None and time.monotonic() < deadline and _cpu_s(proc.pid) < 0.5:
+                time.sleep(0.02)
+        else:
+            while proc.poll() is None and time.monotonic() < deadline and not _units(cache, when):
+                time.sleep(0.05)
+        assert proc.poll() is None, f"the run ended before `{when}`"
+        if when != "starting":
+            # distilabel ends its idle step processes with `Pool.terminate` (SIGTERM): one that handles SIGTERM
+            # in Python can miss it (delivered to another of its threads) and hang the run's teardown for good.
+            assert _catching_sigterm(proc.pid) == []
+        if sig == signal.SIGINT:
+            os.killpg(proc.pid, sig)  # Ctrl-C: the terminal signals the whole foreground group
+        else:
+            os.kill(proc.pid, sig)
+        signalled = time.monotonic()
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:  # a failed check above: the run and its workers go with the test
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
     took = time.monotonic() - signalled
     assert proc.returncode == code, err[-3000:]
     assert err.strip().splitlines() == [INTERRUPTED], err[-3000:]
     print(f"\n{sig.name} during {when}: exit {code} after {took:.1f} s")
     gone_by = time.monotonic() + 2  # distilabel's workers exit on their own once their manager is gone
-    while _alive(proc.pid) and time.monotonic() < gone_by:
+    while (left := _alive(proc.pid)) and time.monotonic() < gone_by:
         time.sleep(0.1)
-    assert _alive(proc.pid) == []
+    if left:  # fail, but take them with the test
+        os.killpg(proc.pid, signal.SIGKILL)
+    assert left == []
     assert not (tmp_path / "out" / "run.json").exists()
