@@ -17,6 +17,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from lmsynth.procs import descendants
 from tests.pipeline.factories import make_record, write_fake_pipeline, write_prepared
 
 
@@ -27,13 +28,13 @@ LMSYNTH = Path(sys.executable).with_name("lmsynth")  # the console script: its c
 def _catching_sigterm(pid: int) -> list[str]:
     """Descendants of `pid` that handle SIGTERM themselves (multiprocessing's terminate cannot end them)."""
     caught = []
-    for child in psutil.Process(pid).children(recursive=True):
+    for child in descendants(pid):
         try:
-            status = Path(f"/proc/{child.pid}/status").read_text()
+            status = Path(f"/proc/{child}/status").read_text()
             mask = int(next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt")), 16)
             if mask & (1 << (signal.SIGTERM - 1)):
-                caught.append(" ".join(child.cmdline())[:120])
-        except (OSError, psutil.Error):
+                caught.append(Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:120])
+        except OSError:
             continue
     return caught
 
