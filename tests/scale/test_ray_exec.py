@@ -116,10 +116,20 @@ class TestPlan:
 
 @pytest.mark.ray
 @pytest.mark.timeout(600)
-def test_ray_run_gives_the_same_records_as_a_local_run(tmp_path: Path, ray_env: RayOptions) -> None:
+def test_ray_run_gives_the_same_records_as_a_local_run(
+    tmp_path: Path, ray_env: RayOptions, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """...through queues hosted by one actor (`executor/ray_queues.py`): no Ray queue, an actor each, is made."""
+    import ray.util.queue
+
     from lmsynth.pipeline.executor.window import WindowFolders, execute
     from lmsynth.pipeline.plan import resolve
     from lmsynth.pipeline.run import load_rows
+
+    def no_actor_per_queue(*args, **kwargs):
+        raise AssertionError("a ray.util.queue.Queue was made")
+
+    monkeypatch.setattr(ray.util.queue, "Queue", no_actor_per_queue)
 
     pipe, log = write_fake_pipeline(tmp_path, batch_size=4)
     config = load_pipeline_config(pipe)

@@ -16,6 +16,8 @@ adds is what distilabel 1.5.3 leaves to the user:
    for more than the cluster has does not fail in Ray, it waits forever ("pending demand").
 4. A check that every step loads on a worker (its classes import there): when a step actor cannot be
    created, distilabel waits for it to load, forever. Workers must have lmsynth installed.
+5. One actor for all of a run's queues (`patches.ray_queues_in_one_actor`), where distilabel starts an actor,
+   hence a worker process, for each.
 """
 
 from __future__ import annotations
@@ -232,11 +234,12 @@ def run_on_ray(
         # `address` stays out of the kwargs handed to distilabel: Ray is already up, and distilabel's
         # head-node path would add a pip runtime_env that installs packages on the workers.
         ray_pipeline = pipeline.ray(ray_init_kwargs={k: v for k, v in kwargs.items() if k != "address"})
-        if not use_cache:
-            from lmsynth.pipeline.executor.patches import without_checkpoints
+        from lmsynth.pipeline.executor.patches import ray_queues_in_one_actor, without_checkpoints
 
+        if not use_cache:
             without_checkpoints(ray_pipeline)
-        return ray_pipeline.run(parameters=parameters, use_cache=use_cache, load_groups=load_groups)
+        with ray_queues_in_one_actor():
+            return ray_pipeline.run(parameters=parameters, use_cache=use_cache, load_groups=load_groups)
 
 
 @contextlib.contextmanager

@@ -2,7 +2,8 @@
 
 distilabel is used through its public API everywhere else. What it does not let a caller choose (its
 per-batch bookkeeping for resuming, its polling sleeps, its Ctrl-C handler, the start method of its step
-processes, where `datasets` copies its output) is changed here, one function per change with its reason.
+processes, its Ray queues, where `datasets` copies its output) is changed here, one function per change with
+its reason.
 Nothing is changed at import: `apply()` makes the process-wide changes (the runner and every step process
 call it), and the other changes are context managers around one pipeline run.
 
@@ -35,6 +36,7 @@ TARGETS: tuple[tuple[str, str], ...] = (
     ("distilabel.pipeline.batch_manager", "_BatchManager.register_batch"),
     ("distilabel.pipeline.local", "_NoDaemonContext"),
     ("distilabel.pipeline.local", "_NoDaemonProcess"),
+    ("distilabel.pipeline.ray", "RayPipeline.QueueClass"),
     ("datasets.config", "HF_DATASETS_CACHE"),
 )
 
@@ -146,6 +148,25 @@ def steps_forked_from_a_small_process(preload: list[str]) -> Iterator[None]:
         mp.set_start_method(previous, force=True)
 
 
+@contextlib.contextmanager
+def ray_queues_in_one_actor() -> Iterator[None]:
+    """Make every queue of the Ray pipelines run in the block a queue of one actor (`executor.ray_queues`).
+
+    distilabel's `RayPipeline.QueueClass` is `ray.util.queue.Queue`: an actor, hence a worker process, per
+    queue (3 + one per step, every window). Needs a connected Ray.
+    """
+    from lmsynth.pipeline.executor.ray_queues import queues_in_one_actor
+
+    owner, name = _owner("distilabel.pipeline.ray", "RayPipeline.QueueClass")
+    original = getattr(owner, name)
+    with queues_in_one_actor() as make:
+        setattr(owner, name, property(lambda _pipeline: make))
+        try:
+            yield
+        finally:
+            setattr(owner, name, original)
+
+
 # ---------------------------------------------------------------------------
 # Private helpers
 # ---------------------------------------------------------------------------
@@ -190,7 +211,8 @@ def _owner(module: str, path: str) -> tuple[Any, str]:
     *parents, name = path.split(".")
     for i, part in enumerate(parents):
         owner = _require(owner, part, f"{module}.{'.'.join(parents[: i + 1])}")
-    _require(owner, name, f"{module}.{path}")
+    if name not in vars(owner):  # inherited or gone: assigning here would shadow, not replace, what is called
+        raise _gone(f"{module}.{path}")
     return owner, name
 
 
@@ -198,9 +220,13 @@ def _require(owner: Any, name: str, label: str) -> Any:
     try:
         return getattr(owner, name)
     except AttributeError:
-        raise FrameworkChangedError(
-            f"`{label}` is gone from the installed framework; {__name__} patches it and must be updated"
-        ) from None
+        raise _gone(label) from None
+
+
+def _gone(label: str) -> FrameworkChangedError:
+    return FrameworkChangedError(
+        f"`{label}` is gone from the installed framework; {__name__} patches it and must be updated"
+    )
 
 
 def _set(module: str, path: str, value: Any) -> None:
