@@ -13,7 +13,14 @@ import httpx
 import pytest
 from starlette.testclient import TestClient
 
-from lmsynth.pipeline.engines.engine_server import EngineLoop, build_app, engine_kwargs, output_id, parse_args
+from lmsynth.pipeline.engines.engine_server import (
+    EngineLoop,
+    build_app,
+    engine_kwargs,
+    missing_model_folder,
+    output_id,
+    parse_args,
+)
 
 
 DEFAULTS = SimpleNamespace(max_tokens=16, temperature=1.0, top_p=1.0, frequency_penalty=0.0)
@@ -201,6 +208,16 @@ def test_the_command_line_is_vllms_engine_flags_and_only_the_given_ones_reach_th
     assert "tensor_parallel_size" not in kwargs and "port" not in kwargs  # vLLM's default; not an engine setting
     with pytest.raises(SystemExit):
         parse_args(["--model", "/m", "--port", "9", "--no-such-flag"])
+
+
+def test_a_model_path_to_nothing_is_found_before_vllm_is_imported(tmp_path: Path) -> None:
+    gone = str(tmp_path / "gone")
+    assert missing_model_folder(["--port", "9", "--model", gone, "--dtype", "float32"]) == gone
+    assert missing_model_folder([f"--model={gone}"]) == gone
+    assert missing_model_folder(["--model", "./no-such-folder-here"]) == "./no-such-folder-here"
+    assert missing_model_folder(["--model", str(tmp_path)]) is None  # there
+    assert missing_model_folder(["--model", "google/gemma-3-27b-it"]) is None  # a Hub id: vLLM's to resolve
+    assert missing_model_folder(["--port", "9"]) is None
 
 
 @pytest.mark.engine

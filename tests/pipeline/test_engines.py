@@ -166,7 +166,8 @@ generate: {{model: m}}
         assert isinstance(served, ServedModelConfig) and served.max_sequences == 256
         with pytest.raises(PipelineError, match="exited with code"):
             served.model_copy(update={"start_timeout_s": 300}).resolve_base_urls()
-    assert (tmp_path / "logs" / "vllm-m.log").read_text().startswith("$ ")
+    log = (tmp_path / "logs" / "vllm-m.log").read_text()
+    assert log.startswith("$ ") and f"model folder {tmp_path / 'no-such-model'} does not exist" in log
     report = telemetry.report(instructions=0)
     assert [e.model for e in report.engines] == ["m"] and report.engines[0].start_s is None
 
