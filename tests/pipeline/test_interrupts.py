@@ -1,7 +1,8 @@
 """Ctrl-C and SIGTERM of `lmsynth run`: exit 130 / 143 quickly, one line, no thread traceback, nothing left.
 
 Real signals to a real run of the installed `lmsynth` command: a terminal's Ctrl-C goes to the whole
-foreground process group (lmsynth and its workers), `kill` to lmsynth alone; at start-up (imports), during
+foreground process group (lmsynth and its workers), `kill` to lmsynth alone, and a SIGTERM may go to the whole
+group too (`timeout`, `kill -- -PGID`, systemd and Slurm stopping a job); at start-up (imports), during
 translation and during judging.
 """
 
@@ -56,19 +57,21 @@ def _cpu_s(pid: int) -> float:
 
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize(
-    ("sig", "when", "code"),
+    ("sig", "to", "when", "code"),
     [
-        (signal.SIGINT, "starting", 130),
-        (signal.SIGINT, "translate", 130),
-        (signal.SIGINT, "judge", 130),
-        (signal.SIGTERM, "starting", 143),
-        (signal.SIGTERM, "translate", 143),
-        (signal.SIGTERM, "judge", 143),
+        (signal.SIGINT, "group", "starting", 130),  # Ctrl-C: the terminal signals the whole foreground group
+        (signal.SIGINT, "group", "translate", 130),
+        (signal.SIGINT, "group", "judge", 130),
+        (signal.SIGTERM, "lmsynth", "starting", 143),
+        (signal.SIGTERM, "lmsynth", "translate", 143),
+        (signal.SIGTERM, "lmsynth", "judge", 143),
+        (signal.SIGTERM, "group", "translate", 143),
+        (signal.SIGTERM, "group", "judge", 143),
     ],
     ids=lambda v: getattr(v, "name", str(v)),
 )
 def test_interrupted_run_says_so_in_one_line_and_leaves_nothing(
-    tmp_path: Path, sig: signal.Signals, when: str, code: int
+    tmp_path: Path, sig: signal.Signals, to: str, when: str, code: int
 ) -> None:
     prep = write_prepared(tmp_path / "prep", [make_record(i) for i in range(12)], [make_record(90)])
     pipe, _ = write_fake_pipeline(tmp_path, batch_size=2, sleep_s=0.1, window=4)
@@ -96,8 +99,8 @@ def test_interrupted_run_says_so_in_one_line_and_leaves_nothing(
             # distilabel ends its idle step processes with `Pool.terminate` (SIGTERM): one that handles SIGTERM
             # in Python can miss it (delivered to another of its threads) and hang the run's teardown for good.
             assert _catching_sigterm(proc.pid) == []
-        if sig == signal.SIGINT:
-            os.killpg(proc.pid, sig)  # Ctrl-C: the terminal signals the whole foreground group
+        if to == "group":  # every worker gets it too: one that waited for a task dies holding the pool's lock
+            os.killpg(proc.pid, sig)
         else:
             os.kill(proc.pid, sig)
         signalled = time.monotonic()
@@ -109,7 +112,7 @@ def test_interrupted_run_says_so_in_one_line_and_leaves_nothing(
     took = time.monotonic() - signalled
     assert proc.returncode == code, err[-3000:]
     assert err.strip().splitlines() == [INTERRUPTED], err[-3000:]
-    print(f"\n{sig.name} during {when}: exit {code} after {took:.1f} s")
+    print(f"\n{sig.name} to {to} during {when}: exit {code} after {took:.1f} s")
     gone_by = time.monotonic() + 2  # distilabel's workers exit on their own once their manager is gone
     while (left := _alive(proc.pid)) and time.monotonic() < gone_by:
         time.sleep(0.1)

@@ -94,3 +94,37 @@ def test_no_other_module_assigns_to_a_framework_attribute() -> None:
             if "set_start_method" in code or "distilabel_base.time" in code:
                 offenders.append(f"{path.relative_to(REPO)}:{lineno}")
     assert offenders == []
+
+
+def test_a_pool_whose_idle_worker_died_holding_its_queue_lock_still_terminates(monkeypatch) -> None:
+    """An idle worker waits for a task holding the task queue's read lock; a SIGTERM to the run's whole process
+    group kills it there, and the stdlib's `Pool.terminate` then waited for that lock forever."""
+    import multiprocessing as mp
+    import os
+    import signal
+    import threading
+    import time
+
+    patches.apply()
+    monkeypatch.setattr(patches, "POOL_LOCK_WAIT_S", 0.5)
+    pool = mp.get_context("fork").Pool(1)
+    (worker,) = pool._pool
+    deadline = time.monotonic() + 30
+    while pool._inqueue._rlock.acquire(False):  # the idle worker has not taken the lock yet
+        pool._inqueue._rlock.release()
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    os.kill(worker.pid, signal.SIGKILL)
+    worker.join(timeout=30)
+    ended = threading.Event()
+    threading.Thread(target=lambda: (pool.terminate(), ended.set()), daemon=True).start()
+    assert ended.wait(timeout=30), "Pool.terminate waited for the dead worker's lock"
+    assert all(not p.is_alive() for p in pool._pool)
+
+
+def test_a_changed_pool_drain_is_refused(monkeypatch) -> None:
+    import multiprocessing.pool
+
+    monkeypatch.setattr(multiprocessing.pool.Pool, "_help_stuff_finish", staticmethod(lambda inqueue, handler: None))
+    with pytest.raises(patches.FrameworkChangedError, match="no longer takes"):
+        patches.check()

@@ -96,3 +96,30 @@ def test_the_host_goes_with_its_block_and_distilabel_gets_its_queue_class_back(r
     assert RayPipeline.__dict__["QueueClass"] is original
     with pytest.raises(ray.exceptions.RayActorError):
         ray.get(host.qsize.remote("distilabel-hosted-output-queue"), timeout=60)
+
+
+def test_a_get_that_waits_forever_ends_when_ray_shuts_down(ray_env: RayOptions, monkeypatch) -> None:
+    """A SIGTERM to the run's whole group ends the cluster's processes first: the answer to a waiting `get`
+    never comes, and distilabel's thread waiting in it (not a daemon) would keep the ended run alive."""
+    import ray
+
+    from lmsynth.pipeline.executor.ray_queues import CHECK_S, QueueGone
+
+    with queues_in_one_actor() as make:
+        q = make(actor_options={"name": "load"})
+        failed: list[BaseException] = []
+
+        def _wait() -> None:
+            try:
+                q.get()  # nothing ever comes
+            except BaseException as e:  # noqa: BLE001 — what ends the wait is the finding
+                failed.append(e)
+
+        reader = threading.Thread(target=_wait, daemon=True)
+        reader.start()
+        time.sleep(2 * CHECK_S)
+        assert reader.is_alive()  # still waiting while Ray is up
+        monkeypatch.setattr(ray, "is_initialized", lambda: False)  # as after the run's `ray.shutdown()`
+        reader.join(timeout=10 * CHECK_S)
+        monkeypatch.undo()
+        assert not reader.is_alive() and [type(e) for e in failed] == [QueueGone]

@@ -2,20 +2,23 @@
 
 distilabel is used through its public API everywhere else. What it does not let a caller choose (its
 per-batch bookkeeping for resuming, its polling sleeps, its Ctrl-C handler, the start method of its step
-processes, its Ray queues, where `datasets` copies its output) is changed here, one function per change with
-its reason.
+processes, its Ray queues, where `datasets` copies its output, how its process pool waits at teardown) is
+changed here, one function per change with its reason.
 Nothing is changed at import: `apply()` makes the process-wide changes (the runner and every step process
 call it), and the other changes are context managers around one pipeline run.
 
 These were written against distilabel `WRITTEN_FOR`. `check()` (which `apply()` runs first) refuses another
-version and any patched attribute that is gone, with one line naming it: an assignment to a renamed
-attribute would otherwise do nothing, and the run would only get slower or hang.
+version and any patched attribute that is gone (or, for Python's own pool, takes other arguments), with one
+line naming it: an assignment to a renamed attribute would otherwise do nothing, and the run would only get
+slower or hang.
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib
+import inspect
+import logging
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,6 +28,10 @@ from lmsynth.errors import PipelineError
 
 
 WRITTEN_FOR = "1.5.3"
+POOL_LOCK_WAIT_S = 2.0  # how long a pool's teardown waits for its task queue's lock (see `_help_stuff_finish`)
+_POOL_DRAIN = ("multiprocessing.pool", "Pool._help_stuff_finish")
+_POOL_DRAIN_ARGS = ["inqueue", "task_handler", "size"]  # Python 3.11-3.14
+logger = logging.getLogger(__name__)
 
 # (module, attribute path): everything below assigns to one of these, and only to these.
 TARGETS: tuple[tuple[str, str], ...] = (
@@ -38,6 +45,7 @@ TARGETS: tuple[tuple[str, str], ...] = (
     ("distilabel.pipeline.local", "_NoDaemonProcess"),
     ("distilabel.pipeline.ray", "RayPipeline.QueueClass"),
     ("datasets.config", "HF_DATASETS_CACHE"),
+    _POOL_DRAIN,
 )
 
 
@@ -60,6 +68,13 @@ def check() -> None:
         )
     for module, path in TARGETS:
         _owner(module, path)
+    owner, name = _owner(*_POOL_DRAIN)
+    drain = getattr(owner, name)
+    if drain is not _help_stuff_finish and list(inspect.signature(drain).parameters) != _POOL_DRAIN_ARGS:
+        raise FrameworkChangedError(
+            f"`{'.'.join(_POOL_DRAIN)}` no longer takes ({', '.join(_POOL_DRAIN_ARGS)}); {__name__} replaces it "
+            "and must be updated"
+        )
 
 
 def apply() -> None:
@@ -71,6 +86,7 @@ def apply() -> None:
     check()
     _set("distilabel.pipeline.batch", "_Batch._update_data_hash", _no_data_hash)
     _set("distilabel.pipeline.base", "time", _QUICK_POLLS)
+    _set(*_POOL_DRAIN, staticmethod(_help_stuff_finish))
 
 
 def without_checkpoints(pipeline: Any) -> Any:
@@ -179,6 +195,23 @@ def _no_data_hash(self: Any) -> None:
     is megabytes.
     """
     self.data_hash = None
+
+
+def _help_stuff_finish(inqueue: Any, task_handler: Any, size: int) -> None:
+    """`Pool.terminate`'s drain of its task queue, giving up on the queue's read lock after `POOL_LOCK_WAIT_S`.
+
+    An idle worker holds that lock while it waits for a task. A worker killed while waiting (a SIGTERM to
+    the run's whole process group: `timeout`, `kill -- -PGID`, systemd or Slurm stopping a job) holds it
+    forever, and the stdlib's drain, hence distilabel's teardown, waited forever: the run hung. The drain
+    only frees a task handler blocked on a full queue; distilabel queues one task per step process. The lock
+    stays held (as the stdlib leaves it): the pool is going.
+    """
+    if not inqueue._rlock.acquire(True, POOL_LOCK_WAIT_S):
+        logger.debug("a pool worker died holding its task queue's lock; terminating the pool without draining")
+        return
+    while task_handler.is_alive() and inqueue._reader.poll():
+        inqueue._reader.recv()
+        time.sleep(0)
 
 
 class _QuickPolls:

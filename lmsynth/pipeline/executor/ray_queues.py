@@ -19,6 +19,11 @@ from typing import Any
 # A blocking `get` holds one of the actor's concurrent calls while it waits: each step replica, the output and
 # load loops and the log listener keep one open for the whole run.
 MAX_WAITING_CALLS = 10_000
+CHECK_S = 1.0  # a waiting `get` checks this often that Ray is still up (see `HostedQueue.get`)
+
+
+class QueueGone(RuntimeError):
+    """Ray shut down while a `get` waited: no item can come any more."""
 
 
 class QueueHost:
@@ -86,13 +91,24 @@ class HostedQueue:
 
         Raises:
             ray.util.queue.Empty: nothing came in time; a `queue.Empty`, as a Ray queue raises.
+            QueueGone: Ray shut down meanwhile. A signal to the run's whole process group ends the cluster's
+                own processes before the run shuts Ray down: the answer never comes, and distilabel's thread
+                waiting for it (not a daemon) kept the finished run from exiting.
         """
         import ray
+        from ray.exceptions import GetTimeoutError
         from ray.util.queue import Empty
 
         if timeout is not None and timeout < 0:
             raise ValueError("'timeout' must be a non-negative number")
-        found, item = ray.get(self.host.get.remote(self.name, timeout if block else 0))
+        answer = self.host.get.remote(self.name, timeout if block else 0)
+        while True:
+            try:
+                found, item = ray.get(answer, timeout=CHECK_S)
+                break
+            except GetTimeoutError:
+                if not ray.is_initialized():
+                    raise QueueGone(f"Ray shut down while waiting on queue {self.name}") from None
         if not found:
             raise Empty
         return item
