@@ -119,5 +119,6 @@ def test_run_of_the_shipped_demo_pipeline_with_a_scripted_model(installed: Path,
     assert res.returncode == 0, res.stderr
     res = lmsynth(installed, empty, "run", "pipelines/demo-scripted.yaml", "--input", "prepared", "--out", "run")
     assert res.returncode == 0, res.stderr
+    assert "Generating train split" not in res.stdout + res.stderr  # lmsynth's progress, not `datasets`'
     info = yaml.safe_load((empty / "run" / "run.json").read_text(encoding="utf-8"))
     assert info["counts"]["instructions"] == demo["limit"] and info["counts"]["responses_ja"], info["counts"]
