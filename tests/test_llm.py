@@ -104,6 +104,26 @@ class TestOpenAI:
         assert body["max_tokens"] == 9 and body["n"] == 2 and body["seed"] == 3
         assert body["response_format"]["type"] == "json_schema"
 
+    def test_chat_calls_share_one_tls_context(self, servers: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+        """httpx builds one per client (the CA bundle loaded again, 20 ms of CPU), and each chat call opens one."""
+        import ssl
+
+        from lmsynth import llm
+
+        built: list[ssl.SSLContext] = []
+        create = ssl.create_default_context
+
+        def counted(*args, **kwargs) -> ssl.SSLContext:
+            built.append(create(*args, **kwargs))
+            return built[-1]
+
+        monkeypatch.setattr(ssl, "create_default_context", counted)
+        llm.tls_context.cache_clear()
+        model = OpenAIChatModel(OpenAIModelConfig(model="m", base_urls=servers, backoff_s=0))
+        for _ in range(3):
+            assert model.chat([MSGS], sampling=SamplingConfig())[0][0].text == "reply 0"
+        assert len(built) == 1
+
     def test_retries_transient_errors(self, servers: list[str]) -> None:
         _Server.fail = 2
         model = OpenAIChatModel(OpenAIModelConfig(model="m", base_urls=servers[:1], backoff_s=0, max_retries=3))

@@ -41,7 +41,7 @@ from pydantic import Field
 from lmsynth import constants, interrupts
 from lmsynth.errors import PipelineError, disk_full
 from lmsynth.io import write_text
-from lmsynth.llm import OpenAIModelConfig, VllmModelConfig, engine_core_in_process
+from lmsynth.llm import OpenAIModelConfig, VllmModelConfig, engine_core_in_process, tls_context
 from lmsynth.pipeline.config import LLM_STAGES, PipelineConfig, stage_fingerprint
 from lmsynth.procs import descendants, reap_on_death, terminate
 
@@ -261,7 +261,7 @@ class EngineServer:
                     f"see {self.log_path}"
                 )
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(health, timeout=5).status_code == 200:
+                if httpx.get(health, timeout=5, verify=tls_context()).status_code == 200:
                     self.ready_at = time.time()
                     return
             time.sleep(POLL_S)
