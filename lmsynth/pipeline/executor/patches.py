@@ -30,7 +30,7 @@ from lmsynth.errors import PipelineError
 WRITTEN_FOR = "1.5.3"
 POOL_LOCK_WAIT_S = 2.0  # how long a pool's teardown waits for its task queue's lock (see `_help_stuff_finish`)
 _POOL_DRAIN = ("multiprocessing.pool", "Pool._help_stuff_finish")
-_POOL_DRAIN_ARGS = ["inqueue", "task_handler", "size"]  # Python 3.11-3.14
+_POOL_DRAIN_ARGS = ["inqueue", "task_handler", "size"]  # as Python 3.11 has it
 logger = logging.getLogger(__name__)
 
 # (module, attribute path): everything below assigns to one of these, and only to these.
