@@ -43,7 +43,11 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help="Rounds of whole-process runs (with --processes).")
     parser.add_argument("--sides", default="raw,raw-tuned,lmsynth", help="Which whole processes (with --processes).")
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="lmsynth-bench-"))
+    with tempfile.TemporaryDirectory(prefix="lmsynth-bench-") as tmp:
+        _bench(args, Path(tmp))
+
+
+def _bench(args: argparse.Namespace, work: Path) -> None:
     os.environ.update({"VLLM_HOST_IP": "127.0.0.1", "VLLM_NO_USAGE_STATS": "1", "HF_HUB_OFFLINE": "1"})
     os.environ.setdefault("VLLM_CACHE_ROOT", str(work / "vllm"))
     os.environ["LMSYNTH_CACHE"] = str(work / "cache")

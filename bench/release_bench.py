@@ -83,9 +83,16 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=None, help="Keep inputs here (default: a temporary folder).")
     parser.add_argument("--no-baseline", action="store_true", help="Measure lmsynth alone.")
     args = parser.parse_args()
+    if args.work is not None:
+        _measure(args, args.work)
+        return
+    with tempfile.TemporaryDirectory(prefix="lmsynth-bench-") as tmp:  # the full size is 7.9 GB of input
+        _measure(args, Path(tmp))
+
+
+def _measure(args: argparse.Namespace, work_root: Path) -> None:
     from lmsynth.testing import write_run_dir
 
-    work_root = args.work or Path(tempfile.mkdtemp(prefix="lmsynth-bench-"))
     rows = []
     for n in args.sizes:
         run = work_root / f"run-{n}"
